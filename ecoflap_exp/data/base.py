@@ -1,0 +1,42 @@
+"""Calibration sources: where raw calibration samples come from.
+
+A source returns raw samples (token windows, (image, label) pairs, (image, caption) pairs); the
+model adapter's `collate` turns a list of them into a batch. The runner slices the samples into
+batches of `batch_size`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.models.base import Batch, ModelAdapter
+
+
+class CalibrationSource(ABC):
+    def __init__(self, num_samples: int = 128, batch_size: int = 8, seed: int = 0):
+        if num_samples < 1 or batch_size < 1:
+            raise UserError(f"calib.num_samples={num_samples} and calib.batch_size={batch_size} must be >= 1")
+        if num_samples < batch_size:
+            raise UserError(
+                f"calib.num_samples={num_samples} is fewer than one batch (calib.batch_size={batch_size}); "
+                f"raise calib.num_samples or lower calib.batch_size"
+            )
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+
+    @abstractmethod
+    def samples(self, adapter: ModelAdapter) -> list[Any]:
+        """Exactly num_samples raw samples (raise UserError if the source has fewer)."""
+
+    def batches(self, adapter: ModelAdapter) -> list[Batch]:
+        samples = self.samples(adapter)
+        if len(samples) < self.num_samples:
+            raise UserError(
+                f"calibration source {type(self).__name__} gave {len(samples)} samples, fewer than "
+                f"calib.num_samples={self.num_samples}; lower calib.num_samples or add data"
+            )
+        bs = self.batch_size
+        return [adapter.collate(samples[i : i + bs]) for i in range(0, self.num_samples, bs)]

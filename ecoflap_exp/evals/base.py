@@ -1,0 +1,14 @@
+"""An evaluation: one benchmark's reader + protocol + metric, run on the in-memory model."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from ecoflap_exp.models.base import ModelAdapter
+
+
+class Evaluation(ABC):
+    @abstractmethod
+    def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
+        """Metric name -> value. Raise UserError for missing/malformed data, and for a NaN/inf
+        loss or score (never report it as a number)."""

@@ -1,0 +1,193 @@
+"""The model adapter: the one seam between models and methods.
+
+Methods (scorers, pruners, the engine, evals) see a model only through these types:
+- a `PrunableMatrix` is a 2-D weight (a parameter, or a row slice of one such as the q/k/v parts
+  of a fused in_proj) plus the module whose forward input is that matrix's input;
+- a `Block` is one transformer block and its prunable matrices;
+- a `Tower` is an ordered list of blocks that feed each other (vision encoder, text decoder...);
+- a `ModelAdapter` loads the model, lists its towers in pruning order, turns raw calibration
+  samples into batches, computes the calibration loss and serves the evals.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ecoflap_exp.errors import UserError
+
+Batch = dict[str, Any]
+
+
+def first_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The input of an nn.Linear-like module: its first positional argument."""
+    return args[0] if args else next(iter(kwargs.values()))
+
+
+@dataclass(eq=False)
+class PrunableMatrix:
+    name: str
+    param: nn.Parameter
+    input_module: nn.Module
+    rows: slice = field(default_factory=lambda: slice(None))
+    input_of: Callable[[tuple, dict], torch.Tensor] = first_input
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """A view of the matrix inside its parameter; writes go to the model."""
+        return self.param.data[self.rows]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, cols = self.weight.shape
+        return rows, cols
+
+    @property
+    def numel(self) -> int:
+        return self.weight.numel()
+
+
+@dataclass(eq=False)
+class Block:
+    name: str
+    module: nn.Module
+    matrices: list[PrunableMatrix]
+
+    @property
+    def numel(self) -> int:
+        return sum(m.numel for m in self.matrices)
+
+
+@dataclass
+class BlockInput:
+    """What one calibration batch hands a block: hidden states plus every other argument."""
+
+    hidden: torch.Tensor
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+
+def linear_matrices(prefix: str, block: nn.Module) -> list[PrunableMatrix]:
+    """Every nn.Linear inside a block, found by type (not by name, since names change between
+    library versions), in module order."""
+    return [
+        PrunableMatrix(f"{prefix}.{name}", module.weight, module)
+        for name, module in block.named_modules()
+        if isinstance(module, nn.Linear)
+    ]
+
+
+class Tower:
+    """An ordered stack of blocks; block i's output is block i+1's hidden-state input.
+
+    The default plumbing suits blocks called as `block(hidden, **kwargs)` that return the new
+    hidden states (or a tuple that starts with them) and take the same keyword arguments at every
+    depth. A model whose blocks hand more than hidden states down (T5's position bias) overrides
+    `next_input`.
+    """
+
+    def __init__(self, name: str, blocks: list[Block]):
+        self.name = name
+        self.blocks = blocks
+
+    @staticmethod
+    def split_input(args: tuple, kwargs: dict) -> BlockInput:
+        if args:
+            return BlockInput(args[0], args[1:], dict(kwargs))
+        kwargs = dict(kwargs)
+        return BlockInput(kwargs.pop("hidden_states"), (), kwargs)
+
+    def run_block(self, block: Block, inp: BlockInput) -> Any:
+        return block.module(inp.hidden, *inp.args, **inp.kwargs)
+
+    def next_input(self, output: Any, inp: BlockInput) -> BlockInput:
+        hidden = output[0] if isinstance(output, tuple | list) else output
+        return BlockInput(hidden, inp.args, inp.kwargs)
+
+    def passthrough(self, args: tuple, kwargs: dict) -> Any:
+        """What a block returns when it is skipped (its result is not needed): something shaped
+        like its real output, here its own hidden-state input."""
+        return self.split_input(args, kwargs).hidden
+
+
+class ModelAdapter(ABC):
+    """One model family. Subclasses set `self.model` in __init__ and implement the methods."""
+
+    model: nn.Module
+
+    @abstractmethod
+    def towers(self) -> list[Tower]:
+        """The towers to prune, in pruning order."""
+
+    @abstractmethod
+    def collate(self, samples: list[Any]) -> Batch:
+        """Raw calibration samples (strings, (image, label) pairs, ...) -> one model batch."""
+
+    @abstractmethod
+    def forward(self, batch: Batch) -> Any:
+        """Run the model on a batch (the engine uses it to reach each tower's first block)."""
+
+    @abstractmethod
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """The calibration loss of a batch (used by gradient and zeroth-order scores)."""
+
+    @abstractmethod
+    def save(self, path: Path) -> None:
+        """Save the (pruned) weights in the library's own format."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> ModelAdapter:
+        self.model.to(device)
+        return self
+
+    def blocks(self) -> Iterator[Block]:
+        for tower in self.towers():
+            yield from tower.blocks
+
+    def matrices(self) -> Iterator[PrunableMatrix]:
+        for block in self.blocks():
+            yield from block.matrices
+
+
+def load_arch_config(arch: str) -> dict:
+    """A model architecture shipped in the package (ecoflap_exp/models/arch/<arch>.json)."""
+    folder = resources.files("ecoflap_exp.models") / "arch"
+    path = folder / f"{arch}.json"
+    if not path.is_file():
+        known = sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+        raise UserError(f"model.arch={arch!r} is not a shipped architecture; known: {', '.join(known)}")
+    return json.loads(path.read_text())
+
+
+def resolve_checkpoint(checkpoint: str) -> str:
+    """A checkpoint is a local directory or a hub name; say clearly when neither can be had."""
+    if Path(checkpoint).expanduser().exists():
+        return str(Path(checkpoint).expanduser())
+    looks_like_path = checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1
+    if looks_like_path:
+        raise UserError(
+            f"model checkpoint path {checkpoint!r} does not exist; pass an existing local folder "
+            f"(model.checkpoint=/path/to/model) or a hub name, or build the architecture with "
+            f"model.init=random"
+        )
+    return checkpoint
+
+
+def hub_load_error(checkpoint: str, err: Exception) -> UserError:
+    return UserError(
+        f"could not load {checkpoint!r} ({type(err).__name__}: {str(err).splitlines()[0]}). "
+        f"If it is a hub name, download it first on a machine with network "
+        f"(`hf download {checkpoint}`) or unset HF_HUB_OFFLINE; or point model.checkpoint at a "
+        f"local copy; or use model.init=random to time the architecture without weights"
+    )

@@ -1,0 +1,122 @@
+"""Decoder-only causal language models through transformers (LLaMA family; OPT from the same code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.models.base import (
+    Batch,
+    Block,
+    ModelAdapter,
+    Tower,
+    hub_load_error,
+    linear_matrices,
+    load_arch_config,
+    resolve_checkpoint,
+)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UserError(f"model.dtype={name!r} is unknown; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def get_submodule(model: nn.Module, path: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError as err:
+        raise UserError(f"model has no module {path!r}; set model.blocks_path to its block list") from err
+
+
+class CausalLMAdapter(ModelAdapter):
+    """LlamaForCausalLM, OPTForCausalLM and their kin: one tower of decoder blocks.
+
+    `blocks_path` names the ModuleList of decoder blocks (LLaMA: model.layers, OPT:
+    model.decoder.layers). The tokenizer is the checkpoint's, or `tokenizer=bytes` (ByT5's byte
+    tokenizer, needs no files) for the shipped tiny architectures.
+    """
+
+    def __init__(
+        self,
+        arch: str | None = None,
+        checkpoint: str | None = None,
+        init: str = "pretrained",
+        dtype: str = "float32",
+        blocks_path: str = "model.layers",
+        tokenizer: str | None = None,
+        seqlen: int = 2048,
+        seed: int = 0,
+        arch_overrides: dict[str, Any] | None = None,
+    ):
+        self.seqlen = seqlen
+        self.blocks_path = blocks_path
+        dt = torch_dtype(dtype)
+        if init == "random":
+            if arch is None:
+                raise UserError("model.init=random needs model.arch (a shipped architecture name)")
+            cfg = {**load_arch_config(arch), **(arch_overrides or {})}
+            config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+            torch.manual_seed(seed)
+            self.model = transformers.AutoModelForCausalLM.from_config(config, dtype=dt)
+        elif init == "pretrained":
+            if checkpoint is None:
+                raise UserError("model.init=pretrained needs model.checkpoint (hub name or local path)")
+            source = resolve_checkpoint(checkpoint)
+            try:
+                self.model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dt)
+            except OSError as err:
+                raise hub_load_error(checkpoint, err) from err
+        else:
+            raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")
+        self.model.eval()
+        self.tokenizer = self._load_tokenizer(tokenizer or checkpoint)
+        vocab = self.model.get_input_embeddings().num_embeddings
+        if len(self.tokenizer) > vocab:
+            raise UserError(f"tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary is {vocab}")
+
+    @staticmethod
+    def _load_tokenizer(name: str | None) -> Any:
+        if name == "bytes":
+            return transformers.ByT5Tokenizer()
+        if name is None:
+            raise UserError("model.tokenizer is unset and there is no checkpoint to take it from")
+        try:
+            return transformers.AutoTokenizer.from_pretrained(resolve_checkpoint(name))
+        except OSError as err:
+            raise hub_load_error(name, err) from err
+
+    def towers(self) -> list[Tower]:
+        layers = get_submodule(self.model, self.blocks_path)
+        blocks = [
+            Block(f"{self.blocks_path}.{i}", layer, linear_matrices(f"{self.blocks_path}.{i}", layer))
+            for i, layer in enumerate(layers)
+        ]
+        return [Tower("decoder", blocks)]
+
+    def tokenize(self, text: str) -> torch.Tensor:
+        """The whole text as one 1-D tensor of token ids (no special tokens)."""
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
+
+    def collate(self, samples: list[torch.Tensor]) -> Batch:
+        return {"input_ids": torch.stack(samples).to(self.device)}
+
+    def forward(self, batch: Batch) -> Any:
+        return self.model(input_ids=batch["input_ids"], use_cache=False)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Next-token cross-entropy, mean over predicted tokens."""
+        ids = batch["input_ids"]
+        return self.model(input_ids=ids, labels=ids, use_cache=False).loss
+
+    def save(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)

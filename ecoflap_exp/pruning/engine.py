@@ -1,0 +1,184 @@
+"""The sequential block-by-block pruning engine.
+
+Per tower: run the model once per calibration batch up to the tower's first block and keep that
+block's inputs (hidden states and keyword arguments). Then, block by block: hook the block's
+prunable matrices and run it over all cached inputs to collect the local pruner's statistics,
+prune every matrix to its planned count, and re-run the pruned block to produce the inputs of the
+next block. Beyond the model, memory holds one block's inputs and one block's statistics. With
+`offload`, the model stays where it is (CPU) and each block visits `device` in turn.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ecoflap_exp.models.base import Batch, Block, BlockInput, ModelAdapter, PrunableMatrix, Tower
+from ecoflap_exp.progress import track
+from ecoflap_exp.pruning.base import InputStats, LocalPruner
+from ecoflap_exp.pruning.masks import NM, check_nm_fits, planned_prune_count
+
+Plan = dict[str, float]
+
+
+@dataclass
+class MatrixReport:
+    name: str
+    block: str
+    tower: str
+    rows: int
+    cols: int
+    planned_sparsity: float
+    pruned: int
+    zeros_before: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def planned_sparsity(plan: Plan, block: Block, matrix: PrunableMatrix) -> float:
+    """A plan maps block names to sparsities; a matrix name in the plan overrides its block."""
+    return plan[matrix.name] if matrix.name in plan else plan[block.name]
+
+
+def move(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple | list):
+        return type(obj)(move(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: move(v, device) for k, v in obj.items()}
+    return obj
+
+
+class _Reached(Exception):
+    """Raised inside the model's forward once the tower's first block has its inputs."""
+
+
+def capture_inputs(adapter: ModelAdapter, tower: Tower, batches: list[Batch]) -> list[BlockInput]:
+    inputs: list[BlockInput] = []
+
+    def catch(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        inputs.append(Tower.split_input(args, kwargs))
+        raise _Reached
+
+    handle = tower.blocks[0].module.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for batch in batches:
+            try:
+                adapter.forward(batch)
+            except _Reached:
+                continue
+            raise RuntimeError(f"tower {tower.name}: the model's forward never reached {tower.blocks[0].name}")
+    finally:
+        handle.remove()
+    return inputs
+
+
+def collect_stats(
+    tower: Tower, block: Block, inputs: list[BlockInput], pruner: LocalPruner, device: torch.device
+) -> dict[PrunableMatrix, InputStats | None]:
+    """Run the block over every cached input with hooks that feed each matrix's statistics."""
+    if not pruner.needs_inputs:
+        return dict.fromkeys(block.matrices)
+    stats = {m: pruner.new_stats(m.shape[1], device) for m in block.matrices}
+    by_module: dict[torch.nn.Module, list[PrunableMatrix]] = defaultdict(list)
+    for m in block.matrices:
+        by_module[m.input_module].append(m)
+
+    def hook_for(matrices: list[PrunableMatrix]):
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            for m in matrices:
+                stats[m].add(m.input_of(args, kwargs))
+
+        return hook
+
+    handles = [mod.register_forward_hook(hook_for(ms), with_kwargs=True) for mod, ms in by_module.items()]
+    try:
+        for inp in inputs:
+            tower.run_block(block, inp)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def walk_tower(
+    adapter: ModelAdapter,
+    tower: Tower,
+    batches: list[Batch],
+    device: torch.device,
+    offload: bool = False,
+    description: str = "",
+    after: Callable[[Block, list[BlockInput]], None] | None = None,
+) -> Iterator[tuple[Block, list[BlockInput]]]:
+    """Yield each block of a tower with its inputs over all calibration batches.
+
+    The inputs of block 0 come from running the model; after the consumer is done with a block
+    (it may have pruned it), the block is re-run to turn its inputs into the next block's, which
+    `after(block, outputs)` may inspect.
+    """
+    inputs = [move(inp, device) for inp in capture_inputs(adapter, tower, batches)]
+    for block in track(tower.blocks, description or tower.name, total=len(tower.blocks)):
+        home = next(block.module.parameters()).device
+        if offload:
+            block.module.to(device)
+        yield block, inputs
+        for i, inp in enumerate(inputs):
+            inputs[i] = tower.next_input(tower.run_block(block, inp), inp)
+        if after is not None:
+            after(block, inputs)
+        if offload:
+            block.module.to(home)
+
+
+class SequentialEngine:
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        pruner: LocalPruner,
+        plan: Plan,
+        nm: NM | None = None,
+        device: torch.device | str | None = None,
+        offload: bool = False,
+    ):
+        self.adapter = adapter
+        self.pruner = pruner
+        self.plan = plan
+        self.nm = nm
+        self.device = torch.device(device) if device is not None else adapter.device
+        self.offload = offload
+
+    @torch.no_grad()
+    def run(self, batches: list[Batch]) -> list[MatrixReport]:
+        self.adapter.model.eval()
+        towers = self.adapter.towers()
+        for tower in towers:
+            for block in tower.blocks:
+                for m in block.matrices:
+                    check_nm_fits(m.name, m.shape[1], self.nm)
+        reports: list[MatrixReport] = []
+        for tower in towers:
+            for block, inputs in walk_tower(self.adapter, tower, batches, self.device, self.offload,
+                                            f"pruning {tower.name}"):
+                reports += self.prune_block(tower, block, inputs)
+        return reports
+
+    def prune_block(self, tower: Tower, block: Block, inputs: list[BlockInput]) -> list[MatrixReport]:
+        stats = collect_stats(tower, block, inputs, self.pruner, self.device)
+        reports = []
+        for m in block.matrices:
+            sparsity = planned_sparsity(self.plan, block, m)
+            rows, cols = m.shape
+            count = planned_prune_count(rows, cols, sparsity, self.nm)
+            weight = m.weight
+            zeros_before = int((weight == 0).sum())
+            mask = self.pruner.prune(weight, stats[m], count, self.nm)
+            pruned = int(mask.sum())
+            reports.append(MatrixReport(m.name, block.name, tower.name, rows, cols, sparsity, pruned, zeros_before))
+            stats[m] = None  # free this matrix's statistics before the next is pruned
+        return reports

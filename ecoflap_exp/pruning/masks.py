@@ -1,0 +1,96 @@
+"""Mask selection shared by every local pruner: exact counts, row or matrix groups, N:M.
+
+A mask is a bool tensor shaped like the weight, True where the weight is pruned. Every selection
+here prunes exactly the planned number of weights (no "<= threshold" ties that prune one more):
+the plan is the contract the verification step checks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ecoflap_exp.errors import UserError
+
+Group = Literal["row", "matrix"]
+
+
+@dataclass(frozen=True)
+class NM:
+    """Semi-structured sparsity: keep `n` of every `m` consecutive weights of a row."""
+
+    n: int
+    m: int
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.n / self.m
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}"
+
+
+def parse_nm(spec: str | None) -> NM | None:
+    """'2:4' -> NM(2, 4); None or '' -> None (unstructured)."""
+    if spec in (None, "", "none", "unstructured"):
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(spec))
+    if not match:
+        raise UserError(f"nm={spec!r} is not of the form N:M (e.g. nm=2:4); use nm=null for unstructured")
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m:
+        raise UserError(f"nm={spec}: N:M keeps N of every M weights, so it needs 0 < N < M (e.g. 2:4, 4:8)")
+    return NM(n, m)
+
+
+def planned_prune_count(rows: int, cols: int, sparsity: float, nm: NM | None) -> int:
+    """Number of weights a (rows x cols) matrix loses under the plan."""
+    if nm is not None:
+        return rows * (cols // nm.m) * (nm.m - nm.n)
+    return round(rows * cols * sparsity)
+
+
+def check_nm_fits(name: str, cols: int, nm: NM | None) -> None:
+    if nm is not None and cols % nm.m:
+        raise UserError(
+            f"nm={nm}: matrix {name} has {cols} input columns, not a multiple of {nm.m}; "
+            f"choose an M that divides it or prune unstructured (nm=null)"
+        )
+
+
+def select_mask(metric: torch.Tensor, count: int, group: Group = "row", nm: NM | None = None) -> torch.Tensor:
+    """Prune the weights with the smallest `metric`.
+
+    - nm: in each row, in every block of M consecutive columns, prune the M-N smallest (count is
+      implied and ignored).
+    - group="matrix": the `count` smallest of the whole matrix.
+    - group="row": every row loses count // rows of its smallest; the count % rows remaining
+      prunes go to the rows whose next-smallest weight is smallest, so the total is exact.
+    Ties break by position (stable sort), so a mask is deterministic.
+    """
+    rows, cols = metric.shape
+    mask = torch.zeros_like(metric, dtype=torch.bool)
+    if nm is not None:
+        tiles = metric.reshape(rows, cols // nm.m, nm.m)
+        order = torch.argsort(tiles, dim=-1, stable=True)[..., : nm.m - nm.n]
+        return mask.reshape(rows, cols // nm.m, nm.m).scatter_(-1, order, True).reshape(rows, cols)
+    if not 0 <= count <= rows * cols:
+        raise ValueError(f"cannot prune {count} of {rows * cols} weights")
+    if count == 0:
+        return mask
+    if group == "matrix":
+        order = torch.argsort(metric.flatten(), stable=True)[:count]
+        return mask.flatten().scatter_(0, order, True).reshape(rows, cols)
+    if group != "row":
+        raise UserError(f"comparison group {group!r} is unknown; use 'row' or 'matrix'")
+    per_row, extra = divmod(count, rows)
+    sorted_vals, order = torch.sort(metric, dim=1, stable=True)
+    if per_row:
+        mask.scatter_(1, order[:, :per_row], True)
+    if extra:
+        next_rows = torch.argsort(sorted_vals[:, per_row], stable=True)[:extra]
+        mask[next_rows, order[next_rows, per_row]] = True
+    return mask

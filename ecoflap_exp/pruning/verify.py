@@ -1,0 +1,56 @@
+"""After pruning: does every matrix hold the planned number of zeros, and is every weight finite?
+
+Checked on the weights themselves, independently of the engine's bookkeeping: a matrix must have
+at least its planned count of zeros, and at most that plus the zeros it already had (a weight that
+was exactly zero before pruning may be kept and stay zero).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.pruning.engine import MatrixReport, Plan, planned_sparsity
+from ecoflap_exp.pruning.masks import NM, planned_prune_count
+
+
+def verify(adapter: ModelAdapter, plan: Plan, nm: NM | None, reports: list[MatrixReport]) -> dict[str, Any]:
+    zeros_before = {r.name: r.zeros_before for r in reports}
+    per_matrix: dict[str, float] = {}
+    block_zeros: dict[str, int] = defaultdict(int)
+    block_sizes: dict[str, int] = defaultdict(int)
+    problems = []
+    for tower in adapter.towers():
+        for block in tower.blocks:
+            for m in block.matrices:
+                weight = m.weight
+                rows, cols = weight.shape
+                planned = planned_prune_count(rows, cols, planned_sparsity(plan, block, m), nm)
+                zeros = int((weight == 0).sum())
+                if m.name not in zeros_before:
+                    if planned:
+                        problems.append(f"{m.name}: planned {planned} pruned weights but never pruned")
+                elif not planned <= zeros <= planned + zeros_before[m.name]:
+                    problems.append(f"{m.name}: {zeros} zeros, planned {planned}")
+                if not torch.isfinite(weight).all():
+                    problems.append(f"{m.name}: NaN/inf weights")
+                per_matrix[m.name] = zeros / weight.numel()
+                block_zeros[block.name] += zeros
+                block_sizes[block.name] += weight.numel()
+    if problems:
+        raise RuntimeError("pruned model does not match the plan:\n  " + "\n  ".join(problems[:20]))
+    bad_params = [n for n, p in adapter.model.named_parameters() if not torch.isfinite(p).all()]
+    if bad_params:
+        raise UserError(f"the pruned model has NaN/inf parameters ({', '.join(bad_params[:5])}); "
+                        f"lower the sparsity or check the calibration data")
+    total = sum(block_sizes.values())
+    return {
+        "overall": sum(block_zeros.values()) / total if total else 0.0,
+        "prunable_params": total,
+        "per_block": {b: block_zeros[b] / block_sizes[b] for b in block_sizes},
+        "per_matrix": per_matrix,
+    }

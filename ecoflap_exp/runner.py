@@ -1,0 +1,255 @@
+"""One run, start to end: validate, load, calibrate, score, allocate, prune, verify, evaluate,
+record (DESIGN.md, "The run")."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import math
+import platform
+import resource
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+import ecoflap_exp
+from ecoflap_exp.data.base import CalibrationSource
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.evals.base import Evaluation
+from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.pruning.base import LocalPruner
+from ecoflap_exp.pruning.engine import SequentialEngine
+from ecoflap_exp.pruning.masks import NM, parse_nm
+from ecoflap_exp.pruning.verify import verify
+from ecoflap_exp.scoring.allocate import Allocation
+from ecoflap_exp.scoring.base import BlockScorer
+from ecoflap_exp.tracking.store import ResultsStore, run_id
+
+log = logging.getLogger(__name__)
+console = Console()
+
+
+@dataclass
+class Target:
+    """The validated pruning target of a run."""
+
+    sparsity: float
+    max_sparsity: float
+    nm: NM | None
+
+
+def validate(cfg: DictConfig) -> Target:
+    """Every check that needs no weights, so bad values fail before anything heavy loads."""
+    nm = parse_nm(cfg.nm)
+    sparsity = nm.sparsity if nm is not None else cfg.sparsity
+    if not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
+        raise UserError(f"sparsity={cfg.sparsity} is outside [0, 1); pass a fraction such as sparsity=0.5")
+    max_sparsity = cfg.max_sparsity
+    if max_sparsity is None:
+        max_sparsity = min(sparsity + cfg.max_sparsity_delta, 1.0)
+    if not sparsity <= max_sparsity <= 1:
+        raise UserError(f"max_sparsity={max_sparsity} must lie in [sparsity={sparsity}, 1]")
+    if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
+        raise UserError(f"device={cfg.device!r} is unknown; use auto, cpu or cuda[:N]")
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={cfg.device} but no CUDA device is available; use device=cpu")
+    return Target(float(sparsity), float(max_sparsity), nm)
+
+
+def build(node: DictConfig) -> Any:
+    """hydra.utils.instantiate, letting a plugin's UserError through as itself (Hydra wraps every
+    error of a constructor in its own exception type, which would bury the message)."""
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class StageTimer:
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_gpu_gb: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        yield
+        self.seconds[stage] = round(time.perf_counter() - start, 3)
+        if torch.cuda.is_available():
+            self.peak_gpu_gb[stage] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+
+
+def peak_rss_gb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+
+
+def versions() -> dict[str, str]:
+    import hydra
+    import transformers
+
+    return {
+        "ecoflap_exp": ecoflap_exp.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "hydra": hydra.__version__,
+    }
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def check_finite(metrics: dict[str, float]) -> None:
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:
+        raise UserError(f"evaluation gave non-finite metrics {bad}; the pruned model is broken")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one configured experiment point and return its record (already in the store)."""
+    target = validate(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    store = ResultsStore(cfg.paths.results_dir)
+    rid = run_id(config)
+    if not cfg.force and (done := store.finished(rid)):
+        console.print(f"[green]run {rid} already finished[/] ({store.path(rid)}); skipped (force=true reruns it)")
+        return done
+    record: dict[str, Any] = {"id": rid, "status": "running", "config": config,
+                              "started": dt.datetime.now().isoformat(timespec="seconds"),
+                              "versions": versions(), "git_commit": git_commit()}
+    try:
+        record.update(execute(cfg, target, rid))
+        record["status"] = "ok"
+    except BaseException as err:
+        record.update(status="failed", error=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        record["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+        record["peak_rss_gb"] = peak_rss_gb()
+        store.write(record)
+    print_summary(record)
+    return record
+
+
+def plan_keys(adapter: ModelAdapter) -> list[str]:
+    return [block.name for block in adapter.blocks()]
+
+
+def save(adapter: ModelAdapter, folder: Path, record: dict[str, Any]) -> str:
+    """The pruned model in its library's own format plus a JSON of the plan and what was reached."""
+    folder.mkdir(parents=True, exist_ok=True)
+    adapter.save(folder)
+    keys = ("target", "scores", "plan", "achieved")
+    (folder / "pruning.json").write_text(json.dumps({k: record[k] for k in keys}, indent=1))
+    return str(folder)
+
+
+def execute(cfg: DictConfig, target: Target, rid: str) -> dict[str, Any]:
+    timer = StageTimer()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    calib: CalibrationSource = build(cfg.calib)
+    scorer: BlockScorer = build(cfg.scorer)
+    pruner: LocalPruner = build(cfg.pruner)
+    allocation: Allocation = build(cfg.allocation)
+    evals: dict[str, Evaluation] = {name: build(ev) for name, ev in cfg.evals.items()}
+    if target.nm is not None and scorer.non_uniform:
+        raise UserError(f"nm={target.nm} fixes every matrix at {target.sparsity}; use scorer=uniform with N:M")
+    with timer("load"):
+        adapter: ModelAdapter = build(cfg.model)
+        if not cfg.offload:
+            adapter.to(device)
+    plan: dict[str, float] = {}
+    scores: dict[str, float] = {}
+    reports = []
+    if target.sparsity > 0:
+        with timer("calibrate"):
+            batches = calib.batches(adapter)
+        with timer("score"):
+            scores = scorer.scores(adapter, batches)
+        with timer("allocate"):
+            plan = allocation.plan(adapter, batches, scores, target.sparsity, target.max_sparsity)
+        with timer("prune"):
+            engine = SequentialEngine(adapter, pruner, plan, target.nm, device, cfg.offload)
+            reports = engine.run(batches)
+        del batches
+    with timer("verify"):
+        achieved = verify(adapter, plan or dict.fromkeys(plan_keys(adapter), 0.0), target.nm, reports)
+    if cfg.offload:
+        adapter.to(device)
+    metrics: dict[str, float] = {}
+    with timer("eval"):
+        for name, ev in evals.items():
+            metrics.update({f"{name}/{k}": v for k, v in ev.evaluate(adapter).items()})
+    check_finite(metrics)
+    result = {
+        "target": {"sparsity": target.sparsity, "max_sparsity": target.max_sparsity,
+                   "nm": str(target.nm) if target.nm else None},
+        "scores": scores,
+        "plan": plan,
+        "achieved": achieved,
+        "matrices": [r.as_dict() for r in reports],
+        "metrics": metrics,
+        "timings_s": timer.seconds,
+        "peak_gpu_gb": timer.peak_gpu_gb,
+    }
+    if cfg.save_model:
+        result["saved_model"] = save(adapter, Path(cfg.paths.models_dir) / rid, result)
+    return result
+
+
+def print_summary(record: dict[str, Any]) -> None:
+    cfg = record["config"]
+    table = Table(title=f"run {record['id']}", show_header=False)
+    table.add_row("model", str(cfg["model"].get("checkpoint") or cfg["model"].get("arch")))
+    table.add_row("scorer / pruner", f"{cfg['scorer']['_target_'].rsplit('.', 1)[-1]} / "
+                  f"{cfg['pruner']['_target_'].rsplit('.', 1)[-1]}")
+    target = record["target"]
+    table.add_row("target sparsity", f"{target['sparsity']:.4f}" + (f" ({target['nm']})" if target["nm"] else ""))
+    table.add_row("achieved sparsity", f"{record['achieved']['overall']:.4f} of "
+                  f"{record['achieved']['prunable_params']:,} prunable weights")
+    if record["plan"]:
+        values = list(record["plan"].values())
+        table.add_row("group sparsity range", f"{min(values):.4f} .. {max(values):.4f}")
+    for name, value in record["metrics"].items():
+        table.add_row(name, f"{value:.4f}")
+    table.add_row("time (s)", ", ".join(f"{k} {v:.1f}" for k, v in record["timings_s"].items()))
+    memory = f"peak RSS {record['peak_rss_gb']:.2f} GB"
+    if record["peak_gpu_gb"]:
+        memory += f", peak GPU {max(record['peak_gpu_gb'].values()):.2f} GB"
+    table.add_row("memory", memory)
+    console.print(table)

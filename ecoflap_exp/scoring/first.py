@@ -1,0 +1,78 @@
+"""ECoFLaP first-order score (GradMagAbs): per weight |W| * mean over batches of |dL/dW|.
+
+The mean of absolute per-batch gradients (not |mean gradient|), as the official code. Since
+sum_ij |W_ij| * mean_b |g_bij| = mean_b sum_ij |W_ij| |g_bij|, each matrix's score is reduced to
+a scalar as soon as its gradient is accumulated and the gradient is freed at once: beyond a
+plain backward pass, memory holds one matrix's gradient at a time and no accumulation buffers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.models.base import Batch, ModelAdapter, PrunableMatrix
+from ecoflap_exp.progress import track
+from ecoflap_exp.scoring.base import BlockScorer, aggregate
+
+
+class FirstOrderScorer(BlockScorer):
+    def __init__(self, granularity: str = "block", aggregate: str = "sum", num_samples: int | None = None):
+        self.granularity = granularity
+        self.aggregate = aggregate
+        self.num_samples = num_samples
+
+    def scores(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
+        batches = first_samples(batches, self.num_samples)
+        per_matrix = first_order_matrix_scores(adapter, batches)
+        return aggregate(adapter, per_matrix, self.granularity, self.aggregate)
+
+
+def first_samples(batches: list[Batch], num_samples: int | None) -> list[Batch]:
+    """The leading batches that hold `num_samples` calibration samples (all when None)."""
+    if num_samples is None:
+        return batches
+    kept, count = [], 0
+    for batch in batches:
+        if count >= num_samples:
+            break
+        kept.append(batch)
+        count += len(next(iter(batch.values())))
+    return kept
+
+
+def first_order_matrix_scores(adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
+    model = adapter.model
+    by_param: dict[torch.nn.Parameter, list[PrunableMatrix]] = defaultdict(list)
+    for m in adapter.matrices():
+        by_param[m.param].append(m)
+    totals = {m.name: 0.0 for ms in by_param.values() for m in ms}
+
+    def reduce_and_free(param: torch.nn.Parameter) -> None:
+        for m in by_param[param]:
+            totals[m.name] += float((m.weight.abs().float() * param.grad[m.rows].abs().float()).sum())
+        param.grad = None
+
+    was_trainable = {p: p.requires_grad for p in model.parameters()}
+    handles = []
+    try:
+        for p in model.parameters():
+            p.requires_grad_(p in by_param)
+        handles = [p.register_post_accumulate_grad_hook(reduce_and_free) for p in by_param]
+        model.eval()
+        for batch in track(batches, "first-order scores", total=len(batches)):
+            loss = adapter.loss(batch)
+            if not math.isfinite(loss.item()):
+                raise UserError(f"first-order scoring: the calibration loss is {loss.item()}; check the "
+                                f"calibration data and model dtype (fp16 overflow?)")
+            loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, trainable in was_trainable.items():
+            p.requires_grad_(trainable)
+            p.grad = None
+    return {name: total / len(batches) for name, total in totals.items()}

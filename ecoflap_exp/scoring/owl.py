@@ -1,0 +1,36 @@
+"""OWL's layer outlier ratio (Yin et al. 2024) as block scores, for OwlAllocation.
+
+On the dense model, for every block: the Wanda metric |W_ij| * ||X_j||_2 of each of its matrices;
+an outlier is an entry above M times its matrix's mean metric; the block's score is its share of
+outliers over all its weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ecoflap_exp.models.base import Batch, ModelAdapter
+from ecoflap_exp.pruning.engine import collect_stats, walk_tower
+from ecoflap_exp.pruning.wanda import ColumnNorms, WandaPruner
+from ecoflap_exp.scoring.base import BlockScorer
+
+
+class OutlierRatioScorer(BlockScorer):
+    def __init__(self, outlier_factor: float = 5.0):
+        self.outlier_factor = outlier_factor
+
+    @torch.no_grad()
+    def scores(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
+        adapter.model.eval()
+        ratios = {}
+        for tower in adapter.towers():
+            for block, inputs in walk_tower(adapter, tower, batches, adapter.device, description=f"OWL {tower.name}"):
+                stats = collect_stats(tower, block, inputs, WandaPruner(), adapter.device)
+                outliers = 0
+                for m in block.matrices:
+                    norms = stats[m]
+                    assert isinstance(norms, ColumnNorms)
+                    metric = m.weight.abs().float() * norms.sq_norms.sqrt()
+                    outliers += int((metric > self.outlier_factor * metric.mean()).sum())
+                ratios[block.name] = outliers / block.numel
+        return ratios

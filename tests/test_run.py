@@ -1,0 +1,135 @@
+"""End-to-end runs through the Hydra config and run.py on tiny models."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+from transformers import AutoModelForCausalLM
+
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.runner import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose("config", [f"paths.root={tmp_path}", "device=cpu", *overrides])
+
+
+def records(tmp_path):
+    return [json.loads(p.read_text()) for p in sorted((tmp_path / "results" / "runs").glob("*.json"))]
+
+
+def cli(tmp_path, *args):
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args, f"paths.root={tmp_path}", "device=cpu"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pruner", ["wanda", "sparsegpt", "magnitude"])
+def test_tiny_llama_run_reaches_the_plan_and_records_it(tmp_path, pruner):
+    record = run(config(tmp_path, f"pruner={pruner}", "sparsity=0.6"))
+    assert record["status"] == "ok"
+    assert record["achieved"]["overall"] == pytest.approx(0.6, abs=1e-4)
+    assert set(record["plan"].values()) == {0.6}
+    assert record["metrics"]["text/ppl"] > 1
+    assert {"load", "calibrate", "score", "prune", "verify", "eval"} <= set(record["timings_s"])
+    assert record["versions"]["torch"] == torch.__version__
+    assert records(tmp_path) == [json.loads(json.dumps(record, default=str))]
+
+
+@pytest.mark.slow
+def test_nm_run_and_dense_run(tmp_path):
+    nm = run(config(tmp_path, "nm=2:4", "pruner=sparsegpt"))
+    assert nm["target"] == {"sparsity": 0.5, "max_sparsity": pytest.approx(0.6), "nm": "2:4"}
+    assert nm["achieved"]["overall"] == pytest.approx(0.5)
+    dense = run(config(tmp_path, "sparsity=0"))
+    assert dense["plan"] == {} and dense["achieved"]["overall"] == 0.0
+    assert dense["metrics"]["text/ppl"] < nm["metrics"]["text/ppl"]
+
+
+@pytest.mark.slow
+def test_identical_rerun_is_skipped_unless_forced(tmp_path):
+    first = run(config(tmp_path, "sparsity=0.3"))
+    again = run(config(tmp_path, "sparsity=0.3"))
+    assert again["started"] == first["started"] and again["id"] == first["id"]
+    forced = run(config(tmp_path, "sparsity=0.3", "force=true"))
+    assert forced["id"] == first["id"] and len(records(tmp_path)) == 1
+    assert forced["metrics"] == pytest.approx(first["metrics"])  # same seed, same result
+
+
+@pytest.mark.slow
+def test_saved_model_loads_back_with_the_same_weights(tmp_path):
+    record = run(config(tmp_path, "save_model=true", "sparsity=0.5"))
+    folder = Path(record["saved_model"])
+    saved = json.loads((folder / "pruning.json").read_text())
+    assert saved["plan"] == record["plan"]
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    layers = model.model.layers
+    zeros = sum(int((m.weight == 0).sum()) for layer in layers for m in layer.modules()
+                if isinstance(m, torch.nn.Linear))
+    total = sum(m.weight.numel() for layer in layers for m in layer.modules() if isinstance(m, torch.nn.Linear))
+    assert zeros / total == pytest.approx(record["achieved"]["overall"])
+    assert zeros / total == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_multirun_writes_one_record_per_point_and_rerun_skips(tmp_path):
+    args = ["--multirun", "sparsity=0.3,0.5"]
+    first = cli(tmp_path, *args)
+    assert first.returncode == 0, first.stderr
+    recs = records(tmp_path)
+    assert sorted(r["target"]["sparsity"] for r in recs) == [0.3, 0.5]
+    assert all(r["status"] == "ok" for r in recs)
+    second = cli(tmp_path, *args)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("already finished") == 2
+    assert records(tmp_path) == recs
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["sparsity=1.0"], r"sparsity=1.0 is outside \[0, 1\)"),
+        (["sparsity=-0.2"], r"outside \[0, 1\)"),
+        (["nm=4:2"], "0 < N < M"),
+        (["max_sparsity=0.3"], "max_sparsity=0.3 must lie in"),
+        (["model.init=pretrained", "model.checkpoint=/no/such/model"], "/no/such/model' does not exist"),
+        (["calib.num_samples=2", "calib.batch_size=4"], "fewer than one batch"),
+        (["calib.source=/no/such/text.txt"], "/no/such/text.txt' does not exist"),
+        (["model.dtype=float8"], "model.dtype='float8' is unknown"),
+    ],
+)
+def test_bad_input_is_one_clear_message(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        run(config(tmp_path, *overrides))
+
+
+@pytest.mark.parametrize("group", ["model", "pruner", "scorer"])
+def test_unknown_plugin_name_lists_the_known_ones(tmp_path, group):
+    with pytest.raises(MissingConfigException, match=f"Could not find '{group}/nope'"):
+        config(tmp_path, f"{group}=nope")
+
+
+@pytest.mark.slow
+def test_cli_error_is_one_line_without_a_traceback(tmp_path):
+    result = cli(tmp_path, "sparsity=1.5")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: sparsity=1.5 is outside [0, 1)")
+    assert "Traceback" not in result.stderr
+    failed = records(tmp_path)
+    assert failed == []  # config errors stop before a run exists
+
+
+@pytest.mark.slow
+def test_failed_run_is_recorded_as_failed(tmp_path):
+    with pytest.raises(UserError):
+        run(config(tmp_path, "evals.text.source=/no/such/eval.txt"))
+    (record,) = records(tmp_path)
+    assert record["status"] == "failed" and "/no/such/eval.txt" in record["error"]
