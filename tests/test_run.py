@@ -133,3 +133,23 @@ def test_failed_run_is_recorded_as_failed(tmp_path):
         run(config(tmp_path, "evals.text.source=/no/such/eval.txt"))
     (record,) = records(tmp_path)
     assert record["status"] == "failed" and "/no/such/eval.txt" in record["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [["scorer=first"], ["scorer=zeroth", "scorer.num_samples=8"], ["scorer=id"], ["scorer=id_zeroth"],
+     ["scorer=id_first"], ["scorer=owl"], ["scorer=id", "allocation=global"],
+     ["scorer=first", "allocation.scope=per_tower", "pruner=sparsegpt"]],
+)
+def test_every_scorer_runs_and_gives_a_non_uniform_plan(tmp_path, overrides):
+    record = run(config(tmp_path, *overrides, "sparsity=0.6", "model.arch_overrides={num_hidden_layers: 4}"))
+    plan = record["plan"]
+    assert len(set(plan.values())) > 1
+    assert record["achieved"]["overall"] == pytest.approx(0.6, abs=1e-4)
+    assert len(record["scores"]) == len(plan) or overrides[-1] == "allocation=global"
+
+
+def test_nm_needs_the_uniform_scorer(tmp_path):
+    with pytest.raises(UserError, match="use scorer=uniform with N:M"):
+        run(config(tmp_path, "nm=2:4", "scorer=first"))

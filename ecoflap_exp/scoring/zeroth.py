@@ -5,8 +5,9 @@ take the two-point estimate |L(W + eps z) - L(W - eps z)| / (2 eps) of the direc
 derivative; a matrix's score is the sum over batches, a block's the sum over its matrices.
 
 Two things the official code does not do:
-- weights are restored bit-exactly after each perturbation (from a copy of that one matrix;
-  adding and subtracting eps z in bf16/fp16 drifts);
+- weights are restored bit-exactly after each perturbation (from a copy of that one matrix, kept
+  in CPU memory; adding and subtracting eps z in bf16/fp16 drifts), and z is drawn a few rows at a
+  time, so beyond a plain forward the accelerator holds only the cached block inputs;
 - `reuse_prefix`: a perturbation in block i cannot change what blocks before it compute, so the
   inputs of block i are cached once (walking the model block by block, like the pruning engine)
   and each perturbed loss runs only blocks i..end; every earlier block is skipped. The estimates
@@ -78,17 +79,17 @@ class ZerothOrderScorer(BlockScorer):
                         per_matrix[m.name] = self.estimate(m, index[m.name], losses)
         return per_matrix
 
-    def estimate(self, matrix: PrunableMatrix, index: int, losses: list) -> float:
+    def estimate(self, matrix: PrunableMatrix, index: int, losses: list[Callable[[], torch.Tensor]]) -> float:
         """Sum over batches of |L(W + eps z) - L(W - eps z)| / (2 eps), W restored bit-exactly."""
         weight = matrix.weight
-        original = weight.clone()
+        # the copy that makes the restore exact; off the accelerator, where memory is scarce
+        original = weight.to("cpu", copy=True)
         total = 0.0
         for b, loss in enumerate(losses):
-            generator = torch.Generator(device=weight.device).manual_seed(self.seed * 1_000_003 + index * 1009 + b)
-            z = torch.randn(weight.shape, generator=generator, device=weight.device, dtype=weight.dtype)
-            weight.add_(z, alpha=self.eps)
+            seed = self.seed * 1_000_003 + index * 1009 + b
+            perturb(weight, original, seed, self.eps)
             plus = loss().item()
-            weight.copy_(original).sub_(z, alpha=self.eps)
+            perturb(weight, original, seed, -self.eps)
             minus = loss().item()
             weight.copy_(original)
             if not (math.isfinite(plus) and math.isfinite(minus)):
@@ -96,6 +97,18 @@ class ZerothOrderScorer(BlockScorer):
                                 f"perturbing {matrix.name}; lower scorer.eps or check the calibration data")
             total += abs(plus - minus) / (2 * self.eps)
         return total
+
+
+def perturb(weight: torch.Tensor, original: torch.Tensor, seed: int, alpha: float, chunk: int = 1 << 22) -> None:
+    """weight = original + alpha * z with z ~ N(0, I) drawn from `seed`, a few rows at a time so
+    that z never exists whole (same seed, same z)."""
+    generator = torch.Generator(device=weight.device).manual_seed(seed)
+    rows, cols = weight.shape
+    step = max(1, chunk // cols)
+    for r in range(0, rows, step):
+        part = weight[r : r + step]
+        z = torch.randn(part.shape, generator=generator, device=weight.device, dtype=weight.dtype)
+        part.copy_(torch.add(original[r : r + step].to(weight.device), z, alpha=alpha))
 
 
 @contextlib.contextmanager

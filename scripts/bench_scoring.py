@@ -1,0 +1,152 @@
+"""Time and peak memory of the block scorers relative to one plain forward pass.
+
+Each pass runs in its own child process so that its peak RSS (ru_maxrss) is its own; model
+construction is the same in every child, so peak RSS ratios compare like with like.
+
+Two settings, both random-init LLaMA shapes on the CPU in fp32:
+- `memory`: LLaMA-7B width (4096 hidden, 11008 MLP), 4 blocks. zeroth perturbs only block 0's
+  matrices (the largest matrices are there too; the peak does not grow with more of them), so the
+  run stays short; first and id score the whole model.
+- `time`: a narrower LLaMA (1024 hidden, 2816 MLP) with 8 blocks, where zeroth-order scoring of
+  every matrix with and without prefix reuse finishes in minutes.
+
+Goals (issue 3): zeroth peak memory <= 1.10x the plain forward's; zeroth with prefix reuse <= 0.6x
+the naive variant's time; TwoNN on 2000 x 768 points >= 10x faster than scikit-dimension's.
+
+    python scripts/bench_scoring.py [--setting memory|time|twonn|all] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from ecoflap_exp.models.base import Tower  # noqa: E402
+from ecoflap_exp.models.causal_lm import CausalLMAdapter  # noqa: E402
+from ecoflap_exp.scoring.first import FirstOrderScorer  # noqa: E402
+from ecoflap_exp.scoring.intrinsic_dim import IntrinsicDimensionScorer, twonn  # noqa: E402
+from ecoflap_exp.scoring.zeroth import ZerothOrderScorer  # noqa: E402
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "memory": {"overrides": {"num_hidden_layers": 4}, "samples": 8, "seqlen": 128, "batch": 8,
+               "passes": ["forward", "zeroth_block0", "first", "id"]},
+    "time": {"overrides": {"num_hidden_layers": 8, "hidden_size": 1024, "intermediate_size": 2816,
+                           "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 8000},
+             "samples": 16, "seqlen": 64, "batch": 8, "passes": ["forward", "zeroth", "zeroth_naive", "id", "first"]},
+}
+
+
+def build(setting: dict[str, Any]) -> tuple[CausalLMAdapter, list[dict]]:
+    adapter = CausalLMAdapter(arch="llama_7b", init="random", tokenizer="bytes", arch_overrides=setting["overrides"])
+    ids = torch.randint(3, 259, (setting["samples"], setting["seqlen"]), generator=torch.Generator().manual_seed(0))
+    size = setting["batch"]
+    batches = [adapter.collate(list(ids[i : i + size])) for i in range(0, setting["samples"], size)]
+    return adapter, batches
+
+
+class FirstBlockOnly(CausalLMAdapter):
+    """The same model, but only block 0's matrices are scored (the others still run)."""
+
+    def towers(self) -> list[Tower]:
+        (tower,) = super().towers()
+        return [Tower(tower.name, tower.blocks[:1])]
+
+
+def run_pass(name: str, setting: dict[str, Any]) -> dict[str, Any]:
+    adapter, batches = build(setting)
+    samples = setting["samples"]
+    start = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if name == "forward":
+        with torch.no_grad():
+            for batch in batches:
+                adapter.forward(batch)
+    elif name.startswith("zeroth"):
+        if name == "zeroth_block0":
+            adapter.__class__ = FirstBlockOnly
+        scorer = ZerothOrderScorer(num_samples=samples, reuse_prefix=name != "zeroth_naive")
+        scorer.scores(adapter, batches)
+        extra["block_forwards"] = scorer.block_forwards
+    elif name == "first":
+        FirstOrderScorer().scores(adapter, batches)
+    elif name == "id":
+        IntrinsicDimensionScorer().scores(adapter, batches)
+    seconds = time.perf_counter() - start
+    return {"pass": name, "seconds": seconds, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            **extra}
+
+
+def bench_twonn() -> dict[str, Any]:
+    import numpy as np
+    import skdim
+
+    X = np.random.default_rng(0).standard_normal((2000, 768)).astype(np.float32)
+    T = torch.from_numpy(X)
+    twonn(T)  # warm-up
+    start = time.perf_counter()
+    ours = twonn(T)
+    ours_s = time.perf_counter() - start
+    start = time.perf_counter()
+    ref = skdim.id.TwoNN().fit(X).dimension_
+    ref_s = time.perf_counter() - start
+    return {"ours_s": ours_s, "skdim_s": ref_s, "speedup": ref_s / ours_s, "ours": ours, "skdim": ref,
+            "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setting", default="all", choices=["memory", "time", "twonn", "all"])
+    parser.add_argument("--child", nargs=2, metavar=("SETTING", "PASS"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help="also write the results as JSON here")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_pass(args.child[1], SETTINGS[args.child[0]])))
+        return
+    results: dict[str, Any] = {}
+    for setting in (["memory", "time"] if args.setting == "all" else [args.setting]):
+        if setting == "twonn":
+            continue
+        rows = []
+        for name in SETTINGS[setting]["passes"]:
+            out = subprocess.run([sys.executable, __file__, "--child", setting, name], capture_output=True,
+                                 text=True, check=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            print(setting, rows[-1], flush=True)
+        base = rows[0]
+        for row in rows:
+            row["time_x_forward"] = row["seconds"] / base["seconds"]
+            row["rss_x_forward"] = row["peak_rss_gb"] / base["peak_rss_gb"]
+        results[setting] = rows
+    if args.setting in ("twonn", "all"):
+        results["twonn"] = bench_twonn()
+    print(f"{'setting':8} {'pass':14} {'seconds':>9} {'x fwd':>7} {'peak RSS GB':>12} {'x fwd':>7} {'block fwds':>10}")
+    for setting, rows in results.items():
+        if setting == "twonn":
+            continue
+        for r in rows:
+            print(f"{setting:8} {r['pass']:14} {r['seconds']:9.2f} {r['time_x_forward']:7.2f} "
+                  f"{r['peak_rss_gb']:12.2f} {r['rss_x_forward']:7.3f} {r.get('block_forwards', ''):>10}")
+    if "time" in results:
+        by = {r["pass"]: r for r in results["time"]}
+        print(f"zeroth prefix reuse / naive time: {by['zeroth']['seconds'] / by['zeroth_naive']['seconds']:.3f}")
+    if "twonn" in results:
+        t = results["twonn"]
+        print(f"TwoNN 2000x768: ours {t['ours_s']:.3f} s, scikit-dimension {t['skdim_s']:.3f} s, "
+              f"speedup {t['speedup']:.2f}x ({t['threads']} threads); estimates {t['ours']:.4f} vs {t['skdim']:.4f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
