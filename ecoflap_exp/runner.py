@@ -21,6 +21,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
@@ -142,7 +143,11 @@ def check_finite(metrics: dict[str, float]) -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one configured experiment point and return its record (already in the store)."""
     target = validate(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise UserError(f"the config does not resolve at {getattr(err, 'full_key', '?')}: {str(err).splitlines()[0]} "
+                        f"(do the chosen model, calib and suite fit together?)") from None
     store = ResultsStore(cfg.paths.results_dir)
     rid = run_id(config)
     if not cfg.force and (done := store.finished(rid)):
@@ -163,6 +168,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         store.write(record)
     print_summary(record)
     return record
+
+
+def check_fit(adapter: ModelAdapter, parts: dict[str, CalibrationSource | Evaluation]) -> None:
+    """Each calibration source and eval works with this kind of model (before any heavy work)."""
+    for key, part in parts.items():
+        missing = [need for need in part.needs if not adapter.supports(need)]
+        if missing:
+            raise UserError(f"{key} ({type(part).__name__}) needs a model with {', '.join(missing)}(), which "
+                            f"{type(adapter).__name__} lacks; choose a calib/suite made for this model")
 
 
 def plan_keys(adapter: ModelAdapter) -> list[str]:
@@ -193,6 +207,7 @@ def execute(cfg: DictConfig, target: Target, rid: str) -> dict[str, Any]:
         adapter: ModelAdapter = build(cfg.model)
         if not cfg.offload:
             adapter.to(device)
+    check_fit(adapter, {"calib": calib, **{f"evals.{name}": ev for name, ev in evals.items()}})
     plan: dict[str, float] = {}
     scores: dict[str, float] = {}
     reports = []

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def config(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("config", [f"paths.root={tmp_path}", "device=cpu", *overrides])
+        return compose("config", [f"paths.root={tmp_path}", f"paths.data_root={tmp_path}/data", "device=cpu",
+                                  *overrides])
 
 
 def records(tmp_path):
@@ -153,3 +154,27 @@ def test_every_scorer_runs_and_gives_a_non_uniform_plan(tmp_path, overrides):
 def test_nm_needs_the_uniform_scorer(tmp_path):
     with pytest.raises(UserError, match="use scorer=uniform with N:M"):
         run(config(tmp_path, "nm=2:4", "scorer=first"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["vit_tiny", "timm_vit_tiny"])
+def test_tiny_vit_end_to_end(tmp_path, model):
+    from fixtures import write_image_folder
+
+    root = write_image_folder(tmp_path / "data" / "imagenet" / "val")
+    write_image_folder(tmp_path / "data" / "imagenet" / "train", seed=1)
+    record = run(config(tmp_path, f"model={model}", "calib=image_folder", "calib.num_samples=8", "calib.batch_size=4",
+                        "suite=vit", "pruner=sparsegpt", "sparsity=0.5"))
+    assert record["achieved"]["overall"] == pytest.approx(0.5)
+    assert 0 <= record["metrics"]["imagenet/top1"] <= 100
+    assert str(root).startswith(str(tmp_path))
+
+
+def test_eval_that_does_not_fit_the_model_is_a_clear_error(tmp_path):
+    from fixtures import write_image_folder
+
+    write_image_folder(tmp_path / "data" / "imagenet" / "val", per_class=1)
+    with pytest.raises(UserError, match=r"evals.imagenet \(Top1Accuracy\) needs a model with logits\(\)"):
+        run(config(tmp_path, "suite=vit"))
+    with pytest.raises(UserError, match="does not resolve at calib.seqlen: Interpolation key 'model.seqlen'"):
+        run(config(tmp_path, "model=vit_tiny"))

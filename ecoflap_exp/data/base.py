@@ -15,6 +15,9 @@ from ecoflap_exp.models.base import Batch, ModelAdapter
 
 
 class CalibrationSource(ABC):
+    #: optional adapter methods this source calls (checked before any pruning)
+    needs: tuple[str, ...] = ()
+
     def __init__(self, num_samples: int = 128, batch_size: int = 8, seed: int = 0):
         if num_samples < 1 or batch_size < 1:
             raise UserError(f"calib.num_samples={num_samples} and calib.batch_size={batch_size} must be >= 1")

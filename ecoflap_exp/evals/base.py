@@ -8,6 +8,9 @@ from ecoflap_exp.models.base import ModelAdapter
 
 
 class Evaluation(ABC):
+    #: optional adapter methods this evaluation calls (checked before any pruning)
+    needs: tuple[str, ...] = ()
+
     @abstractmethod
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
         """Metric name -> value. Raise UserError for missing/malformed data, and for a NaN/inf

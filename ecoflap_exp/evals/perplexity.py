@@ -15,6 +15,8 @@ from ecoflap_exp.progress import track
 
 
 class Perplexity(Evaluation):
+    needs = ("tokenize",)
+
     def __init__(self, source: str, seqlen: int, batch_size: int = 1, limit: int | None = None,
                  joiner: str = "\n\n"):
         self.source = source

@@ -85,6 +85,24 @@ def linear_matrices(prefix: str, block: nn.Module) -> list[PrunableMatrix]:
     ]
 
 
+def find_block_list(model: nn.Module) -> tuple[str, nn.ModuleList | nn.Sequential]:
+    """The model's stack of transformer blocks: the longest ModuleList (or Sequential, as timm's)
+    whose entries all hold Linear layers, so a library renaming its modules does not break it."""
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList | nn.Sequential) and len(module) > 0
+        and all(any(isinstance(m, nn.Linear) for m in entry.modules()) for entry in module)
+    ]
+    if not candidates:
+        raise UserError(f"{type(model).__name__} has no list of blocks with Linear layers to prune")
+    return max(candidates, key=lambda item: len(item[1]))
+
+
+def blocks_of(path: str, layers: nn.ModuleList | nn.Sequential) -> list[Block]:
+    return [Block(f"{path}.{i}", layer, linear_matrices(f"{path}.{i}", layer)) for i, layer in enumerate(layers)]
+
+
 class Tower:
     """An ordered stack of blocks; block i's output is block i+1's hidden-state input.
 
@@ -143,6 +161,19 @@ class ModelAdapter(ABC):
     def save(self, path: Path) -> None:
         """Save the (pruned) weights in the library's own format."""
 
+    def supports(self, method: str) -> bool:
+        """Whether this adapter implements an optional method (tokenize, logits, ...)."""
+        return getattr(type(self), method) is not getattr(ModelAdapter, method)
+
+    def tokenize(self, text: str) -> torch.Tensor:
+        """Text -> 1-D token ids (language models; used by text calibration and perplexity)."""
+        raise UserError(f"{type(self).__name__} has no tokenizer; text calibration and perplexity need a "
+                        f"language model")
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """Class logits of a batch (classifiers; used by top-1 accuracy)."""
+        raise UserError(f"{type(self).__name__} has no classifier head; top-1 accuracy needs an image classifier")
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -158,6 +189,15 @@ class ModelAdapter(ABC):
     def matrices(self) -> Iterator[PrunableMatrix]:
         for block in self.blocks():
             yield from block.matrices
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UserError(f"model.dtype={name!r} is unknown; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def load_arch_config(arch: str) -> dict:

@@ -12,22 +12,14 @@ from torch import nn
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.base import (
     Batch,
-    Block,
     ModelAdapter,
     Tower,
+    blocks_of,
     hub_load_error,
-    linear_matrices,
     load_arch_config,
     resolve_checkpoint,
+    torch_dtype,
 )
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise UserError(f"model.dtype={name!r} is unknown; use one of {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 def get_submodule(model: nn.Module, path: str) -> nn.Module:
@@ -95,12 +87,7 @@ class CausalLMAdapter(ModelAdapter):
             raise hub_load_error(name, err) from err
 
     def towers(self) -> list[Tower]:
-        layers = get_submodule(self.model, self.blocks_path)
-        blocks = [
-            Block(f"{self.blocks_path}.{i}", layer, linear_matrices(f"{self.blocks_path}.{i}", layer))
-            for i, layer in enumerate(layers)
-        ]
-        return [Tower("decoder", blocks)]
+        return [Tower("decoder", blocks_of(self.blocks_path, get_submodule(self.model, self.blocks_path)))]
 
     def tokenize(self, text: str) -> torch.Tensor:
         """The whole text as one 1-D tensor of token ids (no special tokens)."""

@@ -1,0 +1,83 @@
+"""Image classification data in the ImageFolder layout (root/<class>/<image>, classes sorted by
+name -> label index), which is ImageNet's train layout and its val layout after the usual
+"valprep" into synset folders; plus seeded random images for timing runs with no data."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ecoflap_exp.data.base import CalibrationSource
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.models.base import ModelAdapter
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG"}
+
+
+def image_folder(root: str) -> list[tuple[Path, int]]:
+    """(path, label) of every image under root/<class>/, sorted by class then file name."""
+    base = Path(root).expanduser()
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    items = [(f, label) for label, name in enumerate(classes)
+             for f in sorted((base / name).iterdir()) if f.suffix in IMAGE_SUFFIXES]
+    if not items:
+        raise UserError(f"image folder {root!r} is missing or holds no images; expected the ImageFolder layout "
+                        f"{root}/<class name>/<image>.jpg (set paths.data_root or the config's root)")
+    return items
+
+
+def open_images(items: list[tuple[Path, int]], max_bad_fraction: float) -> list[tuple[Image.Image, int]]:
+    """Decode images, skipping (and counting) files that fail; too many failures is an error."""
+    images, bad = [], []
+    for path, label in items:
+        try:
+            with Image.open(path) as image:
+                images.append((image.convert("RGB"), label))
+        except (UnidentifiedImageError, OSError) as err:
+            bad.append(path)
+            log.warning("skipping image that fails to decode: %s (%s)", path, err)
+    if bad and len(bad) > max_bad_fraction * len(items):
+        raise UserError(f"{len(bad)} of {len(items)} images fail to decode (first: {bad[0]}), more than "
+                        f"max_bad_fraction={max_bad_fraction}; fix or remove them")
+    if bad:
+        log.warning("skipped %d of %d images that fail to decode", len(bad), len(items))
+    return images
+
+
+class ImageFolderCalibration(CalibrationSource):
+    needs = ("logits",)  # labelled images calibrate classifiers
+
+    def __init__(self, root: str, num_samples: int = 128, batch_size: int = 8, seed: int = 0, shuffle: bool = True,
+                 max_bad_fraction: float = 0.05):
+        super().__init__(num_samples, batch_size, seed)
+        self.root = root
+        self.shuffle = shuffle
+        self.max_bad_fraction = max_bad_fraction
+
+    def samples(self, adapter: ModelAdapter) -> list[tuple[Image.Image, int]]:
+        items = image_folder(self.root)
+        if self.shuffle:
+            random.Random(self.seed).shuffle(items)
+        return open_images(items[: self.num_samples], self.max_bad_fraction)
+
+
+class SyntheticImageCalibration(CalibrationSource):
+    """Seeded uniform-noise images with random labels: for timing runs, never for real results."""
+
+    needs = ("logits",)
+
+    def __init__(self, image_size: int, num_classes: int, num_samples: int = 128, batch_size: int = 8, seed: int = 0):
+        super().__init__(num_samples, batch_size, seed)
+        self.image_size = image_size
+        self.num_classes = num_classes
+
+    def samples(self, adapter: ModelAdapter) -> list[tuple[Image.Image, int]]:
+        generator = torch.Generator().manual_seed(self.seed)
+        pixels = torch.randint(0, 256, (self.num_samples, self.image_size, self.image_size, 3), generator=generator)
+        labels = torch.randint(0, self.num_classes, (self.num_samples,), generator=generator)
+        return [(Image.fromarray(p.to(torch.uint8).numpy()), int(y)) for p, y in zip(pixels, labels, strict=True)]

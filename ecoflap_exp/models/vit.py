@@ -1,0 +1,122 @@
+"""Vision transformers for image classification: transformers' ViTForImageClassification and timm's
+VisionTransformer. One tower ("vision"); calibration loss = cross-entropy of the class logits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torchvision import transforms
+
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.models.base import (
+    Batch,
+    ModelAdapter,
+    Tower,
+    blocks_of,
+    find_block_list,
+    hub_load_error,
+    load_arch_config,
+    resolve_checkpoint,
+    torch_dtype,
+)
+
+
+class ImageClassifierAdapter(ModelAdapter):
+    """Shared by both backends: preprocessing, batches of (image, label), loss, logits."""
+
+    def __init__(self, image_size: int, resize_size: int | None, mean: list[float], std: list[float]):
+        self.preprocess = transforms.Compose([
+            transforms.Resize(resize_size or image_size, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(list(mean), list(std)),
+        ])
+
+    def towers(self) -> list[Tower]:
+        path, layers = find_block_list(self.model)
+        return [Tower("vision", blocks_of(path, layers))]
+
+    def collate(self, samples: list[tuple[Image.Image, int]]) -> Batch:
+        dtype = next(self.model.parameters()).dtype
+        pixels = torch.stack([self.preprocess(image.convert("RGB")) for image, _ in samples])
+        labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+        return {"pixel_values": pixels.to(self.device, dtype), "labels": labels.to(self.device)}
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(self.logits(batch).float(), batch["labels"])
+
+    def forward(self, batch: Batch) -> Any:
+        return self.logits(batch)
+
+
+class HFViTAdapter(ImageClassifierAdapter):
+    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
+                 dtype: str = "float32", image_size: int = 224, resize_size: int | None = None,
+                 mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5), seed: int = 0):
+        super().__init__(image_size, resize_size, list(mean), list(std))
+        dt = torch_dtype(dtype)
+        if init == "random":
+            if arch is None:
+                raise UserError("model.init=random needs model.arch (a shipped architecture name)")
+            torch.manual_seed(seed)
+            self.model = transformers.ViTForImageClassification(transformers.ViTConfig(**load_arch_config(arch))).to(dt)
+        elif init == "pretrained":
+            if checkpoint is None:
+                raise UserError("model.init=pretrained needs model.checkpoint (hub name or local path)")
+            source = resolve_checkpoint(checkpoint)
+            try:
+                self.model = transformers.ViTForImageClassification.from_pretrained(source, dtype=dt)
+            except OSError as err:
+                raise hub_load_error(checkpoint, err) from err
+        else:
+            raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")
+        self.model.eval()
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        return self.model(pixel_values=batch["pixel_values"]).logits
+
+    def save(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+
+
+class TimmViTAdapter(ImageClassifierAdapter):
+    """timm.create_model(model_name, **model_kwargs); `checkpoint` is a local state dict
+    (.safetensors or .pth), or `timm` for timm's own pretrained weights from the hub."""
+
+    def __init__(self, model_name: str, checkpoint: str | None = None, init: str = "pretrained",
+                 dtype: str = "float32", model_kwargs: dict[str, Any] | None = None, image_size: int = 224,
+                 resize_size: int | None = None, mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+                 std: tuple[float, ...] = (0.5, 0.5, 0.5), seed: int = 0):
+        import timm
+
+        super().__init__(image_size, resize_size, list(mean), list(std))
+        self.construction = {"model_name": model_name, "model_kwargs": dict(model_kwargs or {})}
+        if init not in ("pretrained", "random"):
+            raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")
+        torch.manual_seed(seed)
+        from_hub = init == "pretrained" and checkpoint == "timm"
+        try:
+            self.model = timm.create_model(model_name, pretrained=from_hub, **self.construction["model_kwargs"])
+        except (OSError, RuntimeError) as err:
+            raise hub_load_error(model_name, err) from err
+        if init == "pretrained" and not from_hub:
+            if checkpoint is None:
+                raise UserError("model.init=pretrained needs model.checkpoint (a state-dict file, or 'timm')")
+            path = Path(resolve_checkpoint(checkpoint))
+            state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu")
+            self.model.load_state_dict(state)
+        self.model.to(torch_dtype(dtype)).eval()
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        return self.model(batch["pixel_values"])
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, path / "model.safetensors")
+        (path / "timm_model.json").write_text(json.dumps(self.construction, indent=1))
