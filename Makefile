@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
 
-.PHONY: install run test lint bench
+.PHONY: install run test lint bench tables
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -14,7 +14,11 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(PY) run.py --multirun pruner=magnitude,wanda,sparsegpt
+	$(PY) run.py --multirun experiment=default
+	$(PY) scripts/make_tables.py
+
+tables: install
+	$(PY) scripts/make_tables.py
 
 test: install
 	$(PY) -m pytest -q

@@ -166,6 +166,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         record["finished"] = dt.datetime.now().isoformat(timespec="seconds")
         record["peak_rss_gb"] = peak_rss_gb()
         store.write(record)
+        if cfg.get("logger"):
+            log_externally(cfg.logger, record)
     print_summary(record)
     return record
 
@@ -190,6 +192,16 @@ def save(adapter: ModelAdapter, folder: Path, record: dict[str, Any]) -> str:
     keys = ("target", "scores", "plan", "achieved")
     (folder / "pruning.json").write_text(json.dumps({k: record[k] for k in keys}, indent=1))
     return str(folder)
+
+
+def log_externally(logger_cfg: DictConfig, record: dict[str, Any]) -> None:
+    """Hand the record to the configured logger; its failure never costs the run (the record is
+    already in the store)."""
+    try:
+        build(logger_cfg).log(record)
+    except Exception as err:  # noqa: BLE001 - any logger failure is reported, never fatal
+        log.warning("logging run %s externally failed (%s: %s); its record is in the store",
+                    record["id"], type(err).__name__, err)
 
 
 def execute(cfg: DictConfig, target: Target, rid: str) -> dict[str, Any]:

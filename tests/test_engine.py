@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ecoflap_exp.models.causal_lm import CausalLMAdapter
-from ecoflap_exp.pruning.engine import SequentialEngine
+from ecoflap_exp.pruning.engine import SequentialEngine, capture_inputs, collect_stats
 from ecoflap_exp.pruning.masks import parse_nm, planned_prune_count
 from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner
 from ecoflap_exp.pruning.verify import verify
@@ -98,3 +98,16 @@ def test_verification_catches_a_matrix_that_missed_its_plan():
     first.weight.copy_(torch.randn_like(first.weight))  # undo the pruning of one matrix
     with pytest.raises(RuntimeError, match=first.name):
         verify(adapter, plan, None, reports)
+
+
+def test_matrices_reading_the_same_input_share_statistics():
+    adapter = make_llama()
+    tower = adapter.towers()[0]
+    block = tower.blocks[0]
+    inputs = capture_inputs(adapter, tower, batches_for(adapter))
+    stats = collect_stats(tower, block, inputs, SparseGPTPruner(), adapter.device)
+    by_name = {m.name.rsplit(".", 1)[-1]: stats[m] for m in block.matrices}
+    assert by_name["q_proj"] is by_name["k_proj"] is by_name["v_proj"]
+    assert by_name["gate_proj"] is by_name["up_proj"]
+    assert len({id(s) for s in stats.values()}) == 4  # qkv, o, gate/up, down
+    assert by_name["q_proj"].samples == 8  # every sample counted once, not three times

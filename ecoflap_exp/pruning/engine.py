@@ -82,29 +82,46 @@ def capture_inputs(adapter: ModelAdapter, tower: Tower, batches: list[Batch]) ->
 def collect_stats(
     tower: Tower, block: Block, inputs: list[BlockInput], pruner: LocalPruner, device: torch.device
 ) -> dict[PrunableMatrix, InputStats | None]:
-    """Run the block over every cached input with hooks that feed each matrix's statistics."""
+    """Run the block over every cached input with hooks that feed each matrix's statistics.
+
+    Matrices handed the very same input tensor (q, k and v; gate and up) share one statistics
+    object, so it is accumulated and stored once (a SparseGPT Hessian is cols x cols).
+    """
     if not pruner.needs_inputs:
         return dict.fromkeys(block.matrices)
-    stats = {m: pruner.new_stats(m.shape[1], device) for m in block.matrices}
+    stats: dict[PrunableMatrix, InputStats] = {}
+    # this batch's inputs so far and their statistics; holding the tensors keeps them alive, so
+    # identity can't be confused by a freed tensor's memory being reused within the forward
+    seen: list[tuple[torch.Tensor, InputStats]] = []
+
+    def observe(matrices: list[PrunableMatrix], args: tuple, kwargs: dict) -> None:
+        for m in matrices:
+            x = m.input_of(args, kwargs)
+            same = next((st for t, st in seen if t is x), None)
+            if m not in stats:
+                stats[m] = same or pruner.new_stats(m.shape[1], device)
+            if same is None:
+                seen.append((x, stats[m]))
+                stats[m].add(x)
+            elif same is not stats[m]:
+                raise RuntimeError(f"{m.name}: its input was shared differently in an earlier batch")
+
     by_module: dict[torch.nn.Module, list[PrunableMatrix]] = defaultdict(list)
     for m in block.matrices:
         by_module[m.input_module].append(m)
-
-    def hook_for(matrices: list[PrunableMatrix]):
-        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            for m in matrices:
-                stats[m].add(m.input_of(args, kwargs))
-
-        return hook
-
-    handles = [mod.register_forward_hook(hook_for(ms), with_kwargs=True) for mod, ms in by_module.items()]
+    handles = [
+        mod.register_forward_hook(lambda _mod, args, kwargs, _out, ms=ms: observe(ms, args, kwargs), with_kwargs=True)
+        for mod, ms in by_module.items()
+    ]
     try:
         for inp in inputs:
+            seen.clear()
             tower.run_block(block, inp)
     finally:
+        seen.clear()
         for h in handles:
             h.remove()
-    return stats
+    return {m: stats.get(m) for m in block.matrices}
 
 
 def walk_tower(
@@ -180,5 +197,5 @@ class SequentialEngine:
             mask = self.pruner.prune(weight, stats[m], count, self.nm)
             pruned = int(mask.sum())
             reports.append(MatrixReport(m.name, block.name, tower.name, rows, cols, sparsity, pruned, zeros_before))
-            stats[m] = None  # free this matrix's statistics before the next is pruned
+            stats[m] = None  # drop this matrix's reference (shared statistics live until their last user)
         return reports

@@ -18,8 +18,16 @@ from typing import Any
 NON_IDENTITY_KEYS = ("force", "paths", "save_model", "logger", "hydra")
 
 
+#: what a dense run (sparsity 0, no N:M) does not depend on: how it would have been pruned
+PRUNING_KEYS = ("scorer", "allocation", "pruner", "calib", "max_sparsity", "max_sparsity_delta")
+
+
 def run_id(config: dict[str, Any]) -> str:
     identity = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
+    if identity.get("nm"):
+        identity.pop("sparsity", None)  # N:M fixes the sparsity
+    elif identity.get("sparsity") == 0:
+        identity = {k: v for k, v in identity.items() if k not in PRUNING_KEYS}
     canonical = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha1(canonical.encode()).hexdigest()[:12]
 
