@@ -210,6 +210,33 @@ def load_arch_config(arch: str) -> dict:
     return json.loads(path.read_text())
 
 
+def load_transformers_model(auto_class: Any, arch: str | None, checkpoint: str | None, init: str, dtype: str,
+                            seed: int, arch_overrides: dict[str, Any] | None = None) -> nn.Module:
+    """A transformers model through an Auto class: `init=random` builds a shipped architecture
+    (with `arch_overrides` applied) from a seed, `init=pretrained` loads a hub name or local path."""
+    dt = torch_dtype(dtype)
+    if init == "random":
+        if arch is None:
+            raise UserError("model.init=random needs model.arch (a shipped architecture name)")
+        import transformers
+
+        cfg = {**load_arch_config(arch), **(arch_overrides or {})}
+        config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+        torch.manual_seed(seed)
+        model = auto_class.from_config(config, dtype=dt)
+    elif init == "pretrained":
+        if checkpoint is None:
+            raise UserError("model.init=pretrained needs model.checkpoint (hub name or local path)")
+        source = resolve_checkpoint(checkpoint)
+        try:
+            model = auto_class.from_pretrained(source, dtype=dt)
+        except OSError as err:
+            raise hub_load_error(checkpoint, err) from err
+    else:
+        raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")
+    return model.eval()
+
+
 def resolve_checkpoint(checkpoint: str) -> str:
     """A checkpoint is a local directory or a hub name; say clearly when neither can be had."""
     if Path(checkpoint).expanduser().exists():

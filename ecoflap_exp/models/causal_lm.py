@@ -16,9 +16,8 @@ from ecoflap_exp.models.base import (
     Tower,
     blocks_of,
     hub_load_error,
-    load_arch_config,
+    load_transformers_model,
     resolve_checkpoint,
-    torch_dtype,
 )
 
 
@@ -51,25 +50,8 @@ class CausalLMAdapter(ModelAdapter):
     ):
         self.seqlen = seqlen
         self.blocks_path = blocks_path
-        dt = torch_dtype(dtype)
-        if init == "random":
-            if arch is None:
-                raise UserError("model.init=random needs model.arch (a shipped architecture name)")
-            cfg = {**load_arch_config(arch), **(arch_overrides or {})}
-            config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-            torch.manual_seed(seed)
-            self.model = transformers.AutoModelForCausalLM.from_config(config, dtype=dt)
-        elif init == "pretrained":
-            if checkpoint is None:
-                raise UserError("model.init=pretrained needs model.checkpoint (hub name or local path)")
-            source = resolve_checkpoint(checkpoint)
-            try:
-                self.model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dt)
-            except OSError as err:
-                raise hub_load_error(checkpoint, err) from err
-        else:
-            raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")
-        self.model.eval()
+        self.model = load_transformers_model(transformers.AutoModelForCausalLM, arch, checkpoint, init, dtype, seed,
+                                             arch_overrides)
         self.tokenizer = self._load_tokenizer(tokenizer or checkpoint)
         vocab = self.model.get_input_embeddings().num_embeddings
         if len(self.tokenizer) > vocab:

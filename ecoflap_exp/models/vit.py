@@ -21,7 +21,7 @@ from ecoflap_exp.models.base import (
     blocks_of,
     find_block_list,
     hub_load_error,
-    load_arch_config,
+    load_transformers_model,
     resolve_checkpoint,
     torch_dtype,
 )
@@ -60,23 +60,8 @@ class HFViTAdapter(ImageClassifierAdapter):
                  dtype: str = "float32", image_size: int = 224, resize_size: int | None = None,
                  mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5), seed: int = 0):
         super().__init__(image_size, resize_size, list(mean), list(std))
-        dt = torch_dtype(dtype)
-        if init == "random":
-            if arch is None:
-                raise UserError("model.init=random needs model.arch (a shipped architecture name)")
-            torch.manual_seed(seed)
-            self.model = transformers.ViTForImageClassification(transformers.ViTConfig(**load_arch_config(arch))).to(dt)
-        elif init == "pretrained":
-            if checkpoint is None:
-                raise UserError("model.init=pretrained needs model.checkpoint (hub name or local path)")
-            source = resolve_checkpoint(checkpoint)
-            try:
-                self.model = transformers.ViTForImageClassification.from_pretrained(source, dtype=dt)
-            except OSError as err:
-                raise hub_load_error(checkpoint, err) from err
-        else:
-            raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")
-        self.model.eval()
+        self.model = load_transformers_model(transformers.AutoModelForImageClassification, arch, checkpoint, init,
+                                             dtype, seed)
 
     def logits(self, batch: Batch) -> torch.Tensor:
         return self.model(pixel_values=batch["pixel_values"]).logits
