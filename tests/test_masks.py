@@ -105,3 +105,22 @@ def test_bad_nm_is_a_clear_error(spec):
 def test_nm_parse():
     assert parse_nm("2:4") == NM(2, 4) and parse_nm(None) is None
     assert NM(2, 4).sparsity == 0.5
+
+
+@pytest.mark.parametrize("group", ["row", "matrix"])
+@pytest.mark.parametrize("count", [0, 1, 7, 30, 64])
+def test_selection_with_many_ties_equals_a_stable_sort(group, count):
+    metric = torch.randint(0, 4, (8, 8), generator=torch.Generator().manual_seed(count)).float()
+    expected = torch.zeros(64, dtype=torch.bool)
+    if group == "matrix":
+        expected[torch.argsort(metric.flatten(), stable=True)[:count]] = True
+    else:
+        per_row, extra = divmod(count, 8)
+        order = torch.argsort(metric, dim=1, stable=True)
+        expected = expected.reshape(8, 8)
+        for r in range(8):
+            expected[r, order[r, :per_row]] = True
+        nxt = [float(metric[r, order[r, per_row]]) if per_row < 8 else float("inf") for r in range(8)]
+        for r in sorted(range(8), key=lambda r: (nxt[r], r))[:extra]:
+            expected[r, order[r, per_row]] = True
+    assert torch.equal(select_mask(metric, count, group), expected.reshape(8, 8))

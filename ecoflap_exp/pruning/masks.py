@@ -61,6 +61,15 @@ def check_nm_fits(name: str, cols: int, nm: NM | None) -> None:
         )
 
 
+def smallest_per_row(metric: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of exactly the k smallest entries of every row (ties taken by position). A selection
+    (kthvalue), not a sort, so it stays linear in the row length."""
+    kth = metric.kthvalue(k, dim=1, keepdim=True).values
+    below = metric < kth
+    ties = metric == kth
+    return below | (ties & (ties.cumsum(1) <= k - below.sum(1, keepdim=True)))
+
+
 def select_mask(metric: torch.Tensor, count: int, group: Group = "row", nm: NM | None = None) -> torch.Tensor:
     """Prune the weights with the smallest `metric`.
 
@@ -69,28 +78,27 @@ def select_mask(metric: torch.Tensor, count: int, group: Group = "row", nm: NM |
     - group="matrix": the `count` smallest of the whole matrix.
     - group="row": every row loses count // rows of its smallest; the count % rows remaining
       prunes go to the rows whose next-smallest weight is smallest, so the total is exact.
-    Ties break by position (stable sort), so a mask is deterministic.
+    Ties break by position, so a mask is deterministic.
     """
     rows, cols = metric.shape
-    mask = torch.zeros_like(metric, dtype=torch.bool)
     if nm is not None:
         tiles = metric.reshape(rows, cols // nm.m, nm.m)
         order = torch.argsort(tiles, dim=-1, stable=True)[..., : nm.m - nm.n]
-        return mask.reshape(rows, cols // nm.m, nm.m).scatter_(-1, order, True).reshape(rows, cols)
+        mask = torch.zeros_like(tiles, dtype=torch.bool)
+        return mask.scatter_(-1, order, True).reshape(rows, cols)
     if not 0 <= count <= rows * cols:
         raise ValueError(f"cannot prune {count} of {rows * cols} weights")
     if count == 0:
-        return mask
+        return torch.zeros_like(metric, dtype=torch.bool)
     if group == "matrix":
-        order = torch.argsort(metric.flatten(), stable=True)[:count]
-        return mask.flatten().scatter_(0, order, True).reshape(rows, cols)
+        return smallest_per_row(metric.reshape(1, -1), count).reshape(rows, cols)
     if group != "row":
         raise UserError(f"comparison group {group!r} is unknown; use 'row' or 'matrix'")
     per_row, extra = divmod(count, rows)
-    sorted_vals, order = torch.sort(metric, dim=1, stable=True)
-    if per_row:
-        mask.scatter_(1, order[:, :per_row], True)
+    mask = smallest_per_row(metric, per_row) if per_row else torch.zeros_like(metric, dtype=torch.bool)
     if extra:
-        next_rows = torch.argsort(sorted_vals[:, per_row], stable=True)[:extra]
-        mask[next_rows, order[next_rows, per_row]] = True
+        following = metric.kthvalue(per_row + 1, dim=1).values  # each row's next candidate
+        chosen = torch.argsort(following, stable=True)[:extra]
+        candidates = (metric[chosen] == following[chosen, None]) & ~mask[chosen]
+        mask[chosen, candidates.int().argmax(1)] = True
     return mask
