@@ -46,4 +46,4 @@ class Perplexity(Evaluation):
             count = chunk.shape[0] * (self.seqlen - 1)
             nll += loss * count
             tokens += count
-        return {"ppl": math.exp(nll / tokens), "eval_tokens": float(tokens)}
+        return {"ppl": math.exp(nll / tokens)}

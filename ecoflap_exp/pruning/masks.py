@@ -65,9 +65,14 @@ def smallest_per_row(metric: torch.Tensor, k: int) -> torch.Tensor:
     """Mask of exactly the k smallest entries of every row (ties taken by position). A selection
     (kthvalue), not a sort, so it stays linear in the row length."""
     kth = metric.kthvalue(k, dim=1, keepdim=True).values
-    below = metric < kth
+    mask = metric < kth
     ties = metric == kth
-    return below | (ties & (ties.cumsum(1) <= k - below.sum(1, keepdim=True)))
+    need = k - mask.sum(1, keepdim=True)
+    # only rows with more ties than places need the positional cut (cumsum is 8 bytes a weight)
+    crowded = (ties.sum(1, keepdim=True) > need).squeeze(1).nonzero().squeeze(1)
+    if len(crowded):
+        ties[crowded] &= ties[crowded].cumsum(1) <= need[crowded]
+    return mask.logical_or_(ties)
 
 
 def select_mask(metric: torch.Tensor, count: int, group: Group = "row", nm: NM | None = None) -> torch.Tensor:
