@@ -160,6 +160,9 @@ def plot_experiment(records: list[dict[str, Any]], df: pd.DataFrame, experiment:
         fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
         for ax, metric in zip(axes[0], metrics, strict=True):
             for method, group in ok[ok["metric"] == metric].groupby("method"):
+                if method == "dense":  # one point: a reference line for every curve
+                    ax.axhline(group["value"].iloc[0], color="k", linestyle="--", linewidth=1, label="dense")
+                    continue
                 xs = group["point"].str[1:].astype(float)
                 order = xs.argsort()
                 ax.plot(xs.iloc[order], group["value"].iloc[order], marker="o", label=method)
@@ -172,7 +175,12 @@ def plot_experiment(records: list[dict[str, Any]], df: pd.DataFrame, experiment:
         plt.close(fig)
     mine = [r for r in records
             if r.get("status") == "ok" and r["config"].get("experiment_name", "default") == experiment]
-    plans = [(r, r["plan"], "sparsity") for r in mine if len(set((r.get("plan") or {}).values())) > 1]
+    plans, seen_plans = [], []
+    for r in mine:  # one panel per distinct plan (the local pruner does not change it)
+        plan = r.get("plan") or {}
+        if len(set(plan.values())) > 1 and plan not in seen_plans:
+            seen_plans.append(plan)
+            plans.append((r, plan, "sparsity"))
     ids = [(r, r["scores"], "intrinsic dimension") for r in mine
            if r["config"]["scorer"]["_target_"].endswith("IntrinsicDimensionScorer") and r.get("scores")]
     for suffix, panels in (("plans", plans), ("id", ids)):
