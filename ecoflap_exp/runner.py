@@ -172,13 +172,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-def check_fit(adapter: ModelAdapter, parts: dict[str, CalibrationSource | Evaluation]) -> None:
-    """Each calibration source and eval works with this kind of model (before any heavy work)."""
-    for key, part in parts.items():
-        missing = [need for need in part.needs if not adapter.supports(need)]
+def check_fit(adapter: ModelAdapter, calib: CalibrationSource, evals: dict[str, Evaluation]) -> None:
+    """The calibration samples and every eval work with this kind of model (before heavy work)."""
+    if calib.kind not in adapter.sample_kinds:
+        raise UserError(f"calib ({type(calib).__name__}) gives {calib.kind} but {type(adapter).__name__} calibrates "
+                        f"on {', '.join(adapter.sample_kinds)}; choose a calib made for this model")
+    for name, ev in evals.items():
+        missing = [need for need in ev.needs if not adapter.supports(need)]
         if missing:
-            raise UserError(f"{key} ({type(part).__name__}) needs a model with {', '.join(missing)}(), which "
-                            f"{type(adapter).__name__} lacks; choose a calib/suite made for this model")
+            raise UserError(f"evals.{name} ({type(ev).__name__}) needs a model with {', '.join(missing)}(), which "
+                            f"{type(adapter).__name__} lacks; choose a suite made for this model")
 
 
 def plan_keys(adapter: ModelAdapter) -> list[str]:
@@ -219,7 +222,7 @@ def execute(cfg: DictConfig, target: Target, rid: str) -> dict[str, Any]:
         adapter: ModelAdapter = build(cfg.model)
         if not cfg.offload:
             adapter.to(device)
-    check_fit(adapter, {"calib": calib, **{f"evals.{name}": ev for name, ev in evals.items()}})
+    check_fit(adapter, calib, evals)
     plan: dict[str, float] = {}
     scores: dict[str, float] = {}
     reports = []

@@ -16,3 +16,30 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: i
             pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(folder / f"img_{i}.png")
     return root
+
+
+CAPTIONS = ["a photo of a cat", "a red car on a road", "two dogs playing", "a plate of food",
+            "a mountain lake", "an old building", "a person running", "a bowl of fruit"]
+
+
+def write_caption_pairs(root: Path, count: int = 8, seed: int = 0) -> dict[str, Path]:
+    """The same pairs as root/pairs.tsv, root/pairs.csv and root/captions.json (COCO style)."""
+    import csv
+    import json
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        name = f"images/{i:05d}.jpg"
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / name)
+        rows.append({"image": name, "caption": CAPTIONS[i % len(CAPTIONS)]})
+    for suffix, delimiter in ((".tsv", "\t"), (".csv", ",")):
+        with (root / f"pairs{suffix}").open("w", newline="") as f:
+            writer = csv.DictWriter(f, ["image", "caption"], delimiter=delimiter)
+            writer.writeheader()
+            writer.writerows(rows)
+    coco = {"images": [{"id": i, "file_name": r["image"]} for i, r in enumerate(rows)],
+            "annotations": [{"id": 100 + i, "image_id": i, "caption": r["caption"]} for i, r in enumerate(rows)]}
+    (root / "captions.json").write_text(json.dumps(coco))
+    return {"tsv": root / "pairs.tsv", "csv": root / "pairs.csv", "json": root / "captions.json"}

@@ -178,3 +178,17 @@ def test_eval_that_does_not_fit_the_model_is_a_clear_error(tmp_path):
         run(config(tmp_path, "suite=vit"))
     with pytest.raises(UserError, match="does not resolve at calib.seqlen: Interpolation key 'model.seqlen'"):
         run(config(tmp_path, "model=vit_tiny"))
+
+
+@pytest.mark.slow
+def test_open_clip_end_to_end_and_calibration_that_does_not_fit(tmp_path):
+    from fixtures import write_caption_pairs
+
+    write_caption_pairs(tmp_path / "data" / "cc3m")
+    (tmp_path / "data" / "cc3m" / "pairs.tsv").rename(tmp_path / "data" / "cc3m" / "cc3m.tsv")
+    common = ["calib=cc3m", "calib.num_samples=8", "calib.batch_size=4", "suite=none"]
+    record = run(config(tmp_path, "model=clip_tiny", "scorer=zeroth", *common, "sparsity=0.4"))
+    assert record["achieved"]["overall"] == pytest.approx(0.4, abs=1e-3)  # per-matrix rounding of 1024-weight matrices
+    assert {m["tower"] for m in record["matrices"]} == {"vision", "text"}
+    with pytest.raises(UserError, match="gives image_captions but CausalLMAdapter calibrates on tokens"):
+        run(config(tmp_path, *common))

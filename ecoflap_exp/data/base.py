@@ -15,8 +15,8 @@ from ecoflap_exp.models.base import Batch, ModelAdapter
 
 
 class CalibrationSource(ABC):
-    #: optional adapter methods this source calls (checked before any pruning)
-    needs: tuple[str, ...] = ()
+    #: what a sample is ("tokens", "labelled_images", "image_captions"): the adapter must collate it
+    kind: str = ""
 
     def __init__(self, num_samples: int = 128, batch_size: int = 8, seed: int = 0):
         if num_samples < 1 or batch_size < 1:

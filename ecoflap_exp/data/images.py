@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -16,6 +17,7 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.base import ModelAdapter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG"}
 
 
@@ -31,8 +33,9 @@ def image_folder(root: str) -> list[tuple[Path, int]]:
     return items
 
 
-def open_images(items: list[tuple[Path, int]], max_bad_fraction: float) -> list[tuple[Image.Image, int]]:
-    """Decode images, skipping (and counting) files that fail; too many failures is an error."""
+def open_images(items: list[tuple[Path, T]], max_bad_fraction: float) -> list[tuple[Image.Image, T]]:
+    """Decode images, keeping each one's label or caption; files that fail to decode are skipped
+    and counted, and too many failures is an error."""
     images, bad = [], []
     for path, label in items:
         try:
@@ -50,7 +53,7 @@ def open_images(items: list[tuple[Path, int]], max_bad_fraction: float) -> list[
 
 
 class ImageFolderCalibration(CalibrationSource):
-    needs = ("logits",)  # labelled images calibrate classifiers
+    kind = "labelled_images"
 
     def __init__(self, root: str, num_samples: int = 128, batch_size: int = 8, seed: int = 0, shuffle: bool = True,
                  max_bad_fraction: float = 0.05):
@@ -69,7 +72,7 @@ class ImageFolderCalibration(CalibrationSource):
 class SyntheticImageCalibration(CalibrationSource):
     """Seeded uniform-noise images with random labels: for timing runs, never for real results."""
 
-    needs = ("logits",)
+    kind = "labelled_images"
 
     def __init__(self, image_size: int, num_classes: int, num_samples: int = 128, batch_size: int = 8, seed: int = 0):
         super().__init__(num_samples, batch_size, seed)

@@ -58,7 +58,7 @@ class TextCalibration(CalibrationSource):
     """Random windows of `seqlen` tokens, each from a random document long enough to hold one
     (the Wanda/SparseGPT recipe for C4)."""
 
-    needs = ("tokenize",)
+    kind = "tokens"
 
     def __init__(self, source: str, seqlen: int, num_samples: int = 128, batch_size: int = 8,
                  seed: int = 0, max_tries: int = 10_000):

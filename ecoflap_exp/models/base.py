@@ -140,6 +140,8 @@ class ModelAdapter(ABC):
     """One model family. Subclasses set `self.model` in __init__ and implement the methods."""
 
     model: nn.Module
+    #: the kinds of raw calibration samples `collate` accepts (see CalibrationSource.kind)
+    sample_kinds: tuple[str, ...] = ()
 
     @abstractmethod
     def towers(self) -> list[Tower]:

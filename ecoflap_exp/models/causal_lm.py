@@ -36,6 +36,8 @@ class CausalLMAdapter(ModelAdapter):
     tokenizer, needs no files) for the shipped tiny architectures.
     """
 
+    sample_kinds = ("tokens",)
+
     def __init__(
         self,
         arch: str | None = None,

@@ -30,6 +30,8 @@ from ecoflap_exp.models.base import (
 class ImageClassifierAdapter(ModelAdapter):
     """Shared by both backends: preprocessing, batches of (image, label), loss, logits."""
 
+    sample_kinds = ("labelled_images",)
+
     def __init__(self, image_size: int, resize_size: int | None, mean: list[float], std: list[float]):
         self.preprocess = transforms.Compose([
             transforms.Resize(resize_size or image_size, interpolation=transforms.InterpolationMode.BICUBIC),

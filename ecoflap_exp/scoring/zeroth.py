@@ -10,8 +10,9 @@ Two things the official code does not do:
   time, so beyond a plain forward the accelerator holds only the cached block inputs;
 - `reuse_prefix`: a perturbation in block i cannot change what blocks before it compute, so the
   inputs of block i are cached once (walking the model block by block, like the pruning engine)
-  and each perturbed loss runs only blocks i..end; every earlier block is skipped. The estimates
-  equal the full-forward ones and about half the block forwards are saved.
+  and each perturbed loss skips the tower's blocks before i (assuming, as in every supported
+  model, that a block's output feeds only the next block). The estimates equal the full-forward
+  ones and about half of a tower's block forwards are saved.
 """
 
 from __future__ import annotations
@@ -60,14 +61,14 @@ class ZerothOrderScorer(BlockScorer):
         }
 
     def _with_prefix(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
-        towers = adapter.towers()
         index = {m.name: i for i, m in enumerate(adapter.matrices())}
         per_matrix: dict[str, float] = {}
-        for t, tower in enumerate(towers):
+        for tower in adapter.towers():
             walk = walk_tower(adapter, tower, batches, adapter.device, description=f"zeroth-order {tower.name}")
             for b, (block, inputs) in enumerate(walk):
-                earlier = [(tw, blk) for tw in towers[:t] for blk in tw.blocks]
-                earlier += [(tower, blk) for blk in tower.blocks[:b]]
+                # only this tower's earlier blocks are skipped: an earlier tower's output may be
+                # used beyond this tower's input (CLIP's image embedding meets the text's in the loss)
+                earlier = [(tower, blk) for blk in tower.blocks[:b]]
                 with start_at(block.module, earlier) as feed:
 
                     def loss_from_block(batch: Batch, inp: BlockInput) -> torch.Tensor:

@@ -1,0 +1,60 @@
+"""Image-caption calibration pairs (CC3M-style) from a local folder, in the common layouts:
+- a TSV/CSV file with `image` (path relative to the file's folder) and `caption` columns, as
+  img2dataset and the CC3M conversion scripts write;
+- a COCO-style caption JSON: {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}.
+The first `num_samples` pairs are used (the paper's), or a seeded shuffle of all of them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+from PIL import Image
+
+from ecoflap_exp.data.base import CalibrationSource
+from ecoflap_exp.data.images import open_images
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.models.base import ModelAdapter
+
+
+def read_pairs(annotations: str) -> list[tuple[Path, str]]:
+    path = Path(annotations).expanduser()
+    if not path.is_file():
+        raise UserError(f"caption file {annotations!r} does not exist; give a .tsv/.csv with image and caption "
+                        f"columns or a COCO caption .json (scripts/prepare_data.py converts CC3M's release)")
+    base = path.parent
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        try:
+            files = {img["id"]: img["file_name"] for img in data["images"]}
+            return [(base / files[a["image_id"]], a["caption"]) for a in data["annotations"]]
+        except (KeyError, TypeError) as err:
+            raise UserError(f"{path}: not a COCO caption file (images[].id/file_name, "
+                            f"annotations[].image_id/caption): missing {err}") from err
+    delimiter = "\t" if path.suffix == ".tsv" else ","
+    pairs = []
+    with path.open(newline="", encoding="utf-8") as f:
+        for lineno, row in enumerate(csv.DictReader(f, delimiter=delimiter), 2):
+            if not row.get("image") or not row.get("caption"):
+                raise UserError(f"{path}, line {lineno}: needs non-empty 'image' and 'caption' fields, got {row}")
+            pairs.append((base / row["image"], row["caption"]))
+    return pairs
+
+
+class ImageCaptionCalibration(CalibrationSource):
+    kind = "image_captions"
+
+    def __init__(self, annotations: str, num_samples: int = 128, batch_size: int = 8, seed: int = 0,
+                 shuffle: bool = False, max_bad_fraction: float = 0.05):
+        super().__init__(num_samples, batch_size, seed)
+        self.annotations = annotations
+        self.shuffle = shuffle
+        self.max_bad_fraction = max_bad_fraction
+
+    def samples(self, adapter: ModelAdapter) -> list[tuple[Image.Image, str]]:
+        pairs = read_pairs(self.annotations)
+        if self.shuffle:
+            random.Random(self.seed).shuffle(pairs)
+        return open_images(pairs[: self.num_samples], self.max_bad_fraction)

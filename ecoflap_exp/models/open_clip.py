@@ -1,0 +1,117 @@
+"""CLIP through open_clip: a vision tower and a text tower, pruned in that order.
+
+open_clip's attention is nn.MultiheadAttention: q, k and v live in one `in_proj_weight` and the
+fused kernel reads `out_proj.weight` directly, so hooks on `out_proj` never fire. The prunable
+matrices are therefore the three row slices of `in_proj_weight` (input: the attention module's
+query input) and `out_proj.weight`, whose input (the per-head attention context) is recomputed
+from the attention module's own input; plus the MLP's c_fc and c_proj.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.models.base import Batch, Block, ModelAdapter, PrunableMatrix, Tower, hub_load_error, torch_dtype
+
+
+def attention_context(mha: nn.MultiheadAttention, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The input of `mha.out_proj` for a self-attention call mha(x, x, x, attn_mask=...)."""
+    x = args[0] if mha.batch_first else args[0].transpose(0, 1)
+    batch, tokens, width = x.shape
+    heads = mha.num_heads
+    qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
+    q, k, v = (t.reshape(batch, tokens, heads, width // heads).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+    mask = kwargs.get("attn_mask", args[4] if len(args) > 4 else None)
+    if mask is not None and mask.dtype == torch.bool:  # MHA: True = masked out; SDPA: True = attend
+        mask = torch.zeros_like(mask, dtype=q.dtype).masked_fill(mask, float("-inf"))
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    context = context.transpose(1, 2).reshape(batch, tokens, width)
+    return context if mha.batch_first else context.transpose(0, 1)
+
+
+def resblock_matrices(name: str, block: nn.Module) -> list[PrunableMatrix]:
+    attn: nn.MultiheadAttention = block.attn
+    width = attn.embed_dim
+    matrices = [
+        PrunableMatrix(f"{name}.attn.in_proj.{part}", attn.in_proj_weight, attn, slice(i * width, (i + 1) * width))
+        for i, part in enumerate("qkv")
+    ]
+    matrices.append(PrunableMatrix(f"{name}.attn.out_proj", attn.out_proj.weight, attn,
+                                   input_of=lambda args, kwargs: attention_context(attn, args, kwargs)))
+    for linear in ("c_fc", "c_proj"):
+        module = getattr(block.mlp, linear)
+        matrices.append(PrunableMatrix(f"{name}.mlp.{linear}", module.weight, module))
+    return matrices
+
+
+def register_shipped_configs() -> None:
+    """Make the open_clip model configs shipped in ecoflap_exp/models/arch/open_clip/ known by name."""
+    import open_clip
+
+    folder = resources.files("ecoflap_exp.models") / "arch" / "open_clip"
+    open_clip.add_model_config(Path(str(folder)))
+
+
+class OpenCLIPAdapter(ModelAdapter):
+    """`model_name` is any open_clip model name (ViT-B-16, ...) or a config shipped in
+    models/arch/open_clip/; `pretrained` an open_clip tag (openai, laion2b_...) or a local
+    checkpoint file; `init=random` builds the architecture with no weights."""
+
+    sample_kinds = ("image_captions",)
+
+    def __init__(self, model_name: str, pretrained: str | None = None, init: str = "pretrained",
+                 dtype: str = "float32", seed: int = 0):
+        import open_clip
+
+        register_shipped_configs()
+        if init not in ("pretrained", "random"):
+            raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")
+        if init == "pretrained" and not pretrained:
+            raise UserError("model.init=pretrained needs model.pretrained (an open_clip tag or a checkpoint path)")
+        torch.manual_seed(seed)
+        try:
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained if init == "pretrained" else None)
+        except RuntimeError as err:
+            raise hub_load_error(f"{model_name}:{pretrained}", err) from err
+        self.model.to(torch_dtype(dtype)).eval()
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.construction = {"model_name": model_name}
+
+    def towers(self) -> list[Tower]:
+        towers = []
+        for tower_name, path in (("vision", "visual.transformer.resblocks"), ("text", "transformer.resblocks")):
+            blocks = self.model.get_submodule(path)
+            towers.append(Tower(tower_name, [Block(f"{path}.{i}", b, resblock_matrices(f"{path}.{i}", b))
+                                             for i, b in enumerate(blocks)]))
+        return towers
+
+    def collate(self, samples: list[tuple[Image.Image, str]]) -> Batch:
+        dtype = next(self.model.parameters()).dtype
+        images = torch.stack([self.preprocess(image.convert("RGB")) for image, _ in samples])
+        return {"image": images.to(self.device, dtype), "text": self.tokenizer([c for _, c in samples]).to(self.device)}
+
+    def forward(self, batch: Batch) -> Any:
+        return self.model(batch["image"], batch["text"])
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Symmetric CLIP contrastive loss with in-batch negatives (ECoFLaP's CLIP calibration loss)."""
+        image, text, scale = self.forward(batch)[:3]
+        logits = scale * image.float() @ text.float().t()
+        targets = torch.arange(len(logits), device=logits.device)
+        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, path / "open_clip_model.safetensors")
+        (path / "open_clip_model.json").write_text(json.dumps(self.construction))

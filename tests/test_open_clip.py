@@ -1,0 +1,126 @@
+"""open_clip CLIP: fused q/k/v slices and the out_proj input the fused kernel hides from hooks."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ecoflap_exp.models.open_clip import OpenCLIPAdapter, attention_context
+from ecoflap_exp.pruning.engine import SequentialEngine, capture_inputs, collect_stats
+from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner
+from ecoflap_exp.pruning.verify import verify
+from ecoflap_exp.pruning.wanda import WandaPruner
+from ecoflap_exp.scoring.first import FirstOrderScorer
+from ecoflap_exp.scoring.zeroth import ZerothOrderScorer
+
+CAPTIONS = ["a photo of a cat", "a red car on a road", "two dogs playing", "a plate of food",
+            "a mountain lake", "an old building", "a person running", "a bowl of fruit"]
+
+
+def tiny_clip():
+    return OpenCLIPAdapter("clip_tiny", init="random")
+
+
+def batches(adapter, n=8, size=4):
+    rng = np.random.default_rng(0)
+    samples = [(Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)), CAPTIONS[i % 8]) for i in range(n)]
+    return [adapter.collate(samples[i : i + size]) for i in range(0, n, size)]
+
+
+def test_towers_and_matrices():
+    adapter = tiny_clip()
+    vision, text = adapter.towers()
+    assert (vision.name, len(vision.blocks), text.name, len(text.blocks)) == ("vision", 2, "text", 2)
+    names = [m.name.removeprefix(vision.blocks[0].name + ".") for m in vision.blocks[0].matrices]
+    assert names == ["attn.in_proj.q", "attn.in_proj.k", "attn.in_proj.v", "attn.out_proj", "mlp.c_fc", "mlp.c_proj"]
+    q, k, v = vision.blocks[0].matrices[:3]
+    assert q.param is k.param is v.param and q.shape == (32, 32)
+    assert torch.equal(torch.cat([q.weight, k.weight, v.weight]), q.param.data)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_recomputed_context_is_what_out_proj_receives(causal):
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    x = torch.randn(3, 7, 32)
+    mask = torch.full((7, 7), float("-inf")).triu(1) if causal else None
+    with torch.no_grad():
+        expected = mha(x, x, x, need_weights=False, attn_mask=mask)[0]
+        context = attention_context(mha, (x, x, x), {"need_weights": False, "attn_mask": mask})
+        torch.testing.assert_close(F.linear(context, mha.out_proj.weight, mha.out_proj.bias), expected)
+        bool_mask = torch.ones(7, 7, dtype=torch.bool).triu(1)
+        if causal:
+            torch.testing.assert_close(attention_context(mha, (x, x, x), {"attn_mask": bool_mask}), context)
+
+
+def test_statistics_come_from_the_real_inputs():
+    adapter = tiny_clip()
+    tower = adapter.towers()[1]  # text: causal mask
+    block = tower.blocks[0]
+    inputs = capture_inputs(adapter, tower, batches(adapter))
+    stats = collect_stats(tower, block, inputs, WandaPruner(), adapter.device)
+    q, k, v, out, fc, proj = block.matrices
+    assert stats[q] is stats[k] is stats[v]
+    normed = [block.module.ln_1(inp.hidden) for inp in inputs]
+    expected = torch.cat([n.reshape(-1, 32) for n in normed]).pow(2).sum(0) / 8
+    torch.testing.assert_close(stats[q].sq_norms, expected, rtol=1e-5, atol=1e-6)
+    mask = inputs[0].kwargs["attn_mask"]
+    contexts = [attention_context(block.module.attn, (n, n, n), {"attn_mask": mask}) for n in normed]
+    expected_out = torch.cat([c.reshape(-1, 32) for c in contexts]).pow(2).sum(0) / 8
+    torch.testing.assert_close(stats[out].sq_norms, expected_out, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("pruner", [WandaPruner(), SparseGPTPruner(blocksize=16)])
+def test_both_towers_pruned_exactly(pruner):
+    adapter = tiny_clip()
+    plan = {b.name: 0.5 for b in adapter.blocks()}
+    reports = SequentialEngine(adapter, pruner, plan).run(batches(adapter))
+    summary = verify(adapter, plan, None, reports)
+    assert summary["overall"] == pytest.approx(0.5)
+    assert all(v == pytest.approx(0.5) for v in summary["per_matrix"].values())
+    assert torch.isfinite(adapter.loss(batches(adapter)[0]))
+
+
+def test_contrastive_loss_by_hand_and_scorers_run():
+    adapter = tiny_clip()
+    batch = batches(adapter)[0]
+    with torch.no_grad():
+        image = F.normalize(adapter.model.encode_image(batch["image"]), dim=-1)
+        text = F.normalize(adapter.model.encode_text(batch["text"]), dim=-1)
+        logits = adapter.model.logit_scale.exp() * image @ text.t()
+        expected = (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.t(), torch.arange(4))) / 2
+        assert adapter.loss(batch).item() == pytest.approx(expected.item(), rel=1e-5)
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    zeroth = ZerothOrderScorer(num_samples=8).scores(adapter, batches(adapter))
+    assert all(torch.equal(before[k], v) for k, v in adapter.model.state_dict().items())
+    first = FirstOrderScorer().scores(adapter, batches(adapter))
+    assert set(zeroth) == set(first) == {b.name for b in adapter.blocks()}
+    assert all(v > 0 for v in first.values())
+
+
+def test_prefix_reuse_across_towers_gives_the_naive_estimates():
+    adapter = tiny_clip()
+    fast = ZerothOrderScorer(num_samples=8, granularity="layer").scores(adapter, batches(adapter))
+    slow = ZerothOrderScorer(num_samples=8, granularity="layer", reuse_prefix=False).scores(adapter, batches(adapter))
+    assert fast == pytest.approx(slow, rel=1e-4)
+
+
+def test_caption_formats_read_the_same_pairs(tmp_path):
+    from fixtures import write_caption_pairs
+
+    from ecoflap_exp.data.captions import ImageCaptionCalibration, read_pairs
+    from ecoflap_exp.errors import UserError
+
+    files = write_caption_pairs(tmp_path)
+    pairs = {fmt: read_pairs(str(path)) for fmt, path in files.items()}
+    assert pairs["tsv"] == pairs["csv"] == pairs["json"] and len(pairs["tsv"]) == 8
+    adapter = tiny_clip()
+    batch = ImageCaptionCalibration(str(files["tsv"]), num_samples=4, batch_size=4).batches(adapter)[0]
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["text"].shape == (4, 16)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("image\tcaption\nimages/00000.jpg\ta cat\nimages/00001.jpg\t\n")
+    with pytest.raises(UserError, match="line 3"):
+        read_pairs(str(bad))
+    with pytest.raises(UserError, match="no/such.tsv"):
+        read_pairs(str(tmp_path / "no/such.tsv"))
