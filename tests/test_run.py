@@ -181,13 +181,14 @@ def test_eval_that_does_not_fit_the_model_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_open_clip_end_to_end_and_calibration_that_does_not_fit(tmp_path):
+@pytest.mark.parametrize("model", ["clip_tiny", "hf_clip_tiny"])
+def test_clip_end_to_end_and_calibration_that_does_not_fit(tmp_path, model):
     from fixtures import write_caption_pairs
 
     write_caption_pairs(tmp_path / "data" / "cc3m")
     (tmp_path / "data" / "cc3m" / "pairs.tsv").rename(tmp_path / "data" / "cc3m" / "cc3m.tsv")
     common = ["calib=cc3m", "calib.num_samples=8", "calib.batch_size=4", "suite=none"]
-    record = run(config(tmp_path, "model=clip_tiny", "scorer=zeroth", *common, "sparsity=0.4"))
+    record = run(config(tmp_path, f"model={model}", "scorer=zeroth", *common, "sparsity=0.4"))
     assert record["achieved"]["overall"] == pytest.approx(0.4, abs=1e-3)  # per-matrix rounding of 1024-weight matrices
     assert {m["tower"] for m in record["matrices"]} == {"vision", "text"}
     with pytest.raises(UserError, match="gives image_captions but CausalLMAdapter calibrates on tokens"):

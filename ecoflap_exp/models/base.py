@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ecoflap_exp.errors import UserError
@@ -83,6 +84,13 @@ def linear_matrices(prefix: str, block: nn.Module) -> list[PrunableMatrix]:
         for name, module in block.named_modules()
         if isinstance(module, nn.Linear)
     ]
+
+
+def contrastive_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric loss with in-batch negatives: mean of image->text and text->image CE."""
+    logits = logits_per_image.float()
+    targets = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
 
 
 def find_block_list(model: nn.Module) -> tuple[str, nn.ModuleList | nn.Sequential]:

@@ -21,7 +21,16 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import Batch, Block, ModelAdapter, PrunableMatrix, Tower, hub_load_error, torch_dtype
+from ecoflap_exp.models.base import (
+    Batch,
+    Block,
+    ModelAdapter,
+    PrunableMatrix,
+    Tower,
+    contrastive_loss,
+    hub_load_error,
+    torch_dtype,
+)
 
 
 def attention_context(mha: nn.MultiheadAttention, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -107,9 +116,7 @@ class OpenCLIPAdapter(ModelAdapter):
     def loss(self, batch: Batch) -> torch.Tensor:
         """Symmetric CLIP contrastive loss with in-batch negatives (ECoFLaP's CLIP calibration loss)."""
         image, text, scale = self.forward(batch)[:3]
-        logits = scale * image.float() @ text.float().t()
-        targets = torch.arange(len(logits), device=logits.device)
-        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+        return contrastive_loss(scale * image.float() @ text.float().t())
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,78 @@
+"""CLIP through transformers' CLIPModel: separate q/k/v/out Linear layers, so every prunable
+matrix is an nn.Linear; the same towers (vision, then text) and loss as the open_clip adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from PIL import Image
+from torchvision import transforms
+
+from ecoflap_exp.models.base import (
+    Batch,
+    ModelAdapter,
+    Tower,
+    blocks_of,
+    contrastive_loss,
+    hub_load_error,
+    load_transformers_model,
+    resolve_checkpoint,
+)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class HFCLIPAdapter(ModelAdapter):
+    """`tokenizer`: the checkpoint's CLIPTokenizer, or `open_clip` (the same BPE, bundled with
+    open_clip, so random-init models need no files)."""
+
+    sample_kinds = ("image_captions",)
+
+    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
+                 dtype: str = "float32", tokenizer: str | None = None, seed: int = 0):
+        self.model = load_transformers_model(transformers.AutoModel, arch, checkpoint, init, dtype, seed)
+        vision = self.model.config.vision_config
+        self.context_length = self.model.config.text_config.max_position_embeddings
+        self.preprocess = transforms.Compose([
+            transforms.Resize(vision.image_size, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(vision.image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(CLIP_MEAN, CLIP_STD),
+        ])
+        self.tokenize_captions = self._tokenizer(tokenizer or checkpoint)
+
+    def _tokenizer(self, name: str | None) -> Any:
+        if name == "open_clip":
+            import open_clip
+
+            simple = open_clip.tokenizer.SimpleTokenizer(context_length=self.context_length)
+            return lambda captions: simple(captions)
+        try:
+            hf = transformers.CLIPTokenizer.from_pretrained(resolve_checkpoint(str(name)))
+        except OSError as err:
+            raise hub_load_error(str(name), err) from err
+        return lambda captions: hf(captions, padding="max_length", truncation=True, max_length=self.context_length,
+                                   return_tensors="pt").input_ids
+
+    def towers(self) -> list[Tower]:
+        return [Tower(name, blocks_of(path, self.model.get_submodule(path)))
+                for name, path in (("vision", "vision_model.encoder.layers"), ("text", "text_model.encoder.layers"))]
+
+    def collate(self, samples: list[tuple[Image.Image, str]]) -> Batch:
+        dtype = next(self.model.parameters()).dtype
+        images = torch.stack([self.preprocess(image.convert("RGB")) for image, _ in samples])
+        ids = self.tokenize_captions([caption for _, caption in samples])
+        return {"pixel_values": images.to(self.device, dtype), "input_ids": ids.to(self.device)}
+
+    def forward(self, batch: Batch) -> Any:
+        return self.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"])
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return contrastive_loss(self.forward(batch).logits_per_image)
+
+    def save(self, path: Path) -> None:
+        self.model.save_pretrained(path)
