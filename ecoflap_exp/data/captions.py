@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 from pathlib import Path
 
-from PIL import Image
-
-from ecoflap_exp.data.base import CalibrationSource
-from ecoflap_exp.data.images import open_images
+from ecoflap_exp.data.images import LocalImageCalibration
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import ModelAdapter
 
 
 def read_pairs(annotations: str) -> list[tuple[Path, str]]:
@@ -43,18 +38,13 @@ def read_pairs(annotations: str) -> list[tuple[Path, str]]:
     return pairs
 
 
-class ImageCaptionCalibration(CalibrationSource):
+class ImageCaptionCalibration(LocalImageCalibration):
     kind = "image_captions"
 
     def __init__(self, annotations: str, num_samples: int = 128, batch_size: int = 8, seed: int = 0,
                  shuffle: bool = False, max_bad_fraction: float = 0.05):
-        super().__init__(num_samples, batch_size, seed)
+        super().__init__(num_samples, batch_size, seed, shuffle, max_bad_fraction)
         self.annotations = annotations
-        self.shuffle = shuffle
-        self.max_bad_fraction = max_bad_fraction
 
-    def samples(self, adapter: ModelAdapter) -> list[tuple[Image.Image, str]]:
-        pairs = read_pairs(self.annotations)
-        if self.shuffle:
-            random.Random(self.seed).shuffle(pairs)
-        return open_images(pairs[: self.num_samples], self.max_bad_fraction)
+    def items(self) -> list[tuple[Path, str]]:
+        return read_pairs(self.annotations)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import logging
 import random
+from abc import abstractmethod
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -52,21 +53,36 @@ def open_images(items: list[tuple[Path, T]], max_bad_fraction: float) -> list[tu
     return images
 
 
-class ImageFolderCalibration(CalibrationSource):
+class LocalImageCalibration(CalibrationSource):
+    """Image files listed with a label or caption each: the first num_samples (optionally after a
+    seeded shuffle), decoded, undecodable ones skipped and counted."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, shuffle: bool, max_bad_fraction: float):
+        super().__init__(num_samples, batch_size, seed)
+        self.shuffle = shuffle
+        self.max_bad_fraction = max_bad_fraction
+
+    @abstractmethod
+    def items(self) -> list[tuple[Path, Any]]:
+        """(image path, label or caption) of every available sample."""
+
+    def samples(self, adapter: ModelAdapter) -> list[tuple[Image.Image, Any]]:
+        items = self.items()
+        if self.shuffle:
+            random.Random(self.seed).shuffle(items)
+        return open_images(items[: self.num_samples], self.max_bad_fraction)
+
+
+class ImageFolderCalibration(LocalImageCalibration):
     kind = "labelled_images"
 
     def __init__(self, root: str, num_samples: int = 128, batch_size: int = 8, seed: int = 0, shuffle: bool = True,
                  max_bad_fraction: float = 0.05):
-        super().__init__(num_samples, batch_size, seed)
+        super().__init__(num_samples, batch_size, seed, shuffle, max_bad_fraction)
         self.root = root
-        self.shuffle = shuffle
-        self.max_bad_fraction = max_bad_fraction
 
-    def samples(self, adapter: ModelAdapter) -> list[tuple[Image.Image, int]]:
-        items = image_folder(self.root)
-        if self.shuffle:
-            random.Random(self.seed).shuffle(items)
-        return open_images(items[: self.num_samples], self.max_bad_fraction)
+    def items(self) -> list[tuple[Path, int]]:
+        return image_folder(self.root)
 
 
 class SyntheticImageCalibration(CalibrationSource):
