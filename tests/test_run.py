@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures import write_caption_pairs, write_image_folder
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from transformers import AutoModelForCausalLM
@@ -159,8 +160,6 @@ def test_nm_needs_the_uniform_scorer(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["vit_tiny", "timm_vit_tiny"])
 def test_tiny_vit_end_to_end(tmp_path, model):
-    from fixtures import write_image_folder
-
     root = write_image_folder(tmp_path / "data" / "imagenet" / "val")
     write_image_folder(tmp_path / "data" / "imagenet" / "train", seed=1)
     record = run(config(tmp_path, f"model={model}", "calib=image_folder", "calib.num_samples=8", "calib.batch_size=4",
@@ -171,8 +170,6 @@ def test_tiny_vit_end_to_end(tmp_path, model):
 
 
 def test_eval_that_does_not_fit_the_model_is_a_clear_error(tmp_path):
-    from fixtures import write_image_folder
-
     write_image_folder(tmp_path / "data" / "imagenet" / "val", per_class=1)
     with pytest.raises(UserError, match=r"evals.imagenet \(Top1Accuracy\) needs a model with logits\(\)"):
         run(config(tmp_path, "suite=vit"))
@@ -183,13 +180,15 @@ def test_eval_that_does_not_fit_the_model_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["clip_tiny", "hf_clip_tiny"])
 def test_clip_end_to_end_and_calibration_that_does_not_fit(tmp_path, model):
-    from fixtures import write_caption_pairs
-
     write_caption_pairs(tmp_path / "data" / "cc3m")
     (tmp_path / "data" / "cc3m" / "pairs.tsv").rename(tmp_path / "data" / "cc3m" / "cc3m.tsv")
-    common = ["calib=cc3m", "calib.num_samples=8", "calib.batch_size=4", "suite=none"]
-    record = run(config(tmp_path, f"model={model}", "scorer=zeroth", *common, "sparsity=0.4"))
+    write_caption_pairs(tmp_path / "data" / "retrieval", seed=1)
+    (tmp_path / "data" / "retrieval" / "captions.json").rename(tmp_path / "data" / "retrieval" / "test.json")
+    write_image_folder(tmp_path / "data" / "zero_shot" / "test")
+    common = ["calib=cc3m", "calib.num_samples=8", "calib.batch_size=4"]
+    record = run(config(tmp_path, f"model={model}", "scorer=zeroth", *common, "suite=clip_basic", "sparsity=0.4"))
     assert record["achieved"]["overall"] == pytest.approx(0.4, abs=1e-3)  # per-matrix rounding of 1024-weight matrices
     assert {m["tower"] for m in record["matrices"]} == {"vision", "text"}
+    assert 0 <= record["metrics"]["zero_shot/top1"] <= 100 and record["metrics"]["retrieval/tr@10"] == 100.0
     with pytest.raises(UserError, match="gives image_captions but CausalLMAdapter calibrates on tokens"):
-        run(config(tmp_path, *common))
+        run(config(tmp_path, *common, "suite=none"))

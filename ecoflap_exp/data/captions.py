@@ -18,7 +18,7 @@ def read_pairs(annotations: str) -> list[tuple[Path, str]]:
     path = Path(annotations).expanduser()
     if not path.is_file():
         raise UserError(f"caption file {annotations!r} does not exist; give a .tsv/.csv with image and caption "
-                        f"columns or a COCO caption .json (scripts/prepare_data.py converts CC3M's release)")
+                        f"columns (image paths relative to the file) or a COCO caption .json")
     base = path.parent
     if path.suffix == ".json":
         data = json.loads(path.read_text())

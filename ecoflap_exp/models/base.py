@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from ecoflap_exp.errors import UserError
@@ -183,6 +184,14 @@ class ModelAdapter(ABC):
     def logits(self, batch: Batch) -> torch.Tensor:
         """Class logits of a batch (classifiers; used by top-1 accuracy)."""
         raise UserError(f"{type(self).__name__} has no classifier head; top-1 accuracy needs an image classifier")
+
+    def image_features(self, images: list[Image.Image]) -> torch.Tensor:
+        """L2-normalised embeddings of images (image-text models; zero-shot and retrieval)."""
+        raise UserError(f"{type(self).__name__} has no image-text embeddings; this eval needs a CLIP-style model")
+
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised embeddings of texts (image-text models; zero-shot and retrieval)."""
+        raise UserError(f"{type(self).__name__} has no image-text embeddings; this eval needs a CLIP-style model")
 
     @property
     def device(self) -> torch.device:

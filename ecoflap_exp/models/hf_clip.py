@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import transformers
 from PIL import Image
 from torchvision import transforms
@@ -73,6 +74,19 @@ class HFCLIPAdapter(ModelAdapter):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         return contrastive_loss(self.forward(batch).logits_per_image)
+
+    @torch.no_grad()
+    def image_features(self, images: list[Image.Image]) -> torch.Tensor:
+        dtype = next(self.model.parameters()).dtype
+        pixels = torch.stack([self.preprocess(image.convert("RGB")) for image in images]).to(self.device, dtype)
+        features = self.model.visual_projection(self.model.vision_model(pixel_values=pixels).pooler_output)
+        return F.normalize(features.float(), dim=-1)
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        ids = self.tokenize_captions(texts).to(self.device)
+        features = self.model.text_projection(self.model.text_model(input_ids=ids).pooler_output)
+        return F.normalize(features.float(), dim=-1)
 
     def save(self, path: Path) -> None:
         self.model.save_pretrained(path)

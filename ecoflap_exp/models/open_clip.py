@@ -118,6 +118,16 @@ class OpenCLIPAdapter(ModelAdapter):
         image, text, scale = self.forward(batch)[:3]
         return contrastive_loss(scale * image.float() @ text.float().t())
 
+    @torch.no_grad()
+    def image_features(self, images: list[Image.Image]) -> torch.Tensor:
+        dtype = next(self.model.parameters()).dtype
+        pixels = torch.stack([self.preprocess(image.convert("RGB")) for image in images]).to(self.device, dtype)
+        return F.normalize(self.model.encode_image(pixels).float(), dim=-1)
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        return F.normalize(self.model.encode_text(self.tokenizer(texts).to(self.device)).float(), dim=-1)
+
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, path / "open_clip_model.safetensors")

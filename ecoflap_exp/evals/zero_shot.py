@@ -1,0 +1,102 @@
+"""Zero-shot classification and image-text retrieval with an image-text model's embeddings.
+
+Zero-shot: each class's text embedding is the normalised mean over `templates` of the normalised
+embeddings of template.format(class name) (one template = CoOp's protocol, 80 = open_clip's
+ImageNet ensemble); an image's prediction is the class of highest cosine similarity; top-1 in %.
+Retrieval (CLIP variant: plain cosine similarity): TR@K = share of images whose K most similar
+captions hold one of their own; IR@K = share of captions whose K most similar images hold theirs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ecoflap_exp.data.captions import read_pairs
+from ecoflap_exp.data.images import image_folder, open_images
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.evals.base import Evaluation
+from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.progress import track
+
+
+def embed_images(adapter: ModelAdapter, items: list[tuple[Path, object]], batch_size: int) -> torch.Tensor:
+    chunks = []
+    starts = range(0, len(items), batch_size)
+    for i in track(starts, "embedding images", total=len(starts)):
+        images = [image for image, _ in open_images(items[i : i + batch_size], max_bad_fraction=0.0)]
+        chunks.append(adapter.image_features(images))
+    features = torch.cat(chunks)
+    if not torch.isfinite(features).all():
+        raise UserError("the model's image embeddings are not finite; the pruned model is broken")
+    return features
+
+
+class ZeroShotClassification(Evaluation):
+    needs = ("image_features", "text_features")
+
+    def __init__(self, root: str, classnames: list[str] | None = None,
+                 templates: tuple[str, ...] = ("a photo of a {}.",), batch_size: int = 64, limit: int | None = None):
+        self.root = root
+        self.classnames = classnames
+        self.templates = list(templates)
+        self.batch_size = batch_size
+        self.limit = limit
+
+    def classifier(self, adapter: ModelAdapter, classnames: list[str]) -> torch.Tensor:
+        weights = [F.normalize(adapter.text_features([t.format(c) for t in self.templates]).mean(0), dim=-1)
+                   for c in classnames]
+        return torch.stack(weights)
+
+    @torch.no_grad()
+    def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
+        items = image_folder(self.root)
+        folders = sorted({p.parent.name for p, _ in items})
+        classnames = self.classnames or [f.replace("_", " ") for f in folders]
+        if len(classnames) != len(folders):
+            raise UserError(f"{len(classnames)} class names for {len(folders)} class folders in {self.root}")
+        items = items[: self.limit]
+        similarity = embed_images(adapter, items, self.batch_size) @ self.classifier(adapter, classnames).t()
+        predictions = similarity.argmax(1)
+        labels = torch.tensor([label for _, label in items], device=predictions.device)
+        return {"top1": 100.0 * float((predictions == labels).float().mean())}
+
+
+def recall_at_k(similarity: torch.Tensor, positives: torch.Tensor, ks: tuple[int, ...]) -> dict[int, float]:
+    """similarity: (queries, candidates); positives: bool, same shape. Share of queries (in %) with
+    a positive among their k most similar candidates."""
+    order = similarity.argsort(dim=1, descending=True, stable=True)
+    hits = positives.gather(1, order)
+    first_hit = torch.where(hits.any(1), hits.float().argmax(1), torch.full_like(hits[:, 0], 10**9, dtype=torch.long))
+    return {k: 100.0 * float((first_hit < k).float().mean()) for k in ks}
+
+
+class ImageTextRetrieval(Evaluation):
+    needs = ("image_features", "text_features")
+
+    def __init__(self, annotations: str, batch_size: int = 64, limit: int | None = None,
+                 ks: tuple[int, ...] = (1, 5, 10)):
+        self.annotations = annotations
+        self.batch_size = batch_size
+        self.limit = limit
+        self.ks = tuple(ks)
+
+    @torch.no_grad()
+    def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
+        pairs = read_pairs(self.annotations)
+        images = sorted({path for path, _ in pairs})[: self.limit]
+        index = {path: i for i, path in enumerate(images)}
+        captions = [(caption, index[path]) for path, caption in pairs if path in index]
+        image_features = embed_images(adapter, [(p, None) for p in images], self.batch_size)
+        text_features = torch.cat([adapter.text_features([c for c, _ in captions[i : i + self.batch_size]])
+                                   for i in range(0, len(captions), self.batch_size)])
+        owner = torch.tensor([i for _, i in captions], device=image_features.device)
+        positives = owner[None, :] == torch.arange(len(images), device=owner.device)[:, None]  # (images, captions)
+        similarity = image_features @ text_features.t()
+        text_recall = recall_at_k(similarity, positives, self.ks)
+        image_recall = recall_at_k(similarity.t(), positives.t(), self.ks)
+        metrics = {f"tr@{k}": v for k, v in text_recall.items()} | {f"ir@{k}": v for k, v in image_recall.items()}
+        metrics["r_mean"] = sum(metrics.values()) / len(metrics)
+        return metrics
