@@ -192,3 +192,14 @@ def test_clip_end_to_end_and_calibration_that_does_not_fit(tmp_path, model):
     assert 0 <= record["metrics"]["zero_shot/top1"] <= 100 and record["metrics"]["retrieval/tr@10"] == 100.0
     with pytest.raises(UserError, match="gives image_captions but CausalLMAdapter calibrates on tokens"):
         run(config(tmp_path, *common, "suite=none"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [(["model=llama_7b", "calib=shipped_text", "suite=shipped_text"], "huggyllama/llama-7b"),
+     (["model=vit_b16", "calib=synthetic_images", "suite=none"], "google/vit-base-patch16-224"),
+     (["model=clip_vitb16", "calib=cc3m", "suite=none"], "ViT-B-16:openai")],
+)
+def test_uncached_checkpoint_offline_is_one_clear_message(tmp_path, overrides, name):
+    with pytest.raises(UserError, match=f"could not load '{name}'.*download it first"):
+        run(config(tmp_path, *overrides))
