@@ -265,7 +265,9 @@ def execute(cfg: DictConfig, target: Target, rid: str) -> dict[str, Any]:
 def print_summary(record: dict[str, Any]) -> None:
     cfg = record["config"]
     table = Table(title=f"run {record['id']}", show_header=False)
-    table.add_row("model", str(cfg["model"].get("checkpoint") or cfg["model"].get("arch")))
+    model = cfg["model"]
+    table.add_row("model", str(model.get("checkpoint") or model.get("pretrained") or model.get("arch")
+                               or model.get("model_name")))
     table.add_row("scorer / pruner", f"{cfg['scorer']['_target_'].rsplit('.', 1)[-1]} / "
                   f"{cfg['pruner']['_target_'].rsplit('.', 1)[-1]}")
     target = record["target"]

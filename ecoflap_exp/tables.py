@@ -126,6 +126,24 @@ def add_paper_rows(table: pd.DataFrame, experiment: str, by_point: bool, only_po
     return pd.concat([table, pd.DataFrame(extra).T]) if extra else table
 
 
+def by_metric(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """A sparsity-sweep table split into one methods x sparsity table per metric (readable width)."""
+    metrics: dict[str, list[str]] = {}
+    for col in table.columns:
+        point, _, metric = col.partition("/")
+        metrics.setdefault(metric, []).append(col)
+    return {m: table[cols].rename(columns=lambda c: c.split("/", 1)[0]) for m, cols in metrics.items()}
+
+
+def markdown(experiment: str, table: pd.DataFrame) -> str:
+    if not all("/" in c and c.split("/", 1)[0][:1] in "pn" for c in table.columns):
+        return f"# {experiment}\n\n{table.to_markdown()}\n"
+    parts = [f"# {experiment}\n"]
+    for metric, sub in by_metric(table).items():
+        parts.append(f"## {metric}\n\n{sub.to_markdown()}\n")
+    return "\n".join(parts)
+
+
 def write_tables(results_dir: Path, out_dir: Path) -> dict[str, pd.DataFrame]:
     records, problems = load_records(results_dir)
     for problem in problems:
@@ -139,7 +157,7 @@ def write_tables(results_dir: Path, out_dir: Path) -> dict[str, pd.DataFrame]:
         table = experiment_table(df, experiment)
         stem = out_dir / "tables" / experiment
         table.to_csv(stem.with_suffix(".csv"))
-        stem.with_suffix(".md").write_text(f"# {experiment}\n\n" + table.to_markdown() + "\n")
+        stem.with_suffix(".md").write_text(markdown(experiment, table))
         stem.with_suffix(".tex").write_text(table.to_latex())
         tables[experiment] = table
         plot_experiment(records, df, experiment, out_dir / "plots")

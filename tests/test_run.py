@@ -18,10 +18,19 @@ from ecoflap_exp.runner import run
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: most tests run the tiny LLaMA on the shipped text unless they choose a model, calib or suite
+TINY_TEXT = {"model": "llama_tiny", "calib": "shipped_text", "suite": "shipped_text"}
+
+
+def tiny_defaults(overrides) -> list[str]:
+    return [f"{group}={choice}" for group, choice in TINY_TEXT.items()
+            if not any(o.startswith(f"{group}=") for o in overrides)]
+
+
 def config(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return compose("config", [f"paths.root={tmp_path}", f"paths.data_root={tmp_path}/data", "device=cpu",
-                                  *overrides])
+                                  *tiny_defaults(overrides), *overrides])
 
 
 def records(tmp_path):
@@ -29,7 +38,8 @@ def records(tmp_path):
 
 
 def cli(tmp_path, *args):
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args, f"paths.root={tmp_path}", "device=cpu"],
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args, f"paths.root={tmp_path}", "device=cpu",
+                           *tiny_defaults(args)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from fixtures import write_image_folder
 from hydra import compose, initialize_config_dir
+from test_run import tiny_defaults
 
 from ecoflap_exp.runner import run
 from ecoflap_exp.tables import PAPER, write_tables
@@ -23,7 +24,8 @@ TINY = {
 
 
 def cli(tmp_path, *args):
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args, f"paths.root={tmp_path}", "device=cpu"],
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args, f"paths.root={tmp_path}", "device=cpu",
+                           *tiny_defaults(args)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
 
 
@@ -78,10 +80,10 @@ def test_missing_points_show_as_dash_and_paper_rows_show_the_difference(tmp_path
     assert table.loc["wanda (ours - paper)", "p0.5/wikitext2/ppl"] == f"{ours - paper:+.2f}"
 
 
-def compose_config(tmp_path, *overrides):
+def compose_config(tmp_path, *overrides, tiny=True):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return compose("config", [f"paths.root={tmp_path}", f"paths.data_root={tmp_path}/data", "device=cpu",
-                                  *overrides])
+                                  *(tiny_defaults(overrides) if tiny else []), *overrides])
 
 
 @pytest.mark.slow
@@ -89,9 +91,9 @@ def compose_config(tmp_path, *overrides):
 def test_every_experiment_composes_and_runs_one_point_on_tiny_models(tmp_path, experiment):
     write_image_folder(tmp_path / "data" / "imagenet" / "train")
     write_image_folder(tmp_path / "data" / "imagenet" / "val", seed=1)
-    cfg = compose_config(tmp_path, f"experiment={experiment}")
+    cfg = compose_config(tmp_path, f"experiment={experiment}", tiny=False)
     tiny = TINY.get(cfg.model.get("arch"), [])
-    cfg = compose_config(tmp_path, f"experiment={experiment}", *tiny, "sparsity=0.5")
+    cfg = compose_config(tmp_path, f"experiment={experiment}", *tiny, "sparsity=0.5", tiny=False)
     record = run(cfg)
     assert record["status"] == "ok" and record["config"]["experiment_name"] == cfg.experiment_name
 

@@ -9,10 +9,12 @@ captions hold one of their own; IR@K = share of captions whose K most similar im
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ecoflap_exp.data.captions import read_pairs
 from ecoflap_exp.data.images import image_folder, open_images
@@ -22,16 +24,46 @@ from ecoflap_exp.models.base import ModelAdapter
 from ecoflap_exp.progress import track
 
 
-def embed_images(adapter: ModelAdapter, items: list[tuple[Path, object]], batch_size: int) -> torch.Tensor:
+def load_images(items: list[tuple[Path, object]]) -> list[Image.Image]:
+    return [image for image, _ in open_images(items, max_bad_fraction=0.0)]
+
+
+def embed_images(adapter: ModelAdapter, images: Sequence[Image.Image] | list[tuple[Path, object]],
+                 batch_size: int) -> torch.Tensor:
+    """Embeddings of images given as PIL images or as (path, anything) items read in batches."""
     chunks = []
-    starts = range(0, len(items), batch_size)
+    starts = range(0, len(images), batch_size)
     for i in track(starts, "embedding images", total=len(starts)):
-        images = [image for image, _ in open_images(items[i : i + batch_size], max_bad_fraction=0.0)]
-        chunks.append(adapter.image_features(images))
+        chunk = images[i : i + batch_size]
+        chunks.append(adapter.image_features(chunk if isinstance(chunk[0], Image.Image) else load_images(chunk)))
     features = torch.cat(chunks)
     if not torch.isfinite(features).all():
         raise UserError("the model's image embeddings are not finite; the pruned model is broken")
     return features
+
+
+def class_embeddings(adapter: ModelAdapter, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """Per class: the normalised mean of its normalised template embeddings."""
+    return torch.stack([F.normalize(adapter.text_features([t.format(c) for t in templates]).mean(0), dim=-1)
+                        for c in classnames])
+
+
+def zero_shot_top1(image_features: torch.Tensor, labels: Sequence[int], classifier: torch.Tensor) -> float:
+    predictions = (image_features @ classifier.t()).argmax(1)
+    return 100.0 * float((predictions == torch.tensor(list(labels), device=predictions.device)).float().mean())
+
+
+def retrieval_recalls(adapter: ModelAdapter, image_features: torch.Tensor, captions: Sequence[str],
+                      positives: torch.Tensor, ks: Sequence[int], batch_size: int) -> dict[str, float]:
+    """TR@k, IR@k and their mean; positives[i, j]: caption j describes image i."""
+    text_features = torch.cat([adapter.text_features(list(captions[i : i + batch_size]))
+                               for i in range(0, len(captions), batch_size)])
+    positives = positives.to(image_features.device)
+    similarity = image_features @ text_features.t()
+    metrics = {f"tr@{k}": v for k, v in recall_at_k(similarity, positives, tuple(ks)).items()}
+    metrics |= {f"ir@{k}": v for k, v in recall_at_k(similarity.t(), positives.t(), tuple(ks)).items()}
+    metrics["r_mean"] = sum(metrics.values()) / len(metrics)
+    return metrics
 
 
 class ZeroShotClassification(Evaluation):
@@ -45,11 +77,6 @@ class ZeroShotClassification(Evaluation):
         self.batch_size = batch_size
         self.limit = limit
 
-    def classifier(self, adapter: ModelAdapter, classnames: list[str]) -> torch.Tensor:
-        weights = [F.normalize(adapter.text_features([t.format(c) for t in self.templates]).mean(0), dim=-1)
-                   for c in classnames]
-        return torch.stack(weights)
-
     @torch.no_grad()
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
         items = image_folder(self.root)
@@ -58,10 +85,9 @@ class ZeroShotClassification(Evaluation):
         if len(classnames) != len(folders):
             raise UserError(f"{len(classnames)} class names for {len(folders)} class folders in {self.root}")
         items = items[: self.limit]
-        similarity = embed_images(adapter, items, self.batch_size) @ self.classifier(adapter, classnames).t()
-        predictions = similarity.argmax(1)
-        labels = torch.tensor([label for _, label in items], device=predictions.device)
-        return {"top1": 100.0 * float((predictions == labels).float().mean())}
+        features = embed_images(adapter, items, self.batch_size)
+        return {"top1": zero_shot_top1(features, [label for _, label in items],
+                                       class_embeddings(adapter, classnames, self.templates))}
 
 
 def recall_at_k(similarity: torch.Tensor, positives: torch.Tensor, ks: tuple[int, ...]) -> dict[int, float]:
@@ -90,13 +116,7 @@ class ImageTextRetrieval(Evaluation):
         index = {path: i for i, path in enumerate(images)}
         captions = [(caption, index[path]) for path, caption in pairs if path in index]
         image_features = embed_images(adapter, [(p, None) for p in images], self.batch_size)
-        text_features = torch.cat([adapter.text_features([c for c, _ in captions[i : i + self.batch_size]])
-                                   for i in range(0, len(captions), self.batch_size)])
-        owner = torch.tensor([i for _, i in captions], device=image_features.device)
-        positives = owner[None, :] == torch.arange(len(images), device=owner.device)[:, None]  # (images, captions)
-        similarity = image_features @ text_features.t()
-        text_recall = recall_at_k(similarity, positives, self.ks)
-        image_recall = recall_at_k(similarity.t(), positives.t(), self.ks)
-        metrics = {f"tr@{k}": v for k, v in text_recall.items()} | {f"ir@{k}": v for k, v in image_recall.items()}
-        metrics["r_mean"] = sum(metrics.values()) / len(metrics)
-        return metrics
+        owner = torch.tensor([i for _, i in captions])
+        positives = owner[None, :] == torch.arange(len(images))[:, None]
+        return retrieval_recalls(adapter, image_features, [c for c, _ in captions], positives, self.ks,
+                                 self.batch_size)

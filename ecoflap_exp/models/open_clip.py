@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ecoflap_exp.errors import UserError
@@ -63,6 +63,18 @@ def resblock_matrices(name: str, block: nn.Module) -> list[PrunableMatrix]:
     return matrices
 
 
+SHIPPED_PREFIX = "shipped:"
+
+
+def shipped_weights(name: str) -> dict[str, torch.Tensor]:
+    """Weights trained by this project's scripts and shipped in models/weights/ (stored in fp16)."""
+    path = resources.files("ecoflap_exp.models") / "weights" / f"{name}.safetensors"
+    if not path.is_file():
+        raise UserError(f"no shipped weights named {name!r} (models/weights/{name}.safetensors); "
+                        f"scripts/train_{name}.py trains them")
+    return {k: v.float() for k, v in load_file(str(path)).items()}
+
+
 def register_shipped_configs() -> None:
     """Make the open_clip model configs shipped in ecoflap_exp/models/arch/open_clip/ known by name."""
     import open_clip
@@ -73,8 +85,9 @@ def register_shipped_configs() -> None:
 
 class OpenCLIPAdapter(ModelAdapter):
     """`model_name` is any open_clip model name (ViT-B-16, ...) or a config shipped in
-    models/arch/open_clip/; `pretrained` an open_clip tag (openai, laion2b_...) or a local
-    checkpoint file; `init=random` builds the architecture with no weights."""
+    models/arch/open_clip/; `pretrained` an open_clip tag (openai, laion2b_...), a local
+    checkpoint file, or `shipped:<name>` for weights in models/weights/; `init=random` builds the
+    architecture with no weights."""
 
     sample_kinds = ("image_captions",)
 
@@ -88,11 +101,14 @@ class OpenCLIPAdapter(ModelAdapter):
         if init == "pretrained" and not pretrained:
             raise UserError("model.init=pretrained needs model.pretrained (an open_clip tag or a checkpoint path)")
         torch.manual_seed(seed)
+        shipped = init == "pretrained" and str(pretrained).startswith(SHIPPED_PREFIX)
         try:
             self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained if init == "pretrained" else None)
+                model_name, pretrained=pretrained if init == "pretrained" and not shipped else None)
         except RuntimeError as err:
             raise hub_load_error(f"{model_name}:{pretrained}", err) from err
+        if shipped:
+            self.model.load_state_dict(shipped_weights(str(pretrained).removeprefix(SHIPPED_PREFIX)))
         self.model.to(torch_dtype(dtype)).eval()
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.construction = {"model_name": model_name}
