@@ -20,13 +20,10 @@ from ecoflap_exp.pruning.masks import NM, select_mask
 class Hessian(InputStats):
     def __init__(self, cols: int, device: torch.device):
         self.H = torch.zeros(cols, cols, device=device, dtype=torch.float32)
-        self.samples = 0
 
     def add(self, x: torch.Tensor) -> None:
-        batch = x.shape[0] if x.dim() > 2 else 1
-        x = x.reshape(-1, x.shape[-1]).float()
-        self.H *= self.samples / (self.samples + batch)
-        self.samples += batch
+        x, rescale = self.count_batch(x)
+        self.H.mul_(rescale)
         x = x * (2 / self.samples) ** 0.5
         self.H.addmm_(x.t(), x)
 

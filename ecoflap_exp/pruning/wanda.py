@@ -13,14 +13,10 @@ class ColumnNorms(InputStats):
 
     def __init__(self, cols: int, device: torch.device):
         self.sq_norms = torch.zeros(cols, device=device, dtype=torch.float32)
-        self.samples = 0
 
     def add(self, x: torch.Tensor) -> None:
-        batch = x.shape[0] if x.dim() > 2 else 1
-        x = x.reshape(-1, x.shape[-1]).float()
-        self.sq_norms *= self.samples / (self.samples + batch)
-        self.samples += batch
-        self.sq_norms += x.pow(2).sum(0) / self.samples
+        x, rescale = self.count_batch(x)
+        self.sq_norms.mul_(rescale).add_(x.pow(2).sum(0) / self.samples)
 
 
 class WandaPruner(LocalPruner):
