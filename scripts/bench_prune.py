@@ -1,17 +1,25 @@
-"""Time and peak memory of the pruning pass (Wanda, SparseGPT, magnitude) against one plain forward
-pass over the same calibration set.
+"""Time and peak memory of the pruning pass against one plain forward pass over the same calibration
+set.
 
-Default shape: LLaMA-7B width (4096 hidden, 11008 MLP, 32000 vocab) with 2 blocks, random init,
-fp32 on the CPU, 16 calibration sequences of 512 tokens in batches of 1 (Wanda's and SparseGPT's
-setting). Each pass runs in its own child process so that its peak RSS is its own; model
-construction is identical in every child, so the ratios to the plain forward's figures compare
-like with like. Only the pass itself is timed.
+`--model llama` (default): LLaMA-7B width (4096 hidden, 11008 MLP, 32000 vocab) with 2 blocks,
+random init, fp32 on the CPU, 16 calibration sequences of 512 tokens in batches of 1 (Wanda's and
+SparseGPT's setting); passes wanda, sparsegpt, magnitude. Goals (issue 2): the Wanda pass at most
+2.5x the plain forward's time and at most 1.3x its peak memory.
 
-Goals (issue 2): the Wanda pass at most 2.5x the plain forward's time and at most 1.3x its peak
-memory. With a GPU (`--device cuda`), the full 32-block shape in fp16 reports time and peak GPU
-memory (`--blocks 32 --dtype float16 --device cuda`).
+`--model blip2_t5`: BLIP-2 FlanT5-XL shapes (ViT-g width 1408, FlanT5-XL width 2048, the real
+Q-Former and vocabulary) with `--blocks` blocks per pruned tower (vision, T5 encoder, decoder),
+random 224 px images and captions; passes wanda (uniform), zeroth (ECoFLaP zeroth-order block
+scores, then Wanda) and first (first-order scores, then Wanda), each the whole run's path: score,
+allocate (water-filling, p_max = p + 0.1), prune. `--zeroth-blocks 1` perturbs only the first
+block of each tower (the memory peak does not grow with more blocks; the time does, per matrix).
+Issue 4 anchors on one GPU at full size: Wanda 8.87 GB, zeroth 8.93 GB, first-order 22.4 GB.
 
-    python scripts/bench_prune.py [--blocks 2] [--samples 16] [--seqlen 512] [--out bench.json]
+Each pass runs in its own child process so that its peak RSS is its own; model construction is
+identical in every child, so the ratios to the plain forward's figures compare like with like.
+Only the pass itself is timed. With a GPU (`--device cuda`), peak GPU memory is reported instead
+(`--blocks 32 --dtype float16 --device cuda` for LLaMA-7B; `--blocks 39` for BLIP-2's full ViT).
+
+    python scripts/bench_prune.py [--model llama|blip2_t5] [--blocks 2] [--samples 16] [--out bench.json]
 """
 
 from __future__ import annotations
@@ -28,24 +36,73 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
+from ecoflap_exp.models.base import Batch, ModelAdapter, Tower  # noqa: E402
+from ecoflap_exp.models.blip2 import Blip2Adapter  # noqa: E402
 from ecoflap_exp.models.causal_lm import CausalLMAdapter  # noqa: E402
 from ecoflap_exp.pruning.engine import SequentialEngine  # noqa: E402
 from ecoflap_exp.pruning.magnitude import MagnitudePruner  # noqa: E402
 from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner  # noqa: E402
 from ecoflap_exp.pruning.wanda import WandaPruner  # noqa: E402
+from ecoflap_exp.scoring.allocate import WaterFilling  # noqa: E402
+from ecoflap_exp.scoring.first import FirstOrderScorer  # noqa: E402
+from ecoflap_exp.scoring.zeroth import ZerothOrderScorer  # noqa: E402
 
 PRUNERS = {"wanda": WandaPruner, "sparsegpt": SparseGPTPruner, "magnitude": MagnitudePruner}
+CAPTIONS = ["a man riding a horse on a sunny beach", "two dogs playing with a red ball in the park",
+            "a plate of pasta with tomato sauce", "an old stone bridge over a river at dusk"]
+
+
+class LeadingBlocksScored(Blip2Adapter):
+    """The same model, but only the first `scored` blocks of each tower are perturbed by the
+    zeroth-order scorer (every block still runs and is pruned)."""
+
+    scored: int | None = None
+
+    def all_towers(self) -> list[Tower]:
+        return [Tower(t.name, t.blocks[: self.scored]) if self.scored else t for t in super().all_towers()]
+
+
+def build(args: argparse.Namespace, scored_blocks: int | None = None) -> tuple[ModelAdapter, list[Batch]]:
+    if args.model == "llama":
+        adapter = CausalLMAdapter(arch="llama_7b", init="random", tokenizer="bytes", dtype=args.dtype,
+                                  arch_overrides={"num_hidden_layers": args.blocks})
+        ids = torch.randint(3, 259, (args.samples, args.seqlen), generator=torch.Generator().manual_seed(0))
+        samples = list(ids)
+    else:
+        LeadingBlocksScored.scored = scored_blocks
+        adapter = LeadingBlocksScored(
+            arch="blip2_flan_t5_xl", init="random", tokenizer="bytes", dtype=args.dtype,
+            arch_overrides={"vision_config": {"num_hidden_layers": args.blocks},
+                            "text_config": {"num_layers": args.blocks, "num_decoder_layers": args.blocks}})
+        generator = torch.Generator().manual_seed(0)
+        pixels = torch.randint(0, 256, (args.samples, 224, 224, 3), generator=generator, dtype=torch.uint8)
+        samples = [(Image.fromarray(p.numpy()), CAPTIONS[i % len(CAPTIONS)]) for i, p in enumerate(pixels)]
+    if args.device.startswith("cuda"):
+        adapter.to(args.device)
+    return adapter, [adapter.collate(samples[i : i + args.batch]) for i in range(0, args.samples, args.batch)]
+
+
+def prune(adapter: ModelAdapter, batches: list[Batch], name: str, args: argparse.Namespace) -> None:
+    """One pass along the run's path: block scores (zeroth, first) or none, the plan, the engine."""
+    if name in PRUNERS:
+        plan = {block.name: 0.5 for block in adapter.blocks()}
+        SequentialEngine(adapter, PRUNERS[name](), plan, device=args.device).run(batches)
+        return
+    if name == "zeroth":
+        scores = ZerothOrderScorer(num_samples=args.zeroth_samples).scores(adapter, batches)
+        LeadingBlocksScored.scored = None  # the plan and the pruning cover every block
+        scores.update({b.name: 0.0 for b in adapter.blocks() if b.name not in scores})
+    else:
+        scores = FirstOrderScorer().scores(adapter, batches)
+    plan = WaterFilling().plan(adapter, batches, scores, 0.5, 0.6)
+    SequentialEngine(adapter, WandaPruner(), plan, device=args.device).run(batches)
 
 
 def run_pass(name: str, args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
-    adapter = CausalLMAdapter(arch=args.model_arch, init="random", tokenizer="bytes", dtype=args.dtype,
-                              arch_overrides={"num_hidden_layers": args.blocks})
-    if device.type == "cuda":
-        adapter.to(device)
-    ids = torch.randint(3, 259, (args.samples, args.seqlen), generator=torch.Generator().manual_seed(0))
-    batches = [adapter.collate(list(ids[i : i + args.batch])) for i in range(0, args.samples, args.batch)]
+    adapter, batches = build(args, args.zeroth_blocks if name == "zeroth" else None)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -55,8 +112,7 @@ def run_pass(name: str, args: argparse.Namespace) -> dict[str, Any]:
             for batch in batches:
                 adapter.forward(batch)
     else:
-        plan = {block.name: 0.5 for block in adapter.blocks()}
-        SequentialEngine(adapter, PRUNERS[name](), plan, device=device).run(batches)
+        prune(adapter, batches, name, args)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -69,23 +125,27 @@ def run_pass(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-arch", default="llama_7b")
-    parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--model", choices=["llama", "blip2_t5"], default="llama")
+    parser.add_argument("--blocks", type=int, default=2, help="blocks per tower")
     parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--passes", default="forward,wanda,sparsegpt,magnitude")
+    parser.add_argument("--seqlen", type=int, default=512, help="LLaMA tokens per sample")
+    parser.add_argument("--zeroth-samples", type=int, default=32, help="zeroth-order samples (the paper's 32)")
+    parser.add_argument("--zeroth-blocks", type=int, default=None, help="perturb only this many blocks per tower")
+    parser.add_argument("--passes", help="default: forward,wanda,sparsegpt,magnitude (llama); "
+                                         "forward,wanda,zeroth,first (blip2_t5)")
     parser.add_argument("--out", help="also write the results as JSON here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_pass(args.child, args)))
         return
-    passes = args.passes.split(",")
+    default = "forward,wanda,sparsegpt,magnitude" if args.model == "llama" else "forward,wanda,zeroth,first"
+    passes = (args.passes or default).split(",")
     forwarded = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
-                 if key not in ("out", "child", "passes")]
+                 if key not in ("out", "child", "passes") and value is not None]
     rows = []
     for name in passes:
         out = subprocess.run([sys.executable, __file__, *forwarded, "--child", name], capture_output=True, text=True,
@@ -94,7 +154,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     base = next((r for r in rows if r["pass"] == "forward"), rows[0])
     memory = "peak GPU GB" if args.device.startswith("cuda") else "peak RSS GB"
-    print(f"{args.model_arch} x {args.blocks} blocks, {args.samples} x {args.seqlen} tokens, "
+    print(f"{args.model} x {args.blocks} blocks per tower, {args.samples} samples in batches of {args.batch}, "
           f"{args.dtype}, {args.device}")
     print(f"{'pass':10} {'seconds':>9} {'x forward':>10} {memory:>12} {'x forward':>10}")
     for r in rows:

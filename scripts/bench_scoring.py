@@ -57,8 +57,8 @@ def build(setting: dict[str, Any]) -> tuple[CausalLMAdapter, list[dict]]:
 class FirstBlockOnly(CausalLMAdapter):
     """The same model, but only block 0's matrices are scored (the others still run)."""
 
-    def towers(self) -> list[Tower]:
-        (tower,) = super().towers()
+    def all_towers(self) -> list[Tower]:
+        (tower,) = super().all_towers()
         return [Tower(tower.name, tower.blocks[:1])]
 
 

@@ -206,7 +206,7 @@ class TwoTowers(ModelAdapter):
     def __init__(self):
         self.model = nn.ModuleDict({n: nn.Linear(8, 8 if n[0] == "v" else 16) for n in ("v0", "v1", "t0", "t1")})
 
-    def towers(self):
+    def all_towers(self):
         def block(n):
             lin = self.model[n]
             return Block(n, lin, [PrunableMatrix(f"{n}.weight", lin.weight, lin)])

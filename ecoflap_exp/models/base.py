@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,6 +27,9 @@ from torch import nn
 from ecoflap_exp.errors import UserError
 
 Batch = dict[str, Any]
+#: the image normalisation of OpenAI's CLIP, which BLIP-2's vision encoder shares
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def first_input(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -151,10 +154,24 @@ class ModelAdapter(ABC):
     model: nn.Module
     #: the kinds of raw calibration samples `collate` accepts (see CalibrationSource.kind)
     sample_kinds: tuple[str, ...] = ()
+    #: names of the towers this run prunes (None: all); the model config's `prune_towers`
+    prune_towers: list[str] | None = None
 
     @abstractmethod
+    def all_towers(self) -> list[Tower]:
+        """Every tower of the model, in pruning order."""
+
     def towers(self) -> list[Tower]:
-        """The towers to prune, in pruning order."""
+        """The towers to prune (those named in `prune_towers`), in pruning order."""
+        towers = self.all_towers()
+        if self.prune_towers is None:
+            return towers
+        names = [t.name for t in towers]
+        unknown = [name for name in self.prune_towers if name not in names]
+        if unknown or not self.prune_towers:
+            raise UserError(f"model.prune_towers={list(self.prune_towers)} must name some of {type(self).__name__}'s "
+                            f"towers: {', '.join(names)}")
+        return [t for t in towers if t.name in self.prune_towers]
 
     @abstractmethod
     def collate(self, samples: list[Any]) -> Batch:
@@ -172,12 +189,14 @@ class ModelAdapter(ABC):
     def save(self, path: Path) -> None:
         """Save the (pruned) weights in the library's own format."""
 
-    def supports(self, method: str) -> bool:
+    @classmethod
+    def supports(cls, method: str) -> bool:
         """Whether this adapter implements an optional method (tokenize, logits, ...)."""
-        return getattr(type(self), method) is not getattr(ModelAdapter, method)
+        return getattr(cls, method) is not getattr(ModelAdapter, method)
 
-    def tokenize(self, text: str) -> torch.Tensor:
-        """Text -> 1-D token ids (language models; used by text calibration and perplexity)."""
+    def tokenize(self, text: str, special_tokens: bool = False) -> torch.Tensor:
+        """Text -> 1-D token ids (language models; used by text calibration and perplexity); with
+        `special_tokens`, as the tokenizer's defaults add them (LLaMA: one BOS first)."""
         raise UserError(f"{type(self).__name__} has no tokenizer; text calibration and perplexity need a "
                         f"language model")
 
@@ -192,6 +211,55 @@ class ModelAdapter(ABC):
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised embeddings of texts (image-text models; zero-shot and retrieval)."""
         raise UserError(f"{type(self).__name__} has no image-text embeddings; this eval needs a CLIP-style model")
+
+    def generate(self, images: list[Image.Image], prompts: list[str], **generation: Any) -> list[str]:
+        """The text generated for each (image, prompt) pair (VQA answers, captions), decoded and
+        stripped. `generation` holds decoding settings in LAVIS's terms: num_beams, max_new_tokens,
+        min_length, length_penalty, repetition_penalty (generative image-text models)."""
+        raise UserError(f"{type(self).__name__} does not generate text from images; this eval needs a "
+                        f"generative image-text model (BLIP-2)")
+
+    def image_states(self, images: list[Image.Image]) -> torch.Tensor:
+        """Vision-encoder outputs (images, tokens, width): what `features_from_states` and
+        `itm_scores` read, computed once per image (image-text matching models)."""
+        raise UserError(f"{type(self).__name__} has no image-text matching head; this eval needs BLIP-2 ITM")
+
+    def features_from_states(self, states: torch.Tensor) -> torch.Tensor:
+        """L2-normalised contrastive (ITC) features (images, queries, dim) of `image_states`; an
+        image's similarity to a text is the maximum over its queries."""
+        raise UserError(f"{type(self).__name__} has no image-text matching head; this eval needs BLIP-2 ITM")
+
+    def itm_scores(self, states: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Image-text matching logit (of the "match" class, averaged over the queries) of each of K
+        pairs (states[k], texts[k]): a tensor of K scores."""
+        raise UserError(f"{type(self).__name__} has no image-text matching head; this eval needs BLIP-2 ITM")
+
+    def load_weights(self, state: dict[str, torch.Tensor], prefixes: Sequence[str], source: str) -> int:
+        """Copy the entries of `state` (another model's weights, named as in this model) whose names
+        start with one of `prefixes` into this model; returns how many. This is how a pruned
+        model's towers reach a companion model (ECoFLaP's COCO-finetuned captioner and retrieval
+        model receive the pruned ViT and language model)."""
+        own = self.model.state_dict()
+        copied = 0
+        for name, tensor in state.items():
+            if not name.startswith(tuple(prefixes)):
+                continue
+            if name not in own:
+                raise UserError(f"weight {name} of {source} has no counterpart in {type(self).__name__}; the two "
+                                f"models do not share that part")
+            target = own[name]
+            if tensor.shape != target.shape:
+                tensor = self.fit_weight(name, tensor, target.shape, source)
+            target.copy_(tensor.to(target.device, target.dtype))
+            copied += 1
+        if not copied:
+            raise UserError(f"{source} has no weights under {', '.join(prefixes)}; nothing to load")
+        return copied
+
+    def fit_weight(self, name: str, tensor: torch.Tensor, shape: torch.Size, source: str) -> torch.Tensor:
+        """`tensor` reshaped to this model's `shape` (e.g. position embeddings of another image size)."""
+        raise UserError(f"weight {name} of {source} has shape {tuple(tensor.shape)} but {tuple(shape)} in "
+                        f"{type(self).__name__}; the architectures differ")
 
     @property
     def device(self) -> torch.device:
@@ -229,6 +297,14 @@ def load_arch_config(arch: str) -> dict:
     return json.loads(path.read_text())
 
 
+def merged(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` applied, nested dicts merged key by key (a sub-config's fields)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_transformers_model(auto_class: Any, arch: str | None, checkpoint: str | None, init: str, dtype: str,
                             seed: int, arch_overrides: dict[str, Any] | None = None) -> nn.Module:
     """A transformers model through an Auto class: `init=random` builds a shipped architecture
@@ -239,10 +315,12 @@ def load_transformers_model(auto_class: Any, arch: str | None, checkpoint: str |
             raise UserError("model.init=random needs model.arch (a shipped architecture name)")
         import transformers
 
-        cfg = {**load_arch_config(arch), **(arch_overrides or {})}
+        cfg = merged(load_arch_config(arch), arch_overrides or {})
         config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
         torch.manual_seed(seed)
-        model = auto_class.from_config(config, dtype=dt)
+        # Auto classes build with from_config, concrete model classes with _from_config
+        build = getattr(auto_class, "from_config", None) or auto_class._from_config
+        model = build(config, dtype=dt)
     elif init == "pretrained":
         if checkpoint is None:
             raise UserError("model.init=pretrained needs model.checkpoint (hub name or local path)")
@@ -254,6 +332,21 @@ def load_transformers_model(auto_class: Any, arch: str | None, checkpoint: str |
     else:
         raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")
     return model.eval()
+
+
+def load_tokenizer(name: str | None) -> Any:
+    """`bytes` (ByT5's byte tokenizer: needs no files, for the shipped tiny architectures), or the
+    tokenizer of a checkpoint (hub name or local folder)."""
+    import transformers
+
+    if name == "bytes":
+        return transformers.ByT5Tokenizer()
+    if name is None:
+        raise UserError("model.tokenizer is unset and there is no checkpoint to take it from")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(resolve_checkpoint(name))
+    except OSError as err:
+        raise hub_load_error(name, err) from err
 
 
 def resolve_checkpoint(checkpoint: str) -> str:

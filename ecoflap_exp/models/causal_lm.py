@@ -15,9 +15,8 @@ from ecoflap_exp.models.base import (
     ModelAdapter,
     Tower,
     blocks_of,
-    hub_load_error,
+    load_tokenizer,
     load_transformers_model,
-    resolve_checkpoint,
 )
 
 
@@ -54,28 +53,17 @@ class CausalLMAdapter(ModelAdapter):
         self.blocks_path = blocks_path
         self.model = load_transformers_model(transformers.AutoModelForCausalLM, arch, checkpoint, init, dtype, seed,
                                              arch_overrides)
-        self.tokenizer = self._load_tokenizer(tokenizer or checkpoint)
+        self.tokenizer = load_tokenizer(tokenizer or checkpoint)
         vocab = self.model.get_input_embeddings().num_embeddings
         if len(self.tokenizer) > vocab:
             raise UserError(f"tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary is {vocab}")
 
-    @staticmethod
-    def _load_tokenizer(name: str | None) -> Any:
-        if name == "bytes":
-            return transformers.ByT5Tokenizer()
-        if name is None:
-            raise UserError("model.tokenizer is unset and there is no checkpoint to take it from")
-        try:
-            return transformers.AutoTokenizer.from_pretrained(resolve_checkpoint(name))
-        except OSError as err:
-            raise hub_load_error(name, err) from err
-
-    def towers(self) -> list[Tower]:
+    def all_towers(self) -> list[Tower]:
         return [Tower("decoder", blocks_of(self.blocks_path, get_submodule(self.model, self.blocks_path)))]
 
-    def tokenize(self, text: str) -> torch.Tensor:
-        """The whole text as one 1-D tensor of token ids (no special tokens)."""
-        return torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
+    def tokenize(self, text: str, special_tokens: bool = False) -> torch.Tensor:
+        """The whole text as one 1-D tensor of token ids."""
+        return torch.tensor(self.tokenizer(text, add_special_tokens=special_tokens).input_ids, dtype=torch.long)
 
     def collate(self, samples: list[torch.Tensor]) -> Batch:
         return {"input_ids": torch.stack(samples).to(self.device)}

@@ -13,6 +13,8 @@ from PIL import Image
 from torchvision import transforms
 
 from ecoflap_exp.models.base import (
+    CLIP_MEAN,
+    CLIP_STD,
     Batch,
     ModelAdapter,
     Tower,
@@ -23,19 +25,18 @@ from ecoflap_exp.models.base import (
     resolve_checkpoint,
 )
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 class HFCLIPAdapter(ModelAdapter):
     """`tokenizer`: the checkpoint's CLIPTokenizer, or `open_clip` (the same BPE, bundled with
-    open_clip, so random-init models need no files)."""
+    open_clip, so random-init models need no files). Towers: vision, text (`prune_towers` picks some)."""
 
     sample_kinds = ("image_captions",)
 
     def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
-                 dtype: str = "float32", tokenizer: str | None = None, seed: int = 0):
+                 dtype: str = "float32", tokenizer: str | None = None, seed: int = 0,
+                 prune_towers: list[str] | None = None):
         self.model = load_transformers_model(transformers.AutoModel, arch, checkpoint, init, dtype, seed)
+        self.prune_towers = prune_towers
         vision = self.model.config.vision_config
         self.context_length = self.model.config.text_config.max_position_embeddings
         self.preprocess = transforms.Compose([
@@ -59,7 +60,7 @@ class HFCLIPAdapter(ModelAdapter):
         return lambda captions: hf(captions, padding="max_length", truncation=True, max_length=self.context_length,
                                    return_tensors="pt").input_ids
 
-    def towers(self) -> list[Tower]:
+    def all_towers(self) -> list[Tower]:
         return [Tower(name, blocks_of(path, self.model.get_submodule(path)))
                 for name, path in (("vision", "vision_model.encoder.layers"), ("text", "text_model.encoder.layers"))]
 

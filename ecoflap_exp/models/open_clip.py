@@ -87,12 +87,12 @@ class OpenCLIPAdapter(ModelAdapter):
     """`model_name` is any open_clip model name (ViT-B-16, ...) or a config shipped in
     models/arch/open_clip/; `pretrained` an open_clip tag (openai, laion2b_...), a local
     checkpoint file, or `shipped:<name>` for weights in models/weights/; `init=random` builds the
-    architecture with no weights."""
+    architecture with no weights. Towers: vision, text (`prune_towers` picks some)."""
 
     sample_kinds = ("image_captions",)
 
     def __init__(self, model_name: str, pretrained: str | None = None, init: str = "pretrained",
-                 dtype: str = "float32", seed: int = 0):
+                 dtype: str = "float32", seed: int = 0, prune_towers: list[str] | None = None):
         import open_clip
 
         register_shipped_configs()
@@ -112,8 +112,9 @@ class OpenCLIPAdapter(ModelAdapter):
         self.model.to(torch_dtype(dtype)).eval()
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.construction = {"model_name": model_name}
+        self.prune_towers = prune_towers
 
-    def towers(self) -> list[Tower]:
+    def all_towers(self) -> list[Tower]:
         towers = []
         for tower_name, path in (("vision", "visual.transformer.resblocks"), ("text", "transformer.resblocks")):
             blocks = self.model.get_submodule(path)

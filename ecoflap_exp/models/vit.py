@@ -40,7 +40,7 @@ class ImageClassifierAdapter(ModelAdapter):
             transforms.Normalize(list(mean), list(std)),
         ])
 
-    def towers(self) -> list[Tower]:
+    def all_towers(self) -> list[Tower]:
         path, layers = find_block_list(self.model)
         return [Tower("vision", blocks_of(path, layers))]
 
