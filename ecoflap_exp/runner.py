@@ -177,11 +177,12 @@ def check_fit(adapter: ModelAdapter, calib: CalibrationSource, evals: dict[str, 
     if calib.kind not in adapter.sample_kinds:
         raise UserError(f"calib ({type(calib).__name__}) gives {calib.kind} but {type(adapter).__name__} calibrates "
                         f"on {', '.join(adapter.sample_kinds)}; choose a calib made for this model")
+    adapter.towers()  # checks model.prune_towers
     for name, ev in evals.items():
-        missing = [need for need in ev.needs if not adapter.supports(need)]
+        model, missing = ev.missing(adapter)
         if missing:
             raise UserError(f"evals.{name} ({type(ev).__name__}) needs a model with {', '.join(missing)}(), which "
-                            f"{type(adapter).__name__} lacks; choose a suite made for this model")
+                            f"{model} lacks; choose a suite made for this model")
 
 
 def plan_keys(adapter: ModelAdapter) -> list[str]:
@@ -218,6 +219,8 @@ def execute(cfg: DictConfig, target: Target, rid: str) -> dict[str, Any]:
     evals: dict[str, Evaluation] = {name: build(ev) for name, ev in cfg.evals.items()}
     if target.nm is not None and scorer.non_uniform:
         raise UserError(f"nm={target.nm} fixes every matrix at {target.sparsity}; use scorer=uniform with N:M")
+    for ev in evals.values():
+        ev.check_data()  # a missing or malformed benchmark file stops the run before anything heavy
     with timer("load"):
         adapter: ModelAdapter = build(cfg.model)
         if not cfg.offload:
@@ -246,6 +249,7 @@ def execute(cfg: DictConfig, target: Target, rid: str) -> dict[str, Any]:
         for name, ev in evals.items():
             metrics.update({f"{name}/{k}": v for k, v in ev.evaluate(adapter).items()})
     check_finite(metrics)
+    eval_info = {name: dict(ev.info) for name, ev in evals.items() if ev.info}
     result = {
         "target": {"sparsity": target.sparsity, "max_sparsity": target.max_sparsity,
                    "nm": str(target.nm) if target.nm else None},
@@ -254,6 +258,7 @@ def execute(cfg: DictConfig, target: Target, rid: str) -> dict[str, Any]:
         "achieved": achieved,
         "matrices": [r.as_dict() for r in reports],
         "metrics": metrics,
+        "eval_info": eval_info,
         "timings_s": timer.seconds,
         "peak_gpu_gb": timer.peak_gpu_gb,
     }

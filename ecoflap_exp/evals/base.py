@@ -1,8 +1,18 @@
-"""An evaluation: one benchmark's reader + protocol + metric, run on the in-memory model."""
+"""An evaluation: one benchmark's reader + protocol + metric, run on the in-memory model.
+
+`OnCompanion` runs an evaluation on another model that first receives the pruned model's weights:
+ECoFLaP prunes the pretrained BLIP-2 once and scores NoCaps with the COCO-finetuned captioner and
+Flickr30k with the COCO-finetuned retrieval model, each carrying the pruned ViT (and FlanT5).
+"""
 
 from __future__ import annotations
 
+import gc
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+import torch
 
 from ecoflap_exp.models.base import ModelAdapter
 
@@ -10,8 +20,57 @@ from ecoflap_exp.models.base import ModelAdapter
 class Evaluation(ABC):
     #: optional adapter methods this evaluation calls (checked before any pruning)
     needs: tuple[str, ...] = ()
+    #: what the run record keeps beside the metrics (the normaliser or lemmatiser used, files
+    #: written); an evaluation that reports something assigns its own dict
+    info: Mapping[str, str] = MappingProxyType({})
+
+    def check_data(self) -> None:
+        """Read the benchmark's annotations and check that its images exist, so missing or
+        malformed data stops the run before pruning (evaluations that read files implement it)."""
+        return None
 
     @abstractmethod
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
         """Metric name -> value. Raise UserError for missing/malformed data, and for a NaN/inf
         loss or score (never report it as a number)."""
+
+    def missing(self, adapter: ModelAdapter) -> tuple[str, list[str]]:
+        """The model this evaluation runs on, and the methods it needs that the model lacks."""
+        return type(adapter).__name__, [need for need in self.needs if not adapter.supports(need)]
+
+
+class OnCompanion(Evaluation):
+    """`evaluation` run on `companion` (a model config built with `_partial_: true`, so it loads
+    only when this evaluation runs, after pruning) after copying into it the pruned model's
+    weights whose names start with one of `transfer` (e.g. vision_model., language_model.)."""
+
+    def __init__(self, evaluation: Evaluation, companion: Callable[[], ModelAdapter], transfer: list[str]):
+        self.evaluation = evaluation
+        self.companion = companion
+        self.transfer = list(transfer)
+
+    @property
+    def info(self) -> Mapping[str, str]:
+        return self.evaluation.info
+
+    def check_data(self) -> None:
+        self.evaluation.check_data()
+
+    def companion_class(self) -> type[ModelAdapter]:
+        return getattr(self.companion, "func", self.companion)
+
+    def missing(self, adapter: ModelAdapter) -> tuple[str, list[str]]:
+        cls = self.companion_class()
+        return cls.__name__, [need for need in self.evaluation.needs if not cls.supports(need)]
+
+    def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
+        companion = self.companion()
+        companion.load_weights(adapter.model.state_dict(), self.transfer, f"the pruned {type(adapter).__name__}")
+        companion.to(adapter.device)
+        try:
+            return self.evaluation.evaluate(companion)
+        finally:
+            del companion
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

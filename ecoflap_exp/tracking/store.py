@@ -28,6 +28,8 @@ def run_id(config: dict[str, Any]) -> str:
         identity.pop("sparsity", None)  # N:M fixes the sparsity
     elif identity.get("sparsity") == 0:
         identity = {k: v for k, v in identity.items() if k not in PRUNING_KEYS}
+        if isinstance(identity.get("model"), dict):  # which towers would have been pruned
+            identity["model"] = {k: v for k, v in identity["model"].items() if k != "prune_towers"}
     canonical = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha1(canonical.encode()).hexdigest()[:12]
 

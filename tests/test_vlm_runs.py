@@ -1,0 +1,127 @@
+"""Vision-language models end to end through the runner: every scorer x pruner on tiny BLIP-2 (the
+paper's model), every scorer and every pruner on tiny BLIP-2 OPT, BLIP-2 ITM, open_clip and HF
+CLIP; the achieved sparsity equals the plan per tower; a pruned ViT carried into the ITM model
+(from a saved run, and into an evaluation's companion model); data checked before pruning."""
+
+import json
+from collections import defaultdict
+from functools import partial
+
+import pytest
+from fixtures import write_caption_pairs
+from test_blip2 import CAPTIONS, images
+from test_run import config
+
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.evals.base import Evaluation, OnCompanion
+from ecoflap_exp.models.blip2 import Blip2Adapter, Blip2ITMAdapter
+from ecoflap_exp.pruning.engine import SequentialEngine
+from ecoflap_exp.pruning.wanda import WandaPruner
+from ecoflap_exp.runner import run
+from ecoflap_exp.tracking.store import run_id
+
+SCORERS = ["uniform", "zeroth", "first", "id", "id_zeroth", "id_first", "owl"]
+PRUNERS = ["wanda", "sparsegpt", "magnitude"]
+OTHER_MODELS = ["blip2_opt_tiny", "blip2_itm_tiny", "clip_tiny", "hf_clip_tiny"]
+CASES = ([("blip2_t5_tiny", s, p) for s in SCORERS for p in PRUNERS]
+         + [(m, s, "wanda") for m in OTHER_MODELS for s in SCORERS]
+         + [(m, "uniform", p) for m in OTHER_MODELS for p in PRUNERS[1:]])
+
+
+def caption_run(tmp_path, *overrides):
+    files = write_caption_pairs(tmp_path / "pairs", count=8)
+    return run(config(tmp_path, "calib=cc3m", f"calib.annotations={files['tsv']}", "calib.num_samples=8",
+                      "calib.batch_size=4", "suite=none", *overrides))
+
+
+def tower_sparsity(record):
+    """Per tower: (planned, achieved) fraction of zeros, weighted by block size."""
+    planned, achieved, size = defaultdict(float), defaultdict(float), defaultdict(int)
+    for m in record["matrices"]:
+        n = m["rows"] * m["cols"]
+        planned[m["tower"]] += m["planned_sparsity"] * n
+        achieved[m["tower"]] += record["achieved"]["per_matrix"][m["name"]] * n
+        size[m["tower"]] += n
+    return {t: (planned[t] / size[t], achieved[t] / size[t]) for t in size}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "scorer", "pruner"), CASES)
+def test_every_scorer_and_pruner_reaches_the_plan_per_tower(tmp_path, model, scorer, pruner):
+    record = caption_run(tmp_path, f"model={model}", f"scorer={scorer}", f"pruner={pruner}", "sparsity=0.5")
+    assert record["status"] == "ok"
+    per_tower = tower_sparsity(record)
+    towers = {"blip2_t5_tiny": {"vision", "encoder", "decoder"}, "blip2_opt_tiny": {"vision", "decoder"},
+              "blip2_itm_tiny": {"vision"}}.get(model, {"vision", "text"})
+    assert set(per_tower) == towers
+    for tower, (planned, achieved) in per_tower.items():
+        assert achieved == pytest.approx(planned, abs=2e-3), tower
+    assert record["achieved"]["overall"] == pytest.approx(0.5, abs=2e-3)
+    if scorer != "uniform":
+        assert len(set(record["plan"].values())) > 1  # the scores moved sparsity between blocks
+
+
+@pytest.mark.slow
+def test_pruned_vit_of_a_blip2_run_carried_into_the_retrieval_model(tmp_path):
+    pruned = caption_run(tmp_path, "model=blip2_t5_tiny", "sparsity=0.5", "save_model=true")
+    record_path = tmp_path / "results" / "runs" / f"{pruned['id']}.json"
+    carried = caption_run(tmp_path, "model=blip2_itm_tiny", f"model.vision_from={record_path}", "sparsity=0")
+    vision = {k: v for k, v in pruned["achieved"]["per_matrix"].items() if k.startswith("vision_model.")}
+    assert carried["achieved"]["per_matrix"] == pytest.approx(vision)
+    assert carried["achieved"]["overall"] == pytest.approx(0.5, abs=2e-3)
+    unsaved = caption_run(tmp_path, "model=blip2_t5_tiny", "sparsity=0.3")
+    path = tmp_path / "results" / "runs" / f"{unsaved['id']}.json"
+    assert not json.loads(path.read_text()).get("saved_model")
+    with pytest.raises(UserError, match="has no saved model; rerun that run with save_model=true"):
+        caption_run(tmp_path, "model=blip2_itm_tiny", f"model.vision_from={path}", "sparsity=0")
+
+
+@pytest.mark.slow
+def test_prune_towers_limits_pruning_to_the_named_towers(tmp_path):
+    record = caption_run(tmp_path, "model=clip_tiny", "model.prune_towers=[text]", "scorer=zeroth", "sparsity=0.5")
+    assert set(tower_sparsity(record)) == {"text"}
+    assert all(name.startswith("transformer.") for name in record["plan"])
+    with pytest.raises(UserError, match=r"prune_towers=\['image'\] must name some of OpenCLIPAdapter's towers"):
+        caption_run(tmp_path, "model=clip_tiny", "model.prune_towers=[image]")
+
+
+class CompanionProbe(Evaluation):
+    """Reports what the model it runs on holds: its class, its ViT's and Q-Former's state."""
+
+    needs = ("itm_scores",)
+
+    def evaluate(self, adapter):
+        vision = [m.weight for m in adapter.matrices()]
+        return {"is_itm": float(isinstance(adapter, Blip2ITMAdapter)),
+                "vision_zeros": sum(int((w == 0).sum()) for w in vision) / sum(w.numel() for w in vision),
+                "qformer_sum": float(sum(p.detach().double().sum() for p in adapter.model.qformer.parameters()))}
+
+
+def test_companion_receives_the_pruned_towers_and_is_checked_before_pruning():
+    pruned = Blip2Adapter(arch="blip2_t5_tiny", init="random", tokenizer="bytes")
+    plan = {b.name: 0.5 for b in pruned.blocks()}
+    pairs = list(zip(images(), CAPTIONS, strict=True))
+    SequentialEngine(pruned, WandaPruner(), plan).run([pruned.collate(pairs[:4]), pruned.collate(pairs[4:])])
+    companion = partial(Blip2ITMAdapter, arch="blip2_itm_tiny", init="random", tokenizer="bytes", seed=7)
+    probe = OnCompanion(CompanionProbe(), companion, ["vision_model."])
+    assert probe.missing(pruned) == ("Blip2ITMAdapter", [])  # checked on the companion's class, not the pruned model
+    metrics = probe.evaluate(pruned)
+    untouched = companion()
+    assert metrics == pytest.approx({"is_itm": 1.0, "vision_zeros": 0.5, "qformer_sum": CompanionProbe().evaluate(
+        untouched)["qformer_sum"]})
+    assert OnCompanion(CompanionProbe(), partial(Blip2Adapter, arch="blip2_t5_tiny"), []).missing(pruned) == (
+        "Blip2Adapter", ["itm_scores"])
+
+
+@pytest.mark.slow
+def test_missing_benchmark_data_stops_the_run_before_the_model_loads(tmp_path):
+    # the checkpoint does not exist either: the dataset's message coming first shows the order
+    with pytest.raises(UserError, match="nocaps_val_4500_captions.json"):
+        caption_run(tmp_path, "model=blip2_t5", "model.checkpoint=/no/such/blip2", "+eval@evals.nocaps=nocaps")
+
+
+def test_a_dense_run_does_not_depend_on_the_towers_it_would_prune():
+    base = {"model": {"arch": "clip_tiny", "prune_towers": None}, "sparsity": 0, "scorer": {}}
+    vision = {**base, "model": {"arch": "clip_tiny", "prune_towers": ["vision"]}}
+    assert run_id(base) == run_id(vision)
+    assert run_id({**base, "sparsity": 0.5}) != run_id({**vision, "sparsity": 0.5})
