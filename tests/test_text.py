@@ -1,31 +1,102 @@
-"""Text sources and the perplexity eval."""
+"""Text sources in their released formats, token-window calibration and the perplexity eval, checked
+against the SparseGPT/Wanda reference code re-written here from its description."""
 
 import gzip
 import json
 import math
+import random
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from fixtures_text import C4_DOCS, WIKI_ROWS, bos_tokenizer, write_c4, write_wikitext
+from hydra import compose, initialize_config_dir
 
 from ecoflap_exp.data.text import TextCalibration, read_documents
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.perplexity import Perplexity
+from ecoflap_exp.runner import run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_perplexity_equals_a_direct_computation(tiny_llama, tmp_path):
-    text = tmp_path / "t.txt"
-    text.write_text("It was the best of times, it was the worst of times. " * 6)
-    ppl = Perplexity(str(text), seqlen=32, batch_size=3).evaluate(tiny_llama)
-    ids = tiny_llama.tokenize(text.read_text())
-    n = len(ids) // 32
-    losses = []
+def reference_ppl(model, tokenizer, text: str, seqlen: int) -> float:
+    """wanda lib/eval.py eval_ppl_wikitext: one tokenisation with special tokens, nsamples =
+    numel // seqlen windows, nll_i = CE_i * seqlen, ppl = exp(sum nll / (nsamples * seqlen))."""
+    ids = torch.tensor([tokenizer(text).input_ids])
+    nsamples = ids.numel() // seqlen
+    nlls = []
     with torch.no_grad():
-        for w in ids[: n * 32].view(n, 32):
-            logits = tiny_llama.model(w[None]).logits[0, :-1]
-            losses.append(torch.nn.functional.cross_entropy(logits, w[1:], reduction="none"))
-    expected = math.exp(torch.cat(losses).mean().item())
-    assert ppl == {"ppl": pytest.approx(expected, rel=1e-5)}
+        for i in range(nsamples):
+            window = ids[:, i * seqlen : (i + 1) * seqlen]
+            logits = model(window).logits
+            loss = torch.nn.functional.cross_entropy(logits[0, :-1], window[0, 1:])
+            nlls.append(loss.float() * seqlen)
+    return math.exp(torch.stack(nlls).sum().item() / (nsamples * seqlen))
+
+
+def test_perplexity_equals_the_reference_formula(tiny_llama, tmp_path):
+    files = write_wikitext(tmp_path)
+    text = "\n\n".join(WIKI_ROWS)
+    expected = reference_ppl(tiny_llama.model, tiny_llama.tokenizer, text, seqlen=64)
+    # batches of 3 windows (the last one partial) must give the per-window protocol's value
+    got = Perplexity(str(files["parquet"]), seqlen=64, batch_size=3).evaluate(tiny_llama)
+    assert got == {"ppl": pytest.approx(expected, rel=1e-5)}
+    # 1 byte per character, the 3 dashes take 3 bytes (+6), plus the appended EOS: 667 tokens, 10 windows
+    assert len(Perplexity(str(files["parquet"]), seqlen=64).token_ids(tiny_llama)) == len(text) + 6 + 1 == 667
+
+
+def test_wikitext_layouts_read_the_same_rows_and_perplexity(tiny_llama, tmp_path):
+    files = write_wikitext(tmp_path)
+    for layout in ("member", "raw", "parquet"):
+        assert read_documents(str(files[layout])) == WIKI_ROWS, layout
+    joined = "\n\n".join(read_documents(str(files["member"])))
+    # row 0 "" + "\n\n" + " = Robert Boulter = \n" + "\n\n" + "" + "\n\n" + the text line
+    assert joined.startswith("\n\n = Robert Boulter = \n\n\n\n\n Robert Boulter is")
+    ppls = {layout: Perplexity(str(files[layout]), seqlen=64).evaluate(tiny_llama)["ppl"]
+            for layout in ("member", "raw", "parquet")}
+    assert ppls["member"] == ppls["raw"] == ppls["parquet"]
+
+
+def test_one_bos_at_the_start_with_special_tokens(tiny_llama, tmp_path):
+    files = write_wikitext(tmp_path)
+    tiny_llama.tokenizer = bos_tokenizer(WIKI_ROWS)
+    with_bos = Perplexity(str(files["raw"]), seqlen=8).token_ids(tiny_llama)
+    plain = Perplexity(str(files["raw"]), seqlen=8, special_tokens=False).token_ids(tiny_llama)
+    assert with_bos[0] == 1 and (with_bos == 1).sum() == 1 and torch.equal(with_bos[1:], plain)
+    ppl = Perplexity(str(files["raw"]), seqlen=8).evaluate(tiny_llama)["ppl"]
+    assert ppl == pytest.approx(reference_ppl(tiny_llama.model, tiny_llama.tokenizer, "\n\n".join(WIKI_ROWS), 8),
+                                rel=1e-5)
+
+
+def test_c4_validation_protocol(tiny_llama, tmp_path):
+    shard = write_c4(tmp_path / "c4-validation.00000-of-00008.json.gz")
+    ev = Perplexity(str(shard), seqlen=16, joiner=" ", max_documents=2, limit=3)
+    # ' '.join of the first 2 documents (the third is left out), cut to 3 windows of 16 tokens
+    text = f"{C4_DOCS[0]} {C4_DOCS[1]}"
+    assert torch.equal(ev.token_ids(tiny_llama), tiny_llama.tokenize(text, special_tokens=True))
+    ids = tiny_llama.tokenize(text, special_tokens=True)[: 3 * 16].view(3, 16)
+    with torch.no_grad():
+        losses = [torch.nn.functional.cross_entropy(tiny_llama.model(w[None]).logits[0, :-1], w[1:]) for w in ids]
+    assert ev.evaluate(tiny_llama)["ppl"] == pytest.approx(math.exp(torch.stack(losses).mean().item()), rel=1e-5)
+
+
+def test_calibration_draws_the_windows_of_wanda_get_c4(tiny_llama, tmp_path):
+    shard = write_c4(tmp_path / "c4-train.00000-of-01024.json.gz")
+    seqlen, nsamples, seed = 60, 6, 0
+    random.seed(seed)  # wanda lib/data.py get_c4, word for word in its use of `random`
+    expected = []
+    for _ in range(nsamples):
+        while True:
+            i = random.randint(0, len(C4_DOCS) - 1)
+            trainenc = torch.tensor([tiny_llama.tokenizer(C4_DOCS[i]).input_ids])
+            if trainenc.shape[1] > seqlen:
+                break
+        i = random.randint(0, trainenc.shape[1] - seqlen - 1)
+        expected.append(trainenc[0, i : i + seqlen])
+    got = TextCalibration(str(shard), seqlen=seqlen, num_samples=nsamples, batch_size=2, seed=seed).samples(tiny_llama)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
 
 
 def test_nan_loss_is_a_clear_error(tiny_llama, tmp_path):
@@ -36,7 +107,7 @@ def test_nan_loss_is_a_clear_error(tiny_llama, tmp_path):
         Perplexity(str(text), seqlen=32).evaluate(tiny_llama)
 
 
-def test_released_formats_are_read(tmp_path):
+def test_released_formats_are_read_and_bad_input_named(tmp_path):
     jsonl = tmp_path / "c4.json.gz"
     with gzip.open(jsonl, "wt") as f:
         for t in ["first doc", "second doc"]:
@@ -49,6 +120,27 @@ def test_released_formats_are_read(tmp_path):
     bad.write_text('{"text": "ok"}\n{"txt": "oops"}\n')
     with pytest.raises(UserError, match="line 2"):
         read_documents(str(bad))
+    files = write_wikitext(tmp_path / "wt")
+    with pytest.raises(UserError, match="name a member.*wikitext-2-raw-v1.zip/wikitext-2-raw/wiki.test.raw"):
+        read_documents(str(files["zip"]))
+    with pytest.raises(UserError, match="members: wikitext-2-raw/wiki.train.raw"):
+        read_documents(str(files["zip"] / "wiki.test.raw"))
+    with pytest.raises(UserError, match="does not exist; get it from there"):
+        read_documents(str(tmp_path / "none.parquet"), how_to_get="get it from there")
+    # a run fails on a missing text when its config is built, before any model loads
+    with pytest.raises(UserError, match="none.parquet' does not exist; get it"):
+        Perplexity(str(tmp_path / "none.parquet"), seqlen=8, how_to_get="get it")
+    with pytest.raises(UserError, match="none.json.gz' does not exist"):
+        TextCalibration(str(tmp_path / "none.json.gz"), seqlen=8, num_samples=1, batch_size=1)
+
+
+def test_text_shorter_than_a_window(tiny_llama, tmp_path):
+    short = tmp_path / "s.txt"
+    short.write_text("too short")
+    with pytest.raises(UserError, match="lower calib.seqlen"):
+        TextCalibration(str(short), seqlen=64, num_samples=4, batch_size=4, max_tries=50).batches(tiny_llama)
+    with pytest.raises(UserError, match="fewer than one window"):
+        Perplexity(str(short), seqlen=64).evaluate(tiny_llama)
 
 
 def test_calibration_windows_are_seeded_and_sized(tiny_llama):
@@ -61,10 +153,15 @@ def test_calibration_windows_are_seeded_and_sized(tiny_llama):
     assert not torch.equal(c.batches(tiny_llama)[0]["input_ids"], batches_a[0]["input_ids"])
 
 
-def test_text_shorter_than_a_window(tiny_llama, tmp_path):
-    short = tmp_path / "s.txt"
-    short.write_text("too short")
-    with pytest.raises(UserError, match="lower calib.seqlen"):
-        TextCalibration(str(short), seqlen=64, num_samples=4, batch_size=4, max_tries=50).batches(tiny_llama)
-    with pytest.raises(UserError, match="fewer than one window"):
-        Perplexity(str(short), seqlen=64).evaluate(tiny_llama)
+@pytest.mark.slow
+def test_llama_suite_end_to_end_on_released_layouts(tmp_path):
+    data = tmp_path / "data"
+    wiki = write_wikitext(data / "wikitext")
+    write_c4(data / "c4" / "c4-validation.00000-of-00008.json.gz", docs=[d * 3 for d in C4_DOCS])
+    overrides = [f"paths.root={tmp_path}", f"paths.data_root={data}", "device=cpu", "model=llama_tiny",
+                 "model.seqlen=64", "calib=c4_validation", "calib.num_samples=4", "suite=llama",
+                 f"evals.wikitext2.source={wiki['member']}", "+eval@evals.c4=c4_validation", "sparsity=0.5"]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        record = run(compose("config", overrides))
+    assert record["status"] == "ok" and record["achieved"]["overall"] == pytest.approx(0.5)
+    assert record["metrics"]["wikitext2/ppl"] > 1 and record["metrics"]["c4/ppl"] > 1

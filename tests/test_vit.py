@@ -85,6 +85,10 @@ def test_corrupt_images_are_skipped_and_counted(images, caplog):
     with pytest.raises(UserError, match="gave 12 samples"):  # 13 files, one undecodable
         source.batches(adapter)
     assert "broken.png" in caplog.text
+    # the broken file (first in class 0) is skipped and the next image taken in its place
+    batches = ImageFolderCalibration(str(images), num_samples=12, batch_size=12, shuffle=False,
+                                     max_bad_fraction=0.1).batches(adapter)
+    assert batches[0]["labels"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
     strict = ImageFolderCalibration(str(images), num_samples=12, batch_size=4, shuffle=False, max_bad_fraction=0)
     with pytest.raises(UserError, match="fail to decode"):
         strict.batches(adapter)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import random
 from abc import abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,9 +54,38 @@ def open_images(items: list[tuple[Path, T]], max_bad_fraction: float) -> list[tu
     return images
 
 
+def too_many_bad(bad: list[str], tried: int, max_bad_fraction: float) -> UserError:
+    return UserError(f"{len(bad)} of {tried} images tried fail to decode (first: {bad[0]}), more than "
+                     f"max_bad_fraction={max_bad_fraction}; check the image root and fix or remove the files")
+
+
+def decode_first(pairs: Iterable[tuple[Any, T]], count: int, max_bad_fraction: float) -> list[tuple[Image.Image, T]]:
+    """The first `count` pairs (image file or file-like, label or caption) whose image decodes;
+    the others are skipped, logged and counted. Failing is decided as soon as it is certain:
+    bad > max_bad_fraction * (count + bad)."""
+    decoded: list[tuple[Image.Image, T]] = []
+    bad: list[str] = []
+    for source, caption in pairs:
+        try:
+            with Image.open(source) as image:
+                decoded.append((image.convert("RGB"), caption))
+        except (UnidentifiedImageError, OSError) as err:
+            bad.append(str(source))
+            log.warning("skipping image that fails to decode: %s (%s)", source, err)
+            if len(bad) > max_bad_fraction * (count + len(bad)):
+                raise too_many_bad(bad, len(decoded) + len(bad), max_bad_fraction) from err
+        if len(decoded) == count:
+            break
+    if bad and len(bad) > max_bad_fraction * (len(decoded) + len(bad)):
+        raise too_many_bad(bad, len(decoded) + len(bad), max_bad_fraction)
+    if bad:
+        log.warning("skipped %d of %d images that fail to decode", len(bad), len(decoded) + len(bad))
+    return decoded
+
+
 class LocalImageCalibration(CalibrationSource):
-    """Image files listed with a label or caption each: the first num_samples (optionally after a
-    seeded shuffle), decoded, undecodable ones skipped and counted."""
+    """Image files listed with a label or caption each: the first num_samples that decode
+    (optionally after a seeded shuffle); undecodable ones are skipped and counted."""
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, shuffle: bool, max_bad_fraction: float):
         super().__init__(num_samples, batch_size, seed)
@@ -66,11 +96,15 @@ class LocalImageCalibration(CalibrationSource):
     def items(self) -> list[tuple[Path, Any]]:
         """(image path, label or caption) of every available sample."""
 
-    def samples(self, adapter: ModelAdapter) -> list[tuple[Image.Image, Any]]:
+    def candidates(self) -> Iterable[tuple[Any, Any]]:
+        """The samples in the order they are taken: the items, after a seeded shuffle if asked."""
         items = self.items()
         if self.shuffle:
             random.Random(self.seed).shuffle(items)
-        return open_images(items[: self.num_samples], self.max_bad_fraction)
+        return items
+
+    def samples(self, adapter: ModelAdapter) -> list[tuple[Image.Image, Any]]:
+        return decode_first(self.candidates(), self.num_samples, self.max_bad_fraction)
 
 
 class ImageFolderCalibration(LocalImageCalibration):

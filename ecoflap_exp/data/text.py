@@ -1,13 +1,31 @@
-"""Text sources: the public-domain text shipped in the package, or local files in the released
-formats of text corpora (plain .txt, JSON lines with a "text" field as C4's shards, parquet with a
-"text" column as WikiText's)."""
+"""Text sources and token-window calibration (the SparseGPT/Wanda recipe).
+
+A text source is the public-domain text shipped in the package (`shipped:NAME`) or a local file in
+a corpus's released format:
+- plain `.txt`: one document;
+- WikiText's raw files (`wiki.test.raw`, extracted or read inside `wikitext-2-raw-v1.zip` as
+  `.../wikitext-2-raw-v1.zip/wikitext-2-raw/wiki.test.raw`): one row per line, line ending kept,
+  blank lines (" \\n" in the release) as "" — exactly the rows of HF `wikitext-2-raw-v1` (its
+  dataset script's `_generate_examples`);
+- parquet with a "text" column (HF `wikitext-2-raw-v1/test-00000-of-00001.parquet`): its rows;
+- JSON lines with a "text" field, optionally gzipped (C4's `en/c4-*.json.gz` shards): one
+  document per line, in file order.
+
+Tokenisation follows the reference code: `tokenizer(text)` with the tokenizer's special tokens,
+so a LLaMA/OPT text starts with one BOS (`special_tokens=False` uses the adapter's plain
+`tokenize`). Calibration draws documents with `random.Random(seed)` in the order of Wanda's
+`get_c4`: a random document until one has more than seqlen tokens, then a random window of it.
+"""
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import random
+import zipfile
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import torch
@@ -17,21 +35,75 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.base import ModelAdapter
 
 SHIPPED_PREFIX = "shipped:"
+FORMATS = ".txt, .raw (WikiText, extracted or as <zip>/<member>), .jsonl/.json(.gz) or .parquet"
 
 
-def read_documents(source: str) -> list[str]:
-    """A text source -> its documents. `shipped:NAME` is ecoflap_exp/data/texts/NAME.txt."""
-    if source.startswith(SHIPPED_PREFIX):
-        name = source.removeprefix(SHIPPED_PREFIX)
-        path = resources.files("ecoflap_exp.data") / "texts" / f"{name}.txt"
-        if not path.is_file():
-            raise UserError(f"text source {source!r}: no shipped text named {name!r} (try shipped:calibration)")
-        return [path.read_text(encoding="utf-8")]
-    path = Path(source).expanduser()
+def raw_rows(lines: list[str]) -> list[str]:
+    """WikiText raw-file lines -> the HF dataset's rows: line endings kept, blank lines "" ."""
+    return [line if line.strip() else "" for line in lines]
+
+
+def zip_member(path: Path) -> tuple[Path, str] | None:
+    """(archive, member) when `path` runs through a .zip file, as in x.zip/dir/file.raw."""
+    for parent in path.parents:
+        if parent.suffix == ".zip" and parent.is_file():
+            return parent, path.relative_to(parent).as_posix()
+    return None
+
+
+def read_zip_member(archive: Path, member: str) -> list[str]:
+    """The rows of one member of a zip archive (`member` "" lists the members in the error)."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = [n for n in zf.namelist() if not n.endswith("/")]
+            if member not in names:
+                raws = sorted((n for n in names if n.endswith(".raw")), key=lambda n: "test" not in n)
+                example = (raws or names or ["<member>"])[0]
+                raise UserError(f"{archive}: name a member of the archive after its path, e.g. {archive}/{example} "
+                                f"(members: {', '.join(names)})")
+            if not member.endswith((".raw", ".txt")):
+                raise UserError(f"{archive}/{member}: unknown member format; read a .raw or .txt member")
+            # read as open() reads the extracted file: universal newlines, lines split only there
+            with io.TextIOWrapper(zf.open(member), encoding="utf-8") as f:
+                return raw_rows(list(f)) if member.endswith(".raw") else [f.read()]
+    except zipfile.BadZipFile as err:
+        raise UserError(f"{archive} is not a readable zip file ({err}); download it again") from err
+
+
+def shipped_text(source: str) -> Traversable:
+    name = source.removeprefix(SHIPPED_PREFIX)
+    path = resources.files("ecoflap_exp.data") / "texts" / f"{name}.txt"
     if not path.is_file():
-        raise UserError(f"text file {source!r} does not exist; give a .txt, .jsonl(.gz) or .parquet file path")
+        raise UserError(f"text source {source!r}: no shipped text named {name!r} (try shipped:calibration)")
+    return path
+
+
+def check_source(source: str, how_to_get: str | None = None) -> None:
+    """Fail with one message when a text source is missing (cheap: before any model loads)."""
+    if source.startswith(SHIPPED_PREFIX):
+        shipped_text(source)
+        return
+    path = Path(source).expanduser()
+    if not path.is_file() and zip_member(path) is None:
+        raise UserError(f"text file {source!r} does not exist; " + (how_to_get or f"give a {FORMATS} file path"))
+
+
+def read_documents(source: str, how_to_get: str | None = None) -> list[str]:
+    """A text source -> its documents (rows). `shipped:NAME` is ecoflap_exp/data/texts/NAME.txt.
+    `how_to_get` is added to the message when the file is missing."""
+    check_source(source, how_to_get)
+    if source.startswith(SHIPPED_PREFIX):
+        return [shipped_text(source).read_text(encoding="utf-8")]
+    path = Path(source).expanduser()
+    if path.suffix == ".zip":
+        return read_zip_member(path, "")
+    if (inside := zip_member(path)) is not None:
+        return read_zip_member(*inside)
     if path.suffix == ".txt":
         return [path.read_text(encoding="utf-8")]
+    if path.suffix == ".raw":
+        with path.open(encoding="utf-8") as f:
+            return raw_rows(list(f))
     if path.suffix == ".parquet":
         import pandas as pd
 
@@ -51,33 +123,37 @@ def read_documents(source: str) -> list[str]:
                 except (json.JSONDecodeError, KeyError, TypeError) as err:
                     raise UserError(f"{path}, line {lineno}: not a JSON object with a 'text' field ({err})") from err
         return docs
-    raise UserError(f"text file {path}: unknown format; use .txt, .jsonl(.gz) or .parquet")
+    raise UserError(f"text file {path}: unknown format; use {FORMATS}")
 
 
 class TextCalibration(CalibrationSource):
     """Random windows of `seqlen` tokens, each from a random document long enough to hold one
-    (the Wanda/SparseGPT recipe for C4)."""
+    (the Wanda/SparseGPT recipe for C4; with seed 0 and special tokens, the same draws as
+    Wanda's get_c4)."""
 
     kind = "tokens"
 
     def __init__(self, source: str, seqlen: int, num_samples: int = 128, batch_size: int = 8,
-                 seed: int = 0, max_tries: int = 10_000):
+                 seed: int = 0, max_tries: int = 10_000, special_tokens: bool = True, how_to_get: str | None = None):
         super().__init__(num_samples, batch_size, seed)
+        check_source(source, how_to_get)
         self.source = source
         self.seqlen = seqlen
         self.max_tries = max_tries
+        self.special_tokens = special_tokens
+        self.how_to_get = how_to_get
 
     def samples(self, adapter: ModelAdapter) -> list[torch.Tensor]:
-        docs = read_documents(self.source)
+        docs = read_documents(self.source, self.how_to_get)
         rng = random.Random(self.seed)
         windows: list[torch.Tensor] = []
         for _ in range(self.max_tries):
-            if len(windows) == self.num_samples:
-                return windows
-            ids = adapter.tokenize(docs[rng.randrange(len(docs))])
+            ids = adapter.tokenize(docs[rng.randrange(len(docs))], self.special_tokens)
             if len(ids) > self.seqlen:
                 start = rng.randrange(len(ids) - self.seqlen)
                 windows.append(ids[start : start + self.seqlen])
+                if len(windows) == self.num_samples:
+                    return windows
         raise UserError(
             f"calibration text {self.source!r}: found only {len(windows)} documents longer than "
             f"seqlen={self.seqlen} tokens in {self.max_tries} draws; lower calib.seqlen or use a longer text"

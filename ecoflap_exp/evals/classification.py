@@ -20,6 +20,9 @@ class Top1Accuracy(Evaluation):
         self.limit = limit
         self.max_bad_fraction = max_bad_fraction
 
+    def check_data(self) -> None:
+        image_folder(self.root)
+
     @torch.no_grad()
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
         items = image_folder(self.root)[: self.limit]

@@ -8,7 +8,8 @@ import torch
 
 from ecoflap_exp.data.digits import CLASS_NAMES, TEMPLATES, digits_split
 from ecoflap_exp.evals.base import Evaluation
-from ecoflap_exp.evals.zero_shot import class_embeddings, embed_images, retrieval_recalls, zero_shot_top1
+from ecoflap_exp.evals.retrieval import retrieval_recalls
+from ecoflap_exp.evals.zero_shot import class_embeddings, embed_images, zero_shot_top1
 from ecoflap_exp.models.base import ModelAdapter
 
 

@@ -1,5 +1,20 @@
-"""Perplexity of a causal LM: the text tokenised once, cut into non-overlapping windows of
-`seqlen` tokens (the tail dropped), exp of the mean next-token loss over all windows."""
+"""Perplexity of a causal LM, the SparseGPT/Wanda protocol (wanda lib/eval.py eval_ppl_wikitext,
+sparsegpt llama_eval).
+
+- WikiText-2: the test rows joined with "\\n\\n", tokenised once with the tokenizer's special
+  tokens (LLaMA: one BOS at the very start, none per window).
+- C4 validation: `' '.join` of the first 1,100 documents of en/c4-validation.00000-of-00008.json.gz,
+  truncated to 256 * seqlen tokens (here: `max_documents=1100`, `joiner=" "`, `limit=256`).
+- n = numel // seqlen non-overlapping windows (no stride, tail dropped); per window the mean
+  next-token cross-entropy over its seqlen-1 predicted positions.
+
+The reference multiplies each window's mean loss by seqlen although seqlen-1 tokens were scored,
+then divides the sum by n * seqlen: ppl = exp(sum_i CE_i * seqlen / (n * seqlen)). Every window
+scores the same number of tokens, so the factor cancels and that equals exp of the mean loss over
+all scored tokens, which is what we compute (tests check it against the reference formula).
+Remaining differences are numeric only: transformers computes the loss from float32 logits
+where the reference takes CE of fp16 logits.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +22,7 @@ import math
 
 import torch
 
-from ecoflap_exp.data.text import read_documents
+from ecoflap_exp.data.text import check_source, read_documents
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
 from ecoflap_exp.models.base import ModelAdapter
@@ -18,16 +33,28 @@ class Perplexity(Evaluation):
     needs = ("tokenize",)
 
     def __init__(self, source: str, seqlen: int, batch_size: int = 1, limit: int | None = None,
-                 joiner: str = "\n\n"):
+                 joiner: str = "\n\n", max_documents: int | None = None, special_tokens: bool = True,
+                 how_to_get: str | None = None):
+        """`limit`: at most this many windows (the C4 protocol's 256); `max_documents`: join only
+        the first documents of the source (C4's 1,100)."""
+        check_source(source, how_to_get)
         self.source = source
         self.seqlen = seqlen
         self.batch_size = batch_size
         self.limit = limit
         self.joiner = joiner
+        self.max_documents = max_documents
+        self.special_tokens = special_tokens
+        self.how_to_get = how_to_get
+
+    def token_ids(self, adapter: ModelAdapter) -> torch.Tensor:
+        """The whole evaluation text as one 1-D tensor of token ids."""
+        docs = read_documents(self.source, self.how_to_get)[: self.max_documents]
+        return adapter.tokenize(self.joiner.join(docs), self.special_tokens)
 
     @torch.no_grad()
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
-        ids = adapter.tokenize(self.joiner.join(read_documents(self.source)))
+        ids = self.token_ids(adapter)
         n_windows = len(ids) // self.seqlen
         if self.limit is not None:
             n_windows = min(n_windows, self.limit)
