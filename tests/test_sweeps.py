@@ -2,25 +2,39 @@
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from fixtures import write_image_folder
+from fixtures import write_caption_pairs, write_image_folder
+from fixtures_captioning import write_nocaps
+from fixtures_coop import write_coop
+from fixtures_flickr import write_flickr30k
+from fixtures_vqa import write_gqa, write_vqa
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from test_run import tiny_defaults
+from test_tables import FakeApi
 
 from ecoflap_exp.runner import run
-from ecoflap_exp.tables import PAPER, write_tables
+from ecoflap_exp.tables import COOP_DATASETS, LAYOUTS, PAPER, write_tables
+from ecoflap_exp.tracking.wandb_logger import record_from_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
-#: what makes each experiment's point run on tiny models and fixtures
+#: an experiment's model config -> the tiny stand-in (and calibration sizes its fixtures hold)
 TINY = {
     "llama_7b": ["model=llama_tiny", "calib=shipped_text", "suite=shipped_text"],
     "vit_b16": ["model=vit_tiny", "calib.num_samples=8"],
+    "blip2_t5": ["model=blip2_t5_tiny", "calib.num_samples=8", "calib.batch_size=4"],
+    "clip_vitb16": ["model=clip_tiny", "calib.num_samples=4", "calib.batch_size=2"],
 }
+#: tiny stand-ins for the COCO-finetuned companions that score NoCaps and Flickr30k in Table 1
+COMPANIONS = {"table1_blip2": ["model@evals.nocaps.companion=blip2_t5_tiny",
+                               "model@evals.flickr30k.companion=blip2_itm_tiny"]}
 
 
 def cli(tmp_path, *args):
@@ -86,34 +100,187 @@ def compose_config(tmp_path, *overrides, tiny=True):
                                   *(tiny_defaults(overrides) if tiny else []), *overrides])
 
 
+def write_fixture_data(root: Path) -> None:
+    """Every file the experiment configs read, tiny, in the released layouts under the data root."""
+    write_image_folder(root / "imagenet" / "train")
+    write_image_folder(root / "imagenet" / "val", seed=1)
+    write_caption_pairs(root / "cc3m")
+    (root / "cc3m" / "pairs.tsv").rename(root / "cc3m" / "cc3m.tsv")
+    write_vqa(root, "vqav2")
+    write_vqa(root, "okvqa")
+    write_gqa(root)
+    write_nocaps(root)
+    write_flickr30k(root, [["a red car on a road", "a car"], ["two dogs playing"], ["a bowl of fruit", "fruit"]])
+    write_coop(root, "caltech101")
+
+
+def first_point(experiment: str) -> tuple[str, list[str]]:
+    """The experiment's model config and the overrides of the first point of its sweep (sparsity
+    left to the caller)."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", [f"experiment={experiment}"], return_hydra_config=True)
+    overrides = []
+    for key, value in (cfg.hydra.sweeper.params or {}).items():
+        (override,) = OverridesParser.create().parse_overrides([f"{key}={value}"])
+        if key != "sparsity":
+            overrides.append(f"{key}={next(iter(override.sweep_string_iterator()))}")
+    return cfg.hydra.runtime.choices.model, overrides
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_runs_one_point_on_tiny_models(tmp_path, experiment):
-    write_image_folder(tmp_path / "data" / "imagenet" / "train")
-    write_image_folder(tmp_path / "data" / "imagenet" / "val", seed=1)
-    cfg = compose_config(tmp_path, f"experiment={experiment}", tiny=False)
-    tiny = TINY.get(cfg.model.get("arch"), [])
-    cfg = compose_config(tmp_path, f"experiment={experiment}", *tiny, "sparsity=0.5", tiny=False)
+def test_every_experiment_composes_and_runs_its_first_point_on_tiny_models(tmp_path, experiment):
+    write_fixture_data(tmp_path / "data")
+    model, point = first_point(experiment)
+    cfg = compose_config(tmp_path, f"experiment={experiment}", *point, *TINY.get(model, []),
+                         *COMPANIONS.get(experiment, []), "sparsity=0.5", tiny=False)
     record = run(cfg)
     assert record["status"] == "ok" and record["config"]["experiment_name"] == cfg.experiment_name
+    # the metrics the paper rows compare with are the names the evals return (SPICE needs CoreNLP jars)
+    paper_metrics = {key.split("/", 1)[1] for cells in PAPER.get(cfg.experiment_name, {}).values() for key in cells}
+    expected = {m for m in paper_metrics if m.split("/", 1)[0] in cfg.evals} - {"nocaps/spice"}
+    assert expected <= set(record["metrics"])
+
+
+def test_the_paper_suite_lists_the_five_table1_tasks_under_their_metric_prefixes():
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", ["experiment=table1_blip2"])
+    evaluations = {name: ev.get("evaluation", ev) for name, ev in cfg.evals.items()}
+    assert {name: ev._target_.rsplit(".", 1)[-1] for name, ev in evaluations.items()} == {
+        "vqav2": "VQAAccuracy", "okvqa": "VQAAccuracy", "gqa": "GQAAccuracy", "nocaps": "NoCapsCaptioning",
+        "flickr30k": "ImageTextRetrieval"}
+    assert evaluations["flickr30k"].protocol == "itm" and cfg.evals.okvqa.dataset == "okvqa"
+    # NoCaps and Flickr30k run on the COCO-finetuned companions, which receive the pruned weights
+    assert cfg.evals.nocaps.companion.checkpoint == "Salesforce/blip2-flan-t5-xl-coco"
+    assert cfg.evals.flickr30k.companion.checkpoint == "Salesforce/blip2-itm-vit-g-coco"
+    assert list(cfg.evals.nocaps.transfer) == ["vision_model.", "language_model."]
+    assert list(cfg.evals.flickr30k.transfer) == ["vision_model."]
+    assert {m.split("/", 1)[0] for cells in PAPER["table1_blip2"].values() for m in cells
+            if m.count("/") == 2} == {"p0", "p0.5"}
+    assert {m.split("/")[1] for cells in PAPER["table1_blip2"].values() for m in cells
+            if m.count("/") == 2} == set(cfg.evals)
+
+
+@pytest.mark.parametrize(
+    ("method", "scorer", "pruner", "samples", "batch"),
+    [("wanda", "UniformScorer", "WandaPruner", None, 8), ("sparsegpt", "UniformScorer", "SparseGPTPruner", None, 8),
+     # ECoFLaP's BLIP-2 scripts: first-order 128 samples in batches of 1, zeroth-order 32 in batches of 8
+     ("ecoflap_first", "FirstOrderScorer", "WandaPruner", 128, 1),
+     ("ecoflap_zeroth", "ZerothOrderScorer", "WandaPruner", 32, 8)],
+)
+def test_method_presets_set_the_papers_settings(method, scorer, pruner, samples, batch):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", ["experiment=table1_blip2", f"+experiment/method={method}"])
+    assert cfg.scorer._target_.endswith(scorer) and cfg.pruner._target_.endswith(pruner)
+    assert cfg.scorer.get("num_samples") == samples and cfg.calib.batch_size == batch
+    assert cfg.calib.num_samples == 128 and cfg.max_sparsity_delta == 0.1
+
+
+@pytest.mark.parametrize("dataset", COOP_DATASETS)
+def test_table2_point_calibrates_and_evaluates_on_one_dataset(dataset):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", ["experiment=table2_clip", f"+experiment/coop={dataset}", "scorer=zeroth"])
+    assert cfg.calib.dataset == dataset and list(cfg.evals) == [dataset] and cfg.evals[dataset].dataset == dataset
+    assert cfg.calib.batch_size == 16 and cfg.scorer.num_samples == 32  # ECoFLaP's CLIP script
+
+
+def test_tables_know_every_experiment_they_lay_out():
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        names = {compose("config", [f"experiment={e}"]).experiment_name for e in EXPERIMENTS}
+    assert set(PAPER) | set(LAYOUTS) <= names
+
+
+def offline_log(path: Path) -> list:
+    """The records of a W&B offline run log (run-<id>.wandb): a 7-byte header, then LevelDB-log
+    chunks (4-byte CRC, 2-byte length, 1-byte type: 1 full, 2 first, 3 middle, 4 last) in 32 KiB
+    blocks, each record a wandb_internal_pb2.Record."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, chunks, records = 7, [], []
+    while pos + 7 <= len(data):
+        if (room := 32768 - pos % 32768) < 7:  # a block's tail too short for a header is padding
+            pos += room
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
+        chunks.append(data[pos + 7 : pos + 7 + length])
+        pos += 7 + length
+        if kind in (1, 4):
+            records.append(wandb_internal_pb2.Record.FromString(b"".join(chunks)))
+            chunks = []
+    return records
+
+
+def apply_updates(target: dict, items) -> None:
+    for item in items:
+        keys = list(item.nested_key) or [item.key]
+        node = target
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = json.loads(item.value_json)
+
+
+def as_public_api_run(log_records) -> SimpleNamespace:
+    """What wandb.Api().runs() would return for this run once synced: config and summary are the
+    run's config and summary updates applied in order."""
+    config, summary = {}, {}
+    for r in log_records:
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            apply_updates(config, r.run.config.update)
+            run = r.run
+        elif kind == "config":
+            apply_updates(config, r.config.update)
+        elif kind == "summary":
+            apply_updates(summary, r.summary.update)
+    return SimpleNamespace(id=run.run_id, name=run.display_name, group=run.run_group, state="finished",
+                           config=config, summary=summary)
 
 
 @pytest.mark.slow
-def test_wandb_offline_logs_the_record(tmp_path):
+def test_wandb_offline_logs_the_record_and_it_reads_back(tmp_path):
     os.environ["WANDB_MODE"] = "offline"
     try:
         record = run(compose_config(tmp_path, "logger=wandb", f"logger.dir={tmp_path}", "logger.mode=offline",
-                                    "scorer=first", "sparsity=0.6"))
+                                    "scorer=first", "sparsity=0.6", "experiment_name=wb"))
     finally:
         os.environ["WANDB_MODE"] = "disabled"
     (run_dir,) = (tmp_path / "wandb").glob(f"offline-run-*-{record['id']}")
-    (table_file,) = (run_dir / "files" / "media" / "table").glob("plan_*.table.json")
+    (table_file,) = (run_dir / "files" / "media" / "table").glob("block_sparsity_*.table.json")
     table = json.loads(table_file.read_text())
-    assert table["columns"] == ["group", "sparsity", "score"]
-    assert {row[0]: row[1] for row in table["data"]} == pytest.approx(record["plan"])
-    logged = (run_dir / f"run-{record['id']}.wandb").read_bytes()  # the offline run log (protobuf)
-    for text in ("metrics/text/ppl", "sparsity/achieved", "time_s/prune", "FirstOrderScorer", "peak_rss_gb"):
-        assert text.encode() in logged
+    assert table["columns"] == ["group", "tower", "planned", "achieved", "score"]
+    assert {row[0]: row[2] for row in table["data"]} == pytest.approx(record["plan"])
+    assert {row[0]: row[3] for row in table["data"]} == pytest.approx(record["achieved"]["per_block"])
+    assert {row[0]: row[4] for row in table["data"]} == pytest.approx(record["scores"])
+    assert {row[1] for row in table["data"]} == {"decoder"}
+    wandb_run = as_public_api_run(offline_log(run_dir / f"run-{record['id']}.wandb"))
+    assert wandb_run.group == "wb" and wandb_run.name == "llama_tiny-firstorder-wanda-p0.6"  # no Hydra overrides
+    assert wandb_run.summary["block_sparsity_chart_table"]["_type"] == "table-file"  # the bar chart's data
+    for key in ("metrics/text/ppl", "time_s/prune", "time_s/eval", "peak_rss_gb", "sparsity/achieved"):
+        assert key in wandb_run.summary
+    back = record_from_run(wandb_run)
+    assert back["config"] == json.loads(json.dumps(record["config"]))
+    for key in ("id", "status", "metrics", "plan", "scores", "target", "timings_s", "peak_gpu_gb"):
+        assert back[key] == pytest.approx(record[key]), key
+    assert back["achieved"]["per_block"] == pytest.approx(record["achieved"]["per_block"])
+    tables = write_tables(tmp_path / "nothing", tmp_path / "out", ["me/project"], FakeApi([wandb_run]))
+    assert tables["wb"].loc["ecoflap-first+wanda", "text/ppl"] == f"{record['metrics']['text/ppl']:.2f}"
+
+
+@pytest.mark.slow
+def test_wandb_run_of_a_sweep_point_is_named_from_its_overrides_and_grouped(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    args = ["--multirun", "sparsity=0.3", "experiment_name=named", "logger=wandb", f"logger.dir={tmp_path}",
+            f"paths.root={tmp_path}", "device=cpu", *tiny_defaults([])]
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr
+    (log_file,) = (tmp_path / "wandb").glob("offline-run-*/*.wandb")
+    wandb_run = as_public_api_run(offline_log(log_file))
+    # paths, device and the logger settings do not tell the points apart, so they are not in the name
+    assert wandb_run.name == "sparsity=0.3,experiment_name=named,model=llama_tiny,calib=shipped_text,suite=shipped_text"
+    assert wandb_run.group == "named"
 
 
 def test_dense_runs_do_not_depend_on_the_pruning_settings(tmp_path):
