@@ -224,7 +224,7 @@ def test_missing_images_and_uncovered_predictions(tmp_path, no_java):
     files = write_nocaps(tmp_path)
     (files["image_root"] / f"{NOCAPS[4][0]}.jpg").unlink()
     evaluation = NoCapsCaptioning(str(files["official"]), str(files["image_root"]))
-    with pytest.raises(UserError, match=r"1 of 6 NoCaps val images are missing under image_root .* \(first: .*"
+    with pytest.raises(UserError, match=r"1 of 6 NoCaps val images under image_root .* are missing \(first: .*"
                                         r"0076fb2a1a6f6bf8.jpg\); download nocaps_val_4500_captions.json"):
         evaluation.evaluate(nocaps_stub())
     with pytest.raises(UserError, match="1 image\\(s\\) have no caption, 1 caption\\(s\\) have no image"):

@@ -19,12 +19,12 @@ An image listed more than once is kept once (its first entry), with the referenc
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ecoflap_exp.data.files import check_images_exist, read_json_file
 from ecoflap_exp.errors import UserError
 
 NOCAPS_DOMAINS = ("in-domain", "near-domain", "out-domain")
@@ -56,15 +56,7 @@ class CaptionedImage:
 
 
 def load_json(path: str, dataset: str, source: str) -> Any:
-    """A dataset's JSON file, or one message naming the file, the dataset and where to get it."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserError(f"{dataset} annotation file {path!r} does not exist; {source}; {CONFIG_HINT}")
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{dataset} annotation file {path!r} is not valid JSON ({err}); download it again "
-                        f"({source})") from err
+    return read_json_file(path, f"{dataset} annotation file", f"{source}; {CONFIG_HINT}")
 
 
 def read_nocaps(annotations: str, image_root: str, image_list: str | None = None) -> list[CaptionedImage]:
@@ -205,9 +197,6 @@ def check_references(images: dict[int, CaptionedImage], path: str, dataset: str)
     return images
 
 
-def check_images_exist(images: list[CaptionedImage], image_root: str, dataset: str, source: str) -> None:
-    """Every image file is there before any captioning starts."""
-    missing = [image.path for image in images if not image.path.is_file()]
-    if missing:
-        raise UserError(f"{len(missing)} of {len(images)} {dataset} images are missing under image_root "
-                        f"{image_root!r} (first: {missing[0]}); {source}; {CONFIG_HINT}")
+def check_captioned_images(images: list[CaptionedImage], image_root: str, dataset: str, source: str) -> None:
+    check_images_exist([image.path for image in images], f"{dataset} images under image_root {image_root!r}",
+                       f"{source}; {CONFIG_HINT}")

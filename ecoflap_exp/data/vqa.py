@@ -21,11 +21,11 @@ same content is kept once; with different content it is an error.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ecoflap_exp.data.files import check_images_exist, read_json_file
 from ecoflap_exp.errors import UserError
 
 
@@ -81,15 +81,8 @@ def dataset_info(dataset: str) -> Dataset:
 
 def load_json(path: str, dataset: str, role: str) -> Any:
     info = dataset_info(dataset)
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserError(f"{info.name} {role} file {path!r} does not exist; get it from {info.files}, "
-                        f"and point the eval's `{role}` option (or paths.data_root) at it")
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{info.name} {role} file {path!r} is not valid JSON ({err}); download it again "
-                        f"from {info.files}") from None
+    return read_json_file(path, f"{info.name} {role} file", f"get it from {info.files}, and point the eval's "
+                          f"`{role}` option (or paths.data_root) at it")
 
 
 def malformed(path: str, entry: str, problem: str, expected: str) -> UserError:
@@ -260,9 +253,6 @@ def read_gqa(questions: str, images: str) -> list[VQASample]:
 
 
 def check_images(samples: list[VQASample], dataset: str, images: str) -> None:
-    """Every sample's image exists (checked before any generation, so a wrong root fails at once)."""
-    missing = [s.image for s in samples if not s.image.is_file()]
-    if missing:
-        info = dataset_info(dataset)
-        raise UserError(f"{len(missing)} of {len(samples)} {info.name} images are missing (first: {missing[0]}); "
-                        f"put {info.images} under the eval's `images` root {images!r}")
+    info = dataset_info(dataset)
+    check_images_exist([s.image for s in samples], f"{info.name} images",
+                       f"put {info.images} under the eval's `images` root {images!r}")

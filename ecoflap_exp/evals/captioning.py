@@ -43,7 +43,7 @@ from ecoflap_exp.data.captioning import (
     KARPATHY_SOURCE,
     NOCAPS_OFFICIAL_SOURCE,
     CaptionedImage,
-    check_images_exist,
+    check_captioned_images,
     read_coco_karpathy,
     read_nocaps,
 )
@@ -237,7 +237,7 @@ class Captioning(Evaluation):
     def evaluated(self) -> list[CaptionedImage]:
         """The evaluated images (the first `limit`), checked to exist."""
         images = self.images()[: self.limit]
-        check_images_exist(images, self.image_root, self.dataset, self.source)
+        check_captioned_images(images, self.image_root, self.dataset, self.source)
         return images
 
     def check_data(self) -> None:

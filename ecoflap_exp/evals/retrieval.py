@@ -26,10 +26,11 @@ from functools import cached_property
 
 import torch
 
+from ecoflap_exp.data.files import check_images_exist
 from ecoflap_exp.data.flickr import RetrievalSet, read_retrieval_set
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
-from ecoflap_exp.evals.zero_shot import check_images_exist, embed_images, image_batches
+from ecoflap_exp.evals.zero_shot import DATA_LAYOUT_FIX, embed_images, image_batches
 from ecoflap_exp.models.base import ModelAdapter
 from ecoflap_exp.models.blip_text import blip_caption
 from ecoflap_exp.progress import track
@@ -157,7 +158,7 @@ class ImageTextRetrieval(Evaluation):
     def evaluated(self) -> RetrievalSet:
         """The evaluated images (the first `limit`, checked to exist) and their captions."""
         data = read_retrieval_set(self.annotations, self.image_root, self.split).first_images(self.limit)
-        check_images_exist([(p, None) for p in data.images], f"retrieval set {self.annotations}")
+        check_images_exist(data.images, f"images of retrieval set {self.annotations}", DATA_LAYOUT_FIX)
         return data
 
     def check_data(self) -> None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ecoflap_exp.data.coop import COOP_LAYOUT_URL, dataset_info, read_coop_split
+from ecoflap_exp.data.files import check_images_exist
 from ecoflap_exp.data.images import image_folder
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
@@ -31,6 +32,7 @@ from ecoflap_exp.progress import track
 
 #: threads decoding image files (PIL releases the GIL while decoding)
 DECODE_THREADS = 8
+DATA_LAYOUT_FIX = "check the data root and the dataset layout"
 
 
 def decode_image(path: Path) -> Image.Image:
@@ -46,13 +48,6 @@ def load_images(items: Sequence[tuple[Path, object]]) -> list[Image.Image]:
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
         return list(pool.map(decode_image, [path for path, _ in items]))
 
-
-def check_images_exist(items: Sequence[tuple[Path, object]], source: str) -> None:
-    """Fail before any model work when image files are missing (usually a wrong layout or root)."""
-    absent = [path for path, _ in items if not path.is_file()]
-    if absent:
-        raise UserError(f"{len(absent)} of {len(items)} images of {source} are missing (first: {absent[0]}); "
-                        f"check the data root and the dataset layout")
 
 
 def image_batches(images: Sequence[Image.Image] | Sequence[tuple[Path, object]], batch_size: int,
@@ -134,7 +129,8 @@ class CoOpZeroShot(Evaluation):
         items = split.items[: self.limit]
         if not items:
             raise UserError(f"CoOp dataset {self.dataset!r} has no {self.split} images ({COOP_LAYOUT_URL})")
-        check_images_exist(items, f"CoOp dataset {self.dataset!r} ({self.split})")
+        check_images_exist([path for path, _ in items], f"images of CoOp dataset {self.dataset!r} ({self.split})",
+                           DATA_LAYOUT_FIX)
         return items, split.classnames
 
     def check_data(self) -> None:

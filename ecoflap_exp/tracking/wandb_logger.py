@@ -27,7 +27,7 @@ PRUNING_STAGES = ("load", "calibrate", "score", "allocate", "prune")
 #: override keys that do not tell two points of a sweep apart
 UNNAMED_OVERRIDES = ("paths", "device", "force", "logger", "hydra", "save_model", "offload", "experiment")
 #: summary keys that hold record fields verbatim
-RECORD_FIELDS = ("status", "error", "target", "plan", "scores", "timings_s", "peak_gpu_gb", "peak_rss_gb",
+RECORD_FIELDS = ("status", "error", "target", "plan", "scores", "eval_info", "timings_s", "peak_gpu_gb", "peak_rss_gb",
                  "started", "finished", "git_commit", "versions")
 
 
