@@ -55,8 +55,8 @@ CAPTIONS = ["a man riding a horse on a sunny beach", "two dogs playing with a re
 
 
 class LeadingBlocksScored(Blip2Adapter):
-    """The same model, but only the first `scored` blocks of each tower are perturbed by the
-    zeroth-order scorer (every block still runs and is pruned)."""
+    """The same model, but while `scored` is set only the first `scored` blocks of each tower are
+    listed, so the zeroth-order scorer perturbs only those (every block still runs)."""
 
     scored: int | None = None
 
@@ -64,14 +64,13 @@ class LeadingBlocksScored(Blip2Adapter):
         return [Tower(t.name, t.blocks[: self.scored]) if self.scored else t for t in super().all_towers()]
 
 
-def build(args: argparse.Namespace, scored_blocks: int | None = None) -> tuple[ModelAdapter, list[Batch]]:
+def build(args: argparse.Namespace) -> tuple[ModelAdapter, list[Batch]]:
     if args.model == "llama":
         adapter = CausalLMAdapter(arch="llama_7b", init="random", tokenizer="bytes", dtype=args.dtype,
                                   arch_overrides={"num_hidden_layers": args.blocks})
         ids = torch.randint(3, 259, (args.samples, args.seqlen), generator=torch.Generator().manual_seed(0))
         samples = list(ids)
     else:
-        LeadingBlocksScored.scored = scored_blocks
         adapter = LeadingBlocksScored(
             arch="blip2_flan_t5_xl", init="random", tokenizer="bytes", dtype=args.dtype,
             arch_overrides={"vision_config": {"num_hidden_layers": args.blocks},
@@ -91,8 +90,9 @@ def prune(adapter: ModelAdapter, batches: list[Batch], name: str, args: argparse
         SequentialEngine(adapter, PRUNERS[name](), plan, device=args.device).run(batches)
         return
     if name == "zeroth":
+        adapter.scored = args.zeroth_blocks
         scores = ZerothOrderScorer(num_samples=args.zeroth_samples).scores(adapter, batches)
-        LeadingBlocksScored.scored = None  # the plan and the pruning cover every block
+        adapter.scored = None  # the plan and the pruning cover every block
         scores.update({b.name: 0.0 for b in adapter.blocks() if b.name not in scores})
     else:
         scores = FirstOrderScorer().scores(adapter, batches)
@@ -102,7 +102,7 @@ def prune(adapter: ModelAdapter, batches: list[Batch], name: str, args: argparse
 
 def run_pass(name: str, args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
-    adapter, batches = build(args, args.zeroth_blocks if name == "zeroth" else None)
+    adapter, batches = build(args)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
