@@ -31,7 +31,7 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
 from ecoflap_exp.models.base import ModelAdapter
 from ecoflap_exp.pruning.base import LocalPruner
-from ecoflap_exp.pruning.engine import SequentialEngine
+from ecoflap_exp.pruning.engine import MatrixReport, SequentialEngine
 from ecoflap_exp.pruning.masks import NM, parse_nm
 from ecoflap_exp.pruning.verify import verify
 from ecoflap_exp.scoring.allocate import Allocation
@@ -177,6 +177,9 @@ def check_fit(adapter: ModelAdapter, calib: CalibrationSource, evals: dict[str, 
     if calib.kind not in adapter.sample_kinds:
         raise UserError(f"calib ({type(calib).__name__}) gives {calib.kind} but {type(adapter).__name__} calibrates "
                         f"on {', '.join(adapter.sample_kinds)}; choose a calib made for this model")
+    if calib.augment == "train" and not adapter.has_train_augmentation:
+        raise UserError(f"calib.augment=train but {type(adapter).__name__} defines no training augmentation of its "
+                        f"images; use calib.augment=eval")
     adapter.towers()  # checks model.prune_towers
     for name, ev in evals.items():
         model, missing = ev.missing(adapter)
@@ -187,6 +190,13 @@ def check_fit(adapter: ModelAdapter, calib: CalibrationSource, evals: dict[str, 
 
 def plan_keys(adapter: ModelAdapter) -> list[str]:
     return [block.name for block in adapter.blocks()]
+
+
+def comparison_groups(pruner: LocalPruner, reports: list[MatrixReport]) -> dict[str, dict[str, str]]:
+    """`<pruner>_group`: the comparison group each pruned tower used (e.g. wanda_group), for
+    pruners that compare within groups."""
+    groups = {r.tower: r.group for r in reports if r.group is not None}
+    return {f"{pruner.name}_group": groups} if groups else {}
 
 
 def save(adapter: ModelAdapter, folder: Path, record: dict[str, Any]) -> str:
@@ -241,7 +251,8 @@ def execute(cfg: DictConfig, target: Target, rid: str) -> dict[str, Any]:
             reports = engine.run(batches)
         del batches
     with timer("verify"):
-        achieved = verify(adapter, plan or dict.fromkeys(plan_keys(adapter), 0.0), target.nm, reports)
+        achieved = verify(adapter, plan or dict.fromkeys(plan_keys(adapter), 0.0), target.nm, reports,
+                          exact=pruner.count == "exact")
     if cfg.offload:
         adapter.to(device)
     metrics: dict[str, float] = {}
@@ -254,9 +265,11 @@ def execute(cfg: DictConfig, target: Target, rid: str) -> dict[str, Any]:
         "target": {"sparsity": target.sparsity, "max_sparsity": target.max_sparsity,
                    "nm": str(target.nm) if target.nm else None},
         "scores": scores,
+        "scorer_info": dict(scorer.info),
         "plan": plan,
         "achieved": achieved,
         "matrices": [r.as_dict() for r in reports],
+        **comparison_groups(pruner, reports),
         "metrics": metrics,
         "eval_info": eval_info,
         "timings_s": timer.seconds,

@@ -61,7 +61,10 @@ class LeadingBlocksScored(Blip2Adapter):
     scored: int | None = None
 
     def all_towers(self) -> list[Tower]:
-        return [Tower(t.name, t.blocks[: self.scored]) if self.scored else t for t in super().all_towers()]
+        towers = super().all_towers()  # built anew on every call, so trimming them here is local
+        for tower in towers:
+            tower.blocks = tower.blocks[: self.scored] if self.scored else tower.blocks
+        return towers
 
 
 def build(args: argparse.Namespace) -> tuple[ModelAdapter, list[Batch]]:

@@ -58,8 +58,9 @@ class FirstBlockOnly(CausalLMAdapter):
     """The same model, but only block 0's matrices are scored (the others still run)."""
 
     def all_towers(self) -> list[Tower]:
-        (tower,) = super().all_towers()
-        return [Tower(tower.name, tower.blocks[:1])]
+        (tower,) = super().all_towers()  # built anew on every call, so trimming it here is local
+        tower.blocks = tower.blocks[:1]
+        return [tower]
 
 
 def run_pass(name: str, setting: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_engine import assert_same_pruning, prune_by_full_forwards
+from test_engine import all_tokens, assert_same_pruning, prune_by_full_forwards
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.blip2 import Blip2Adapter, Blip2ITMAdapter, prefix_split
@@ -36,6 +36,29 @@ def tiny(kind="t5", **kw):
 def batches(adapter, size=4):
     pairs = list(zip(images(), CAPTIONS, strict=True))
     return [adapter.collate(pairs[i : i + size]) for i in range(0, len(pairs), size)]
+
+
+def language_real_tokens(adapter):
+    """The real tokens of each matrix's input, picked by name from the batch's own masks (not the
+    adapter's towers): the LM's input is 32 query outputs then the text; T5's decoder reads its
+    targets, and its cross-attention k and v read the encoder's tokens."""
+    queries = adapter.model.config.num_query_tokens
+
+    def tokens(batch, matrix, x):
+        if not matrix.name.startswith("language_model."):
+            return all_tokens(batch, matrix, x)
+        text = batch["attention_mask"].bool()
+        mask = torch.cat([torch.ones(len(text), queries, dtype=torch.bool), text], dim=1)
+        if ".decoder.block." in matrix.name and not matrix.name.endswith(("EncDecAttention.k", "EncDecAttention.v")):
+            mask = batch["decoder_attention_mask"].bool()
+        return (x[mask.reshape(-1)] if x.dim() == 2 else x[mask]), len(mask)
+
+    return tokens
+
+
+def official_group(block_name):
+    """ECoFLaP's BLIP-2 Wanda: the EVA ViT per whole matrix, everything else per output row."""
+    return "matrix" if block_name.startswith("vision_model.") else "row"
 
 
 def test_shipped_flan_t5_xl_has_the_papers_588_matrices_and_3_70b_weights():
@@ -71,12 +94,14 @@ def test_towers_of_the_tiny_models():
 @pytest.mark.parametrize("kind", ["t5", "opt"])
 def test_sequential_engine_equals_full_forward_reference(kind, pruner):
     """Block by block with captured inputs (T5: the position biases handed on from block 0, the
-    decoder fed by the pruned encoder) gives exactly what hooks in full forwards give."""
+    decoder fed by the pruned encoder; pads left out by each tower's token masks; Wanda's group per
+    tower) gives exactly what hooks in full forwards give."""
     towers = ALL_T5_TOWERS if kind == "t5" else ["vision", "qformer", "decoder"]
     fast, slow = tiny(kind, prune_towers=towers), tiny(kind, prune_towers=towers)
     plan = {b.name: 0.3 + 0.1 * (i % 4) for i, b in enumerate(fast.blocks())}
     SequentialEngine(fast, pruner, plan).run(batches(fast))
-    prune_by_full_forwards(slow, pruner, plan, batches(slow))
+    prune_by_full_forwards(slow, pruner, plan, batches(slow), group_of=official_group,
+                           tokens=language_real_tokens(slow))
     assert_same_pruning(fast, slow)
 
 
@@ -124,8 +149,10 @@ def test_calibration_batches_mask_what_the_loss_must_skip():
     t5 = tiny("t5", seed=1)
     batch = t5.collate(list(zip(images(2), ["A photo of a cat.", "a red car"], strict=True)))
     # bytes tokenizer: each character is one token, the target ends with EOS (id 1); padding -> -100
-    assert batch["labels"].shape == batch["input_ids"].shape == (2, 32)  # padded to max_text_tokens
     lengths = batch["decoder_attention_mask"].sum(1).tolist()
+    prefix_lengths = batch["attention_mask"].sum(1).tolist()
+    # padded to the longest of the batch (LAVIS's padding="longest"), not to max_text_tokens
+    assert batch["labels"].shape == (2, max(lengths)) and batch["input_ids"].shape == (2, max(prefix_lengths))
     for row, n in zip(batch["labels"], lengths, strict=True):
         assert row[n - 1] == 1 and (row[n:] == -100).all() and (row[:n] >= 0).all()
     opt = tiny("opt", seed=1)
@@ -137,7 +164,7 @@ def test_calibration_batches_mask_what_the_loss_must_skip():
     # the prefix is input only; the target and its closing newline are predicted; padding to
     # max_text_tokens (32) is skipped
     end = len("a photo of a cat\n")
-    assert len(ids) == 32 and (labels[: len(cut)] == -100).all() and (labels[end:] == -100).all()
+    assert len(ids) == end and (labels[: len(cut)] == -100).all()
     assert torch.equal(labels[len(cut) : end], ids[len(cut) : end])
     assert bytes(int(i) - 3 for i in ids[len(cut) : end]).decode() == "a photo of a cat"[len(cut) :] + "\n"
 
@@ -181,16 +208,127 @@ def test_position_embeddings_are_interpolated_as_transformers_does():
         adapter.fit_weight("vision_model.post_layernorm.weight", old[0, 0], torch.Size((16,)), "test")
 
 
-def test_transfer_into_a_companion_copies_the_named_parts_only():
-    pruned, companion = tiny("t5"), tiny("itm", seed=5)
+def test_companions_receive_exactly_the_official_key_set():
+    """ECoFLaP's evaluation loads the pruned `visual_encoder` (and, for the captioner, the whole
+    `t5_model`) into the COCO-finetuned companion; `ln_vision` (transformers'
+    vision_model.post_layernorm) is not part of it, so the companion keeps its own, as its Q-Former."""
+    pruned = tiny("t5")
     SequentialEngine(pruned, WandaPruner(), {b.name: 0.5 for b in pruned.blocks()}).run(batches(pruned))
-    qformer_before = {k: v.clone() for k, v in companion.model.qformer.state_dict().items()}
-    count = companion.load_weights(pruned.model.state_dict(), ["vision_model."], "pruned")
-    assert count == len([k for k in pruned.model.state_dict() if k.startswith("vision_model.")])
-    for (name, p), q in zip(companion.model.vision_model.named_parameters(), pruned.model.vision_model.parameters(),
-                            strict=True):
-        assert torch.equal(p, q), name
-    for name, tensor in companion.model.qformer.state_dict().items():
-        assert torch.equal(tensor, qformer_before[name]), name
+    with torch.no_grad():
+        pruned.model.vision_model.post_layernorm.weight.fill_(2.0)
+    state = pruned.model.state_dict()
+    for companion in (tiny("itm", seed=5), tiny("t5", seed=5)):
+        own = {k: v.clone() for k, v in companion.model.state_dict().items()}
+        companion.load_weights(state, companion.transfer_prefixes, "pruned")
+        after = companion.model.state_dict()
+        received = {k for k in after if not torch.equal(after[k], own[k])}
+        expected = {k for k in own if k.startswith(("vision_model.embeddings.", "vision_model.encoder."))}
+        if isinstance(companion, Blip2Adapter):
+            expected |= {k for k in own if k.startswith("language_model.")}
+        assert received <= expected and {k for k in expected if not torch.equal(after[k], state[k])} == set()
+        assert torch.equal(after["vision_model.post_layernorm.weight"], own["vision_model.post_layernorm.weight"])
+        assert all(torch.equal(after[k], own[k]) for k in own if k.startswith(("qformer.", "query_tokens")))
     with pytest.raises(UserError, match="language_model.* has no counterpart in Blip2ITMAdapter"):
-        companion.load_weights(pruned.model.state_dict(), ["language_model."], "pruned")
+        tiny("itm").load_weights(state, ["language_model."], "pruned")
+
+
+def dense_column_norms(adapter, block_name):
+    """Sum over calibration tokens (real ones) of each squared input column of a block's matrices,
+    hooked in full forwards of a dense model."""
+    norms, current, tokens = {}, [], language_real_tokens(adapter)
+    targets = next(b for b in adapter.blocks() if b.name == block_name).matrices
+
+    def hook(m, args):
+        x, _ = tokens(current[0], m, m.input_of(args, {}))
+        norms[m.name] = norms.get(m.name, 0) + x.float().pow(2).sum(0)
+
+    handles = [m.input_module.register_forward_hook(lambda mod, args, out, m=m: hook(m, args)) for m in targets]
+    with torch.no_grad():
+        for batch in batches(adapter):
+            current[:] = [batch]
+            adapter.forward(batch)
+    for h in handles:
+        h.remove()
+    return {m.name: (m.weight.abs() * norms[m.name].sqrt(), m) for m in targets}
+
+
+@pytest.mark.parametrize(("block", "group"), [("vision_model.encoder.layers.0", "matrix"),
+                                              ("language_model.encoder.block.0", "row"),
+                                              ("language_model.decoder.block.0", "row")])
+def test_wanda_compares_the_vit_per_matrix_and_t5_per_row_as_the_official_code(block, group):
+    """Against an independent selection from column norms hooked in full forwards of a dense twin:
+    a ViT block loses the round(n p) smallest |W| ||X|| of each whole matrix, a T5 block the cols p
+    smallest of every row (real tokens only)."""
+    adapter = tiny("t5")
+    plan = {b.name: 0.5 if b.name == block else 0.0 for b in adapter.blocks()}
+    reports = SequentialEngine(adapter, WandaPruner(), plan).run(batches(adapter))
+    assert {r.group for r in reports if r.block == block} == {group}
+    pruned = {m.name: m.weight for m in adapter.matrices()}
+    for name, (metric, _) in dense_column_norms(tiny("t5"), block).items():
+        expected = torch.zeros_like(metric, dtype=torch.bool)
+        if group == "matrix":
+            expected.view(-1)[torch.sort(metric.flatten(), stable=True).indices[: round(metric.numel() * 0.5)]] = True
+            assert len(set((pruned[name] == 0).sum(1).tolist())) > 1  # rows lose different counts
+        else:
+            expected.scatter_(1, torch.sort(metric, dim=1, stable=True).indices[:, : metric.shape[1] // 2], True)
+        assert torch.equal(pruned[name] == 0, expected), name
+
+
+def test_each_tower_declares_its_group_and_the_option_overrides_all():
+    assert {t.name: t.wanda_group for t in tiny("t5").towers()} == {"vision": "matrix", "encoder": "row",
+                                                                    "decoder": "row"}
+    assert {t.name: t.wanda_group for t in tiny("opt").towers()} == {"vision": "matrix", "decoder": "row"}
+    adapter = tiny("t5")
+    reports = SequentialEngine(adapter, WandaPruner("row"), {b.name: 0.5 for b in adapter.blocks()}).run(
+        batches(adapter))
+    assert {r.group for r in reports} == {"row"}
+    with pytest.raises(UserError, match="pruner.group='col' is unknown; use one of row, matrix"):
+        WandaPruner("col")
+
+
+def test_evaluation_prompts_are_not_truncated():
+    """LAVIS truncates calibration text at max_txt_len (32) but never an evaluation prompt: a long
+    question keeps its "Short answer:"."""
+    for kind in ("t5", "opt"):
+        adapter = tiny(kind)
+        question = "Question: " + "is this a long question about the picture " * 2 + "? Short answer:"
+        assert len(adapter.encode([question], truncate=False)[0]) > 40
+        seen = []
+        lm = adapter.model.language_model
+        original = lm.generate
+        lm.generate = lambda seen=seen, original=original, **kw: seen.append(kw["inputs_embeds"].shape[1]) or original(
+            **kw)
+        adapter.generate(images(1), [question], num_beams=1, max_new_tokens=2)
+        queries = adapter.model.config.num_query_tokens
+        bos = 0 if adapter.encoder_decoder or adapter.tokenizer.bos_token_id is None else 1
+        eos = 1 if adapter.encoder_decoder else 0
+        assert seen == [queries + len(question) + bos + eos]  # bytes tokenizer: a token per character
+        assert len(adapter.encode([question])[0]) == 32  # calibration text is still cut at max_text_tokens
+
+
+def test_calibration_images_get_lavis_training_view_seeded():
+    from ecoflap_exp.data.base import CalibrationSource
+
+    class Pairs(CalibrationSource):
+        kind = "image_captions"
+
+        def __init__(self, augment, seed):
+            super().__init__(num_samples=4, batch_size=2, seed=seed)
+            self.augment = augment
+
+        def samples(self, adapter):
+            return list(zip(images(4, size=48), CAPTIONS[:4], strict=True))
+
+    adapter = tiny("t5")
+    assert adapter.calibration_augment == "train"  # ECoFLaP's CC3M calibration view
+
+    def pixels(augment, seed):
+        return torch.cat([b["pixel_values"] for b in Pairs(augment, seed).batches(adapter)])
+
+    assert torch.equal(pixels("train", 0), pixels("train", 0))
+    assert not torch.equal(pixels("train", 0), pixels("train", 1))
+    assert torch.equal(pixels("eval", 0), torch.stack([adapter.preprocess(i) for i in images(4, size=48)]))
+    assert not torch.equal(pixels("train", 0), pixels("eval", 0))
+    state = torch.random.get_rng_state()
+    pixels("train", 3)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the run's own random stream is untouched

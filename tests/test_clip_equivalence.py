@@ -2,7 +2,9 @@
 
 open_clip keeps q, k, v in one fused in_proj_weight and hides out_proj's input from hooks; the
 transformers model has four nn.Linear layers. Copying the open_clip weights into a CLIPModel of the
-same architecture and pruning both with Wanda must give the same masks, matrix by matrix.
+same architecture and pruning both with Wanda must give the same masks, matrix by matrix, when
+open_clip's in_proj is split into its q, k, v slices (`split_qkv=True`; by default it is one
+matrix, as ECoFLaP's CoOp pruner has it).
 """
 
 import pytest
@@ -55,7 +57,7 @@ HF_NAME = {"attn.in_proj.q": "self_attn.q_proj", "attn.in_proj.k": "self_attn.k_
 
 
 def twin_models():
-    oc = OpenCLIPAdapter("clip_tiny", init="random")
+    oc = OpenCLIPAdapter("clip_tiny", init="random", split_qkv=True)
     hf = HFCLIPAdapter(arch="clip_tiny", init="random", tokenizer="open_clip")
     missing, unexpected = hf.model.load_state_dict(open_clip_to_hf(oc.model.state_dict(), 32), strict=False)
     assert not unexpected and all("position_ids" in k for k in missing)

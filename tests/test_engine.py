@@ -1,11 +1,13 @@
 """The sequential engine against a slow reference that re-runs the whole model for every block."""
 
+from functools import partial
+
 import pytest
 import torch
 
 from ecoflap_exp.models.causal_lm import CausalLMAdapter
 from ecoflap_exp.pruning.engine import SequentialEngine, capture_inputs, collect_stats
-from ecoflap_exp.pruning.masks import parse_nm, planned_prune_count
+from ecoflap_exp.pruning.masks import parse_nm
 from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner
 from ecoflap_exp.pruning.verify import verify
 from ecoflap_exp.pruning.wanda import WandaPruner
@@ -15,24 +17,32 @@ def make_llama(arch="llama_tiny", **kw):
     return CausalLMAdapter(arch=arch, init="random", tokenizer="bytes", seqlen=32, seed=0, **kw)
 
 
+def all_tokens(batch, matrix, x):
+    """Every token of a matrix's input (batch entries counted as samples)."""
+    return x.reshape(-1, x.shape[-1]), x.shape[0] if x.dim() > 2 else 1
+
+
 @torch.no_grad()
-def prune_by_full_forwards(adapter, pruner, plan, batches, nm=None):
-    """Block by block, collect statistics with hooks during full-model forwards, then prune."""
+def prune_by_full_forwards(adapter, pruner, plan, batches, nm=None, group_of=lambda block: "row", tokens=all_tokens):
+    """Block by block, collect statistics with hooks during full-model forwards, then prune.
+    `tokens(batch, matrix, x)` picks the tokens of an input that statistics see; `group_of(block
+    name)` is Wanda's comparison group there."""
     for block in adapter.blocks():
         stats = {m.name: pruner.new_stats(m.shape[1], adapter.device) for m in block.matrices}
-        handles = [
-            m.input_module.register_forward_hook(
-                lambda mod, args, out, m=m, stats=stats: stats[m.name].add(m.input_of(args, {}))
-            )
-            for m in block.matrices
-        ]
+        current = []
+
+        def observe(mod, args, out, m, stats=stats, current=current):
+            stats[m.name].add(*tokens(current[0], m, m.input_of(args, {})))
+
+        handles = [m.input_module.register_forward_hook(partial(observe, m=m)) for m in block.matrices]
         for batch in batches:
+            current[:] = [batch]
             adapter.forward(batch)
         for h in handles:
             h.remove()
         for m in block.matrices:
-            count = planned_prune_count(*m.shape, plan[block.name], nm)
-            pruner.prune(m.weight, stats[m.name], count, nm)
+            pruner.prepare(m.weight, stats[m.name])
+            pruner.prune(m.weight, stats[m.name], plan[block.name], nm, group_of(block.name))
 
 
 def batches_for(adapter):

@@ -5,7 +5,7 @@ import torch
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.pruning.magnitude import MagnitudePruner
-from ecoflap_exp.pruning.masks import NM, parse_nm, planned_prune_count, select_mask
+from ecoflap_exp.pruning.masks import NM, parse_nm, planned_prune_count, smallest
 from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner
 from ecoflap_exp.pruning.wanda import WandaPruner
 
@@ -19,14 +19,14 @@ def random_layer(rows=16, cols=64, tokens=256, seed=0):
     return W, X
 
 
-def run_pruner(pruner, W, X, sparsity=0.5, nm=None):
+def run_pruner(pruner, W, X, sparsity=0.5, nm=None, group=None):
     W = W.clone()
     stats = pruner.new_stats(W.shape[1], W.device)
     if stats is not None:
         for chunk in X.split(64):
-            stats.add(chunk.unsqueeze(0))
-    count = planned_prune_count(*W.shape, sparsity, nm)
-    mask = pruner.prune(W, stats, count, nm)
+            stats.add(chunk, 1)
+    pruner.prepare(W, stats)
+    mask = pruner.prune(W, stats, sparsity, nm, group or getattr(pruner, "group", None) or "row")
     return W, mask
 
 
@@ -53,7 +53,7 @@ def test_wanda_matrix_group_prunes_globally_smallest():
 
 def test_row_group_with_remainder_is_exact_and_prefers_smallest():
     metric = torch.tensor([[1.0, 2.0, 9.0], [1.0, 5.0, 9.0], [1.0, 3.0, 9.0]])
-    mask = select_mask(metric, 5, "row")
+    mask = smallest(metric, 5, "row")
     # every row loses its smallest; the two leftover prunes go to the rows whose next is smallest
     assert mask.tolist() == [[True, True, False], [True, False, False], [True, True, False]]
 
@@ -123,4 +123,4 @@ def test_selection_with_many_ties_equals_a_stable_sort(group, count):
         nxt = [float(metric[r, order[r, per_row]]) if per_row < 8 else float("inf") for r in range(8)]
         for r in sorted(range(8), key=lambda r: (nxt[r], r))[:extra]:
             expected[r, order[r, per_row]] = True
-    assert torch.equal(select_mask(metric, count, group), expected.reshape(8, 8))
+    assert torch.equal(smallest(metric, count, group), expected.reshape(8, 8))

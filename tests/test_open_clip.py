@@ -1,4 +1,5 @@
-"""open_clip CLIP: fused q/k/v slices and the out_proj input the fused kernel hides from hooks."""
+"""open_clip CLIP: the fused in_proj (one matrix, as ECoFLaP's CoOp pruner; or q/k/v slices) and
+the out_proj input the fused kernel hides from hooks."""
 
 import numpy as np
 import pytest
@@ -18,8 +19,8 @@ CAPTIONS = ["a photo of a cat", "a red car on a road", "two dogs playing", "a pl
             "a mountain lake", "an old building", "a person running", "a bowl of fruit"]
 
 
-def tiny_clip():
-    return OpenCLIPAdapter("clip_tiny", init="random")
+def tiny_clip(**kw):
+    return OpenCLIPAdapter("clip_tiny", init="random", **kw)
 
 
 def batches(adapter, n=8, size=4):
@@ -32,11 +33,41 @@ def test_towers_and_matrices():
     adapter = tiny_clip()
     vision, text = adapter.towers()
     assert (vision.name, len(vision.blocks), text.name, len(text.blocks)) == ("vision", 2, "text", 2)
+    assert {t.wanda_group for t in (vision, text)} == {"row"}  # CoOp's CLIP pruner compares per row
     names = [m.name.removeprefix(vision.blocks[0].name + ".") for m in vision.blocks[0].matrices]
+    # the official unit: in_proj_weight is ONE matrix of 3d rows
+    assert names == ["attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj"]
+    fused = vision.blocks[0].matrices[0]
+    assert fused.shape == (96, 32) and fused.weight.data_ptr() == vision.blocks[0].module.attn.in_proj_weight.data_ptr()
+    split = tiny_clip(split_qkv=True).towers()[0].blocks[0]
+    names = [m.name.removeprefix(split.name + ".") for m in split.matrices]
     assert names == ["attn.in_proj.q", "attn.in_proj.k", "attn.in_proj.v", "attn.out_proj", "mlp.c_fc", "mlp.c_proj"]
-    q, k, v = vision.blocks[0].matrices[:3]
+    q, k, v = split.matrices[:3]
     assert q.param is k.param is v.param and q.shape == (32, 32)
     assert torch.equal(torch.cat([q.weight, k.weight, v.weight]), q.param.data)
+
+
+def test_sparsegpt_prunes_the_fused_in_proj_as_one_matrix():
+    """CoOp's pruner hands SparseGPT the whole 3d x d in_proj: each 128-column block's mask is chosen
+    over all 3d rows at once. Same as SparseGPT on that matrix alone with the block input's Hessian."""
+    adapter, twin = tiny_clip(), tiny_clip()
+    tower = adapter.towers()[0]
+    block = tower.blocks[0]
+    inputs = capture_inputs(adapter, tower, batches(adapter))
+    normed = torch.cat([block.module.ln_1(inp.hidden).reshape(-1, 32) for inp in inputs])
+    pruner = SparseGPTPruner(blocksize=16)
+    plan = {b.name: 0.5 if b.name == block.name else 0.0 for b in adapter.blocks()}
+    SequentialEngine(adapter, pruner, plan).run(batches(adapter))
+    stats = pruner.new_stats(32, torch.device("cpu"))
+    for part in normed.split(len(normed) // 2):
+        stats.add(part, 4)
+    alone = twin.model.visual.transformer.resblocks[0].attn.in_proj_weight.detach().clone()
+    pruner.prune(alone, stats, 0.5, None, None)
+    pruned = block.module.attn.in_proj_weight.detach()
+    assert torch.equal(pruned == 0, alone == 0)
+    torch.testing.assert_close(pruned, alone, rtol=1e-5, atol=1e-6)
+    rows_pruned = (pruned == 0).reshape(3, 32, 32).sum((1, 2))  # q, k and v lose different shares
+    assert int(rows_pruned.sum()) == 96 * 32 // 2 and len(set(rows_pruned.tolist())) > 1
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -60,8 +91,7 @@ def test_statistics_come_from_the_real_inputs():
     block = tower.blocks[0]
     inputs = capture_inputs(adapter, tower, batches(adapter))
     stats = collect_stats(tower, block, inputs, WandaPruner(), adapter.device)
-    q, k, v, out, fc, proj = block.matrices
-    assert stats[q] is stats[k] is stats[v]
+    q, out, fc, proj = block.matrices
     normed = [block.module.ln_1(inp.hidden) for inp in inputs]
     expected = torch.cat([n.reshape(-1, 32) for n in normed]).pow(2).sum(0) / 8
     torch.testing.assert_close(stats[q].sq_norms, expected, rtol=1e-5, atol=1e-6)
@@ -124,3 +154,26 @@ def test_caption_formats_read_the_same_pairs(tmp_path):
         read_pairs(str(bad))
     with pytest.raises(UserError, match="no/such.tsv"):
         read_pairs(str(tmp_path / "no/such.tsv"))
+
+
+def test_clip_vitb16_follows_coop_dtype_where_the_device_has_it():
+    """CoOp's ZeroshotCLIP runs OpenAI's CLIP in fp16 (its losses in fp32); fp32 on the CPU. The
+    resolved dtype is what the run's record shows."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    root = Path(__file__).resolve().parents[1]
+    with initialize_config_dir(config_dir=str(root / "configs"), version_base="1.3"):
+        for model in ("clip_vitb16", "hf_clip_vitb16"):
+            assert compose("config", [f"model={model}", "device=cpu"]).model.dtype == "float32"
+            assert compose("config", [f"model={model}", "device=cuda:1"]).model.dtype == "float16"
+            auto = compose("config", [f"model={model}"]).model.dtype
+            assert auto == ("float16" if torch.cuda.is_available() else "float32")
+        assert compose("config", ["model=clip_vitb16"]).model.split_qkv is False
+
+
+def test_fp16_clip_loss_is_fp32():
+    adapter = tiny_clip(dtype="float16")
+    assert next(adapter.model.parameters()).dtype == torch.float16
+    assert adapter.loss(batches(adapter)[0]).dtype == torch.float32

@@ -153,8 +153,8 @@ def test_the_paper_suite_lists_the_five_table1_tasks_under_their_metric_prefixes
     # NoCaps and Flickr30k run on the COCO-finetuned companions, which receive the pruned weights
     assert cfg.evals.nocaps.companion.checkpoint == "Salesforce/blip2-flan-t5-xl-coco"
     assert cfg.evals.flickr30k.companion.checkpoint == "Salesforce/blip2-itm-vit-g-coco"
-    assert list(cfg.evals.nocaps.transfer) == ["vision_model.", "language_model."]
-    assert list(cfg.evals.flickr30k.transfer) == ["vision_model."]
+    # each companion receives the key set the official evaluation transfers (its transfer_prefixes)
+    assert cfg.evals.nocaps.transfer is None and cfg.evals.flickr30k.transfer is None
     assert {m.split("/", 1)[0] for cells in PAPER["table1_blip2"].values() for m in cells
             if m.count("/") == 2} == {"p0", "p0.5"}
     assert {m.split("/")[1] for cells in PAPER["table1_blip2"].values() for m in cells

@@ -59,6 +59,13 @@ def test_every_scorer_and_pruner_reaches_the_plan_per_tower(tmp_path, model, sco
     assert record["achieved"]["overall"] == pytest.approx(0.5, abs=2e-3)
     if scorer != "uniform":
         assert len(set(record["plan"].values())) > 1  # the scores moved sparsity between blocks
+    # the official per-tower choices, as the record states them
+    blip2 = model.startswith("blip2")
+    assert record["config"]["calib"]["augment"] == ("train" if blip2 else "eval")
+    if pruner == "wanda":
+        assert record["wanda_group"] == {t: "matrix" if t == "vision" and blip2 else "row" for t in towers}
+    if scorer == "zeroth":
+        assert record["scorer_info"] == {"zero_estimates": 0, "matrices": len(record["matrices"])}
 
 
 @pytest.mark.slow

@@ -10,6 +10,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+import torch
+
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.base import Batch, ModelAdapter
 
@@ -17,6 +19,9 @@ from ecoflap_exp.models.base import Batch, ModelAdapter
 class CalibrationSource(ABC):
     #: what a sample is ("tokens", "labelled_images", "image_captions"): the adapter must collate it
     kind: str = ""
+    #: "train": images get the model's training augmentation, drawn from the seed (sources of
+    #: images set it from their config)
+    augment: str = "eval"
 
     def __init__(self, num_samples: int = 128, batch_size: int = 8, seed: int = 0):
         if num_samples < 1 or batch_size < 1:
@@ -42,4 +47,11 @@ class CalibrationSource(ABC):
                 f"calib.num_samples={self.num_samples}; lower calib.num_samples or add data"
             )
         bs = self.batch_size
-        return [adapter.collate(samples[i : i + bs]) for i in range(0, self.num_samples, bs)]
+        chunks = [samples[i : i + bs] for i in range(0, self.num_samples, bs)]
+        if self.augment != "train":
+            return [adapter.collate(chunk) for chunk in chunks]
+        # torchvision's random transforms draw from torch's global generator: seed it for these
+        # draws only, so the same seed gives the same views and the rest of the run is unaffected
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return [adapter.collate(chunk, augment=True) for chunk in chunks]

@@ -20,6 +20,8 @@ from ecoflap_exp.models.base import ModelAdapter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: the views of calibration images: the model's eval transform, or its training augmentation
+AUGMENTS = ("eval", "train")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG"}
 
 
@@ -87,10 +89,14 @@ class LocalImageCalibration(CalibrationSource):
     """Image files listed with a label or caption each: the first num_samples that decode
     (optionally after a seeded shuffle); undecodable ones are skipped and counted."""
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, shuffle: bool, max_bad_fraction: float):
+    def __init__(self, num_samples: int, batch_size: int, seed: int, shuffle: bool, max_bad_fraction: float,
+                 augment: str = "eval"):
         super().__init__(num_samples, batch_size, seed)
+        if augment not in AUGMENTS:
+            raise UserError(f"calib.augment={augment!r} is unknown; use one of {', '.join(AUGMENTS)}")
         self.shuffle = shuffle
         self.max_bad_fraction = max_bad_fraction
+        self.augment = augment
 
     @abstractmethod
     def items(self) -> list[tuple[Path, Any]]:
@@ -111,8 +117,8 @@ class ImageFolderCalibration(LocalImageCalibration):
     kind = "labelled_images"
 
     def __init__(self, root: str, num_samples: int = 128, batch_size: int = 8, seed: int = 0, shuffle: bool = True,
-                 max_bad_fraction: float = 0.05):
-        super().__init__(num_samples, batch_size, seed, shuffle, max_bad_fraction)
+                 max_bad_fraction: float = 0.05, augment: str = "eval"):
+        super().__init__(num_samples, batch_size, seed, shuffle, max_bad_fraction, augment)
         self.root = root
 
     def items(self) -> list[tuple[Path, int]]:

@@ -42,12 +42,14 @@ class Evaluation(ABC):
 class OnCompanion(Evaluation):
     """`evaluation` run on `companion` (a model config built with `_partial_: true`, so it loads
     only when this evaluation runs, after pruning) after copying into it the pruned model's
-    weights whose names start with one of `transfer` (e.g. vision_model., language_model.)."""
+    weights whose names start with one of `transfer`; by default (None) the companion's own
+    `transfer_prefixes`, the key set the official evaluation transfers."""
 
-    def __init__(self, evaluation: Evaluation, companion: Callable[[], ModelAdapter], transfer: list[str]):
+    def __init__(self, evaluation: Evaluation, companion: Callable[[], ModelAdapter],
+                 transfer: list[str] | None = None):
         self.evaluation = evaluation
         self.companion = companion
-        self.transfer = list(transfer)
+        self.transfer = list(transfer) if transfer is not None else None
 
     @property
     def info(self) -> Mapping[str, str]:
@@ -65,7 +67,8 @@ class OnCompanion(Evaluation):
 
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
         companion = self.companion()
-        companion.load_weights(adapter.model.state_dict(), self.transfer, f"the pruned {type(adapter).__name__}")
+        prefixes = self.transfer if self.transfer is not None else companion.transfer_prefixes
+        companion.load_weights(adapter.model.state_dict(), prefixes, f"the pruned {type(adapter).__name__}")
         companion.to(adapter.device)
         try:
             return self.evaluation.evaluate(companion)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,10 @@ from torch import nn
 from ecoflap_exp.errors import UserError
 
 Batch = dict[str, Any]
+#: Wanda's comparison group: the weights of one output row, or of the whole matrix
+Group = Literal["row", "matrix"]
+#: the target value a cross-entropy skips (padding, prompt tokens)
+IGNORE = -100
 #: the image normalisation of OpenAI's CLIP, which BLIP-2's vision encoder shares
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -39,11 +43,16 @@ def first_input(args: tuple, kwargs: dict) -> torch.Tensor:
 
 @dataclass(eq=False)
 class PrunableMatrix:
+    """`stream` names the token sequence the matrix reads, so the right token mask selects its
+    real tokens: "hidden" (the block's own tokens) or "memory" (the states a cross-attention
+    reads, e.g. the encoder output the T5 decoder's cross-attention k and v take)."""
+
     name: str
     param: nn.Parameter
     input_module: nn.Module
     rows: slice = field(default_factory=lambda: slice(None))
     input_of: Callable[[tuple, dict], torch.Tensor] = first_input
+    stream: str = "hidden"
 
     @property
     def weight(self) -> torch.Tensor:
@@ -73,11 +82,14 @@ class Block:
 
 @dataclass
 class BlockInput:
-    """What one calibration batch hands a block: hidden states plus every other argument."""
+    """What one calibration batch hands a block: hidden states plus every other argument, and the
+    masks (batch, tokens; True = a real token) of the token streams that hold padding. A stream
+    without a mask is all real tokens."""
 
     hidden: torch.Tensor
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def linear_matrices(prefix: str, block: nn.Module) -> list[PrunableMatrix]:
@@ -90,11 +102,19 @@ def linear_matrices(prefix: str, block: nn.Module) -> list[PrunableMatrix]:
     ]
 
 
-def contrastive_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
-    """CLIP's symmetric loss with in-batch negatives: mean of image->text and text->image CE."""
-    logits = logits_per_image.float()
-    targets = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+@dataclass
+class LossTerm:
+    """One cross-entropy of a calibration loss: logits (..., classes) against integer targets
+    (...); targets equal to IGNORE are skipped."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+
+
+def contrastive_terms(logits_per_image: torch.Tensor) -> list[LossTerm]:
+    """CLIP's symmetric loss with in-batch negatives: image->text and text->image cross-entropies."""
+    targets = torch.arange(len(logits_per_image), device=logits_per_image.device)
+    return [LossTerm(logits_per_image, targets), LossTerm(logits_per_image.t(), targets)]
 
 
 def find_block_list(model: nn.Module) -> tuple[str, nn.ModuleList | nn.Sequential]:
@@ -122,14 +142,25 @@ class Tower:
     hidden states (or a tuple that starts with them) and take the same keyword arguments at every
     depth. A model whose blocks hand more than hidden states down (T5's position bias) overrides
     `next_input`.
+
+    The official code's per-tower choices travel with the tower: `wanda_group`, the comparison
+    group Wanda uses here unless the run overrides it (ECoFLaP: BLIP-2's EVA ViT per whole
+    matrix; T5, CLIP, LLaMA per output row), and `token_masks(batch)`, which of a batch's tokens
+    are real in each stream the blocks read ({} when there is no padding), so pads never enter
+    input statistics.
     """
 
-    def __init__(self, name: str, blocks: list[Block]):
+    def __init__(self, name: str, blocks: list[Block], wanda_group: Group = "row",
+                 token_masks: Callable[[Batch], dict[str, torch.Tensor]] | None = None):
         self.name = name
         self.blocks = blocks
+        self.wanda_group = wanda_group
+        self._token_masks = token_masks
 
-    @staticmethod
-    def split_input(args: tuple, kwargs: dict) -> BlockInput:
+    def token_masks(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {k: v.bool() for k, v in self._token_masks(batch).items()} if self._token_masks else {}
+
+    def split_input(self, args: tuple, kwargs: dict) -> BlockInput:
         if args:
             return BlockInput(args[0], args[1:], dict(kwargs))
         kwargs = dict(kwargs)
@@ -140,7 +171,7 @@ class Tower:
 
     def next_input(self, output: Any, inp: BlockInput) -> BlockInput:
         hidden = output[0] if isinstance(output, tuple | list) else output
-        return BlockInput(hidden, inp.args, inp.kwargs)
+        return BlockInput(hidden, inp.args, inp.kwargs, inp.masks)
 
     def passthrough(self, args: tuple, kwargs: dict) -> Any:
         """What a block returns when it is skipped (its result is not needed): something shaped
@@ -156,6 +187,15 @@ class ModelAdapter(ABC):
     sample_kinds: tuple[str, ...] = ()
     #: names of the towers this run prunes (None: all); the model config's `prune_towers`
     prune_towers: list[str] | None = None
+    #: the view of calibration images the official code uses with this model, which an image
+    #: calibration's `augment` defaults to: "eval" (the eval transform) or "train" (the model's
+    #: training augmentation)
+    calibration_augment: str = "eval"
+    #: whether `collate(samples, augment=True)` applies a training augmentation to the images
+    has_train_augmentation: bool = False
+    #: the weights (name prefixes) this model receives from a pruned model when it serves as a
+    #: companion of an evaluation (evals.base.OnCompanion), as the official evaluation copies them
+    transfer_prefixes: tuple[str, ...] = ()
 
     @abstractmethod
     def all_towers(self) -> list[Tower]:
@@ -182,8 +222,19 @@ class ModelAdapter(ABC):
         """Run the model on a batch (the engine uses it to reach each tower's first block)."""
 
     @abstractmethod
+    def loss_terms(self, batch: Batch) -> list[LossTerm]:
+        """The calibration loss of a batch as cross-entropies (their mean is the loss): logits in
+        the model's dtype, targets."""
+
     def loss(self, batch: Batch) -> torch.Tensor:
-        """The calibration loss of a batch (used by gradient and zeroth-order scores)."""
+        """The calibration loss (gradient and zeroth-order scores): the mean of the terms'
+        cross-entropies, each computed and reduced in fp32 from upcast logits whatever the
+        weights' dtype, as the official code's autocast does. A bf16 loss moves in steps of
+        about 0.016 near 2-3, which zeroth-order differences L(W + eps z) - L(W - eps z) cannot
+        resolve."""
+        losses = [F.cross_entropy(t.logits.float().reshape(-1, t.logits.shape[-1]), t.targets.reshape(-1),
+                                  ignore_index=IGNORE) for t in self.loss_terms(batch)]
+        return torch.stack(losses).mean()
 
     @abstractmethod
     def save(self, path: Path) -> None:
@@ -253,7 +304,8 @@ class ModelAdapter(ABC):
             target.copy_(tensor.to(target.device, target.dtype))
             copied += 1
         if not copied:
-            raise UserError(f"{source} has no weights under {', '.join(prefixes)}; nothing to load")
+            raise UserError(f"{source} has no weights under {', '.join(prefixes) or '(no prefixes given)'}; "
+                            f"nothing to load")
         return copied
 
     def fit_weight(self, name: str, tensor: torch.Tensor, shape: torch.Size, source: str) -> torch.Tensor:

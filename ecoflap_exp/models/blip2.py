@@ -3,7 +3,9 @@ prefix language modelling as calibration loss) and Blip2ForImageTextRetrieval (I
 contrastive calibration loss).
 
 Towers in pruning order (ECoFLaP prunes the ViT first, then the language model):
-- `vision`: vision_model.encoder.layers (ViT-g: 39 blocks of qkv, projection, fc1, fc2);
+- `vision`: vision_model.encoder.layers (ViT-g: 39 blocks of qkv, projection, fc1, fc2); Wanda
+  compares each matrix's weights as a whole there, as the official BLIP-2 pruner does (T5 and the
+  Q-Former: per output row);
 - `qformer`: qformer.encoder.layer, the query path only (self- and cross-attention,
   intermediate_query, output_query); pruned only when `prune_towers` names it, as the paper
   prunes the ViT and the language model;
@@ -13,13 +15,18 @@ Towers in pruning order (ECoFLaP prunes the ViT first, then the language model):
 The language model's input is built here as LAVIS builds it: the projected query outputs, then
 the embedded text (T5: the prompt or caption prefix goes to the encoder and the target to the
 decoder; OPT: one sequence, loss on the target only). So no image placeholder tokens are needed
-in the vocabulary, and random-init models with any tokenizer work.
+in the vocabulary, and random-init models with any tokenizer work. Texts are padded to the
+longest of their batch and the towers' token masks keep the pads out of every statistic, so a
+batch gives the statistics its samples give one at a time (the official passes run at batch 1).
+Calibration images get LAVIS's `blip2_image_train` view by default (`calibration_augment`), as
+ECoFLaP's CC3M calibration does.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +42,15 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.base import (
     CLIP_MEAN,
     CLIP_STD,
+    IGNORE,
     Batch,
     Block,
     BlockInput,
+    LossTerm,
     ModelAdapter,
     Tower,
     blocks_of,
-    contrastive_loss,
+    contrastive_terms,
     find_block_list,
     linear_matrices,
     load_tokenizer,
@@ -49,13 +58,22 @@ from ecoflap_exp.models.base import (
 )
 from ecoflap_exp.models.blip_text import blip_caption
 
-IGNORE = -100  # label value the cross-entropy skips
-
 
 def square_resize(size: int) -> transforms.Compose:
     """LAVIS's blip_image_eval: a square bicubic resize (no crop) and CLIP's normalisation."""
     return transforms.Compose([
         transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.ToTensor(),
+        transforms.Normalize(CLIP_MEAN, CLIP_STD),
+    ])
+
+
+def blip2_image_train(size: int) -> transforms.Compose:
+    """LAVIS's blip2_image_train, ECoFLaP's view of its CC3M calibration images: a bicubic random
+    resized crop (scale 0.5-1), a random horizontal flip and CLIP's normalisation."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(size, scale=(0.5, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
         transforms.Normalize(CLIP_MEAN, CLIP_STD),
     ])
@@ -70,7 +88,8 @@ def prefix_split(caption: str, rng: random.Random) -> tuple[str, str]:
 
 def qformer_blocks(layers: nn.ModuleList) -> list[Block]:
     """Q-Former layers with the matrices of the query path; the text branch (`intermediate`,
-    `output`) never runs in the generative model, so it has no inputs to prune by."""
+    `output`) never runs in the generative model, so it has no inputs to prune by. (Neither its
+    32 queries nor the image states it attends to hold padding, so its streams need no masks.)"""
     path = "qformer.encoder.layer"
     blocks = []
     for i, layer in enumerate(layers):
@@ -78,6 +97,19 @@ def qformer_blocks(layers: nn.ModuleList) -> list[Block]:
         matrices = [m for m in linear_matrices(name, layer)
                     if not m.name.removeprefix(name + ".").startswith(("intermediate.", "output."))]
         blocks.append(Block(name, layer, matrices))
+    return blocks
+
+
+def t5_blocks(path: str, layers: nn.ModuleList) -> list[Block]:
+    """T5 blocks; in the decoder, the k and v of the cross-attention (found by module type) read
+    the encoder's output, the "memory" stream, whose padding is the encoder's."""
+    from transformers.models.t5.modeling_t5 import T5LayerCrossAttention
+
+    blocks = blocks_of(path, layers)
+    for block in blocks:
+        memory = {id(getattr(cross.EncDecAttention, part).weight) for cross in block.module.modules()
+                  if isinstance(cross, T5LayerCrossAttention) for part in ("k", "v")}
+        block.matrices = [replace(m, stream="memory") if id(m.param) in memory else m for m in block.matrices]
     return blocks
 
 
@@ -98,11 +130,19 @@ class T5Tower(Tower):
         args[self.POSITION_BIAS] = position_bias
         if cross_bias is not None:
             args[self.CROSS_BIAS] = cross_bias
-        return BlockInput(hidden, tuple(args), inp.kwargs)
+        return BlockInput(hidden, tuple(args), inp.kwargs, inp.masks)
 
     def passthrough(self, args: tuple, kwargs: dict) -> Any:
         inp = self.split_input(args, kwargs)
         return inp.hidden, inp.args[self.POSITION_BIAS], inp.args[self.CROSS_BIAS]
+
+
+#: What ECoFLaP's evaluation copies from the pruned BLIP-2 into a COCO-finetuned companion: LAVIS's
+#: `visual_encoder` (patch, class and position embeddings, the blocks), not `ln_vision` (which
+#: transformers' conversion names vision_model.post_layernorm): the companion keeps its own. The
+#: captioner also receives the whole language model (`t5_model`).
+VISION_TRANSFER = ("vision_model.embeddings.", "vision_model.encoder.")
+LANGUAGE_TRANSFER = ("language_model.",)
 
 
 def saved_state(source: str) -> dict[str, torch.Tensor]:
@@ -127,19 +167,27 @@ class Blip2ModelAdapter(ModelAdapter):
     """What both BLIP-2 heads share: image preprocessing, the vision tower, weight transfer."""
 
     sample_kinds = ("image_captions",)
+    calibration_augment = "train"
+    has_train_augmentation = True
 
     def __init__(self, model: nn.Module, tokenizer: Any, max_text_tokens: int):
         self.model = model
         self.tokenizer = tokenizer
         self.max_text_tokens = max_text_tokens
-        self.preprocess = square_resize(model.config.vision_config.image_size)
+        size = model.config.vision_config.image_size
+        self.preprocess = square_resize(size)
+        self.train_preprocess = blip2_image_train(size)
 
     def vision_tower(self) -> Tower:
-        return Tower("vision", blocks_of("vision_model.encoder.layers", self.model.vision_model.encoder.layers))
+        return Tower("vision", blocks_of("vision_model.encoder.layers", self.model.vision_model.encoder.layers),
+                     wanda_group="matrix")
 
-    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
+    def pixels(self, images: list[Image.Image], augment: bool = False) -> torch.Tensor:
+        """Images as the ViT's input: the eval view, or with `augment` LAVIS's training view (its
+        randomness from torch's global generator, which the calibration source seeds)."""
         dtype = self.model.vision_model.embeddings.patch_embedding.weight.dtype
-        return torch.stack([self.preprocess(image.convert("RGB")) for image in images]).to(self.device, dtype)
+        view = self.train_preprocess if augment else self.preprocess
+        return torch.stack([view(image.convert("RGB")) for image in images]).to(self.device, dtype)
 
     def fit_weight(self, name: str, tensor: torch.Tensor, shape: torch.Size, source: str) -> torch.Tensor:
         """The ViT's position embeddings of another image size (the pretrained 224 px model's into the
@@ -171,6 +219,7 @@ class Blip2Adapter(Blip2ModelAdapter):
         model = load_transformers_model(transformers.AutoModelForImageTextToText, arch, checkpoint, init, dtype, seed,
                                         arch_overrides)
         super().__init__(model, load_tokenizer(tokenizer or checkpoint), max_text_tokens)
+        self.transfer_prefixes = VISION_TRANSFER + LANGUAGE_TRANSFER
         self.encoder_decoder = not model.config.use_decoder_only_language_model
         self.split_rng = random.Random(seed)
         names = [t.name for t in self.all_towers()]
@@ -183,80 +232,94 @@ class Blip2Adapter(Blip2ModelAdapter):
         towers = [self.vision_tower(), Tower("qformer", qformer_blocks(self.model.qformer.encoder.layer))]
         lm = self.model.language_model
         if self.encoder_decoder:
-            return towers + [T5Tower("encoder", blocks_of("language_model.encoder.block", lm.encoder.block)),
-                             T5Tower("decoder", blocks_of("language_model.decoder.block", lm.decoder.block))]
+            return towers + [
+                T5Tower("encoder", t5_blocks("language_model.encoder.block", lm.encoder.block),
+                        token_masks=lambda batch: {"hidden": self.language_mask(batch["attention_mask"])}),
+                T5Tower("decoder", t5_blocks("language_model.decoder.block", lm.decoder.block),
+                        token_masks=lambda batch: {"hidden": batch["decoder_attention_mask"],
+                                                   "memory": self.language_mask(batch["attention_mask"])}),
+            ]
         path, layers = find_block_list(lm)
-        return towers + [Tower("decoder", blocks_of(f"language_model.{path}", layers))]
+        return towers + [Tower("decoder", blocks_of(f"language_model.{path}", layers),
+                               token_masks=lambda batch: {"hidden": self.language_mask(batch["attention_mask"])})]
 
-    def encode(self, texts: list[str], bos: bool = False) -> list[list[int]]:
-        """Token ids per text, at most max_text_tokens; T5 texts end in the tokenizer's EOS, OPT texts
-        start with its BOS when `bos` (as LAVIS's OPT inputs do)."""
+    def encode(self, texts: list[str], bos: bool = False, truncate: bool = True) -> list[list[int]]:
+        """Token ids per text, at most max_text_tokens with `truncate` (calibration; LAVIS never
+        truncates evaluation prompts); T5 texts end in the tokenizer's EOS, OPT texts start with
+        its BOS when `bos` (as LAVIS's OPT inputs do)."""
+        limit = self.max_text_tokens if truncate else None
         if self.encoder_decoder:
-            return self.tokenizer(texts, truncation=True, max_length=self.max_text_tokens).input_ids
+            return self.tokenizer(texts, truncation=truncate, max_length=limit).input_ids
         ids = self.tokenizer(texts, add_special_tokens=False).input_ids
         start = [self.tokenizer.bos_token_id] if bos and self.tokenizer.bos_token_id is not None else []
-        return [(start + t)[: self.max_text_tokens] for t in ids]
+        return [(start + t)[:limit] for t in ids]
 
-    def padded(self, ids: list[list[int]], left: bool = False, width: int | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ids padded to `width` or the longest (on the left for generation with a decoder-only
-        model) and the mask."""
-        width = width or max(len(t) for t in ids)
+    def padded(self, ids: list[list[int]], left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids padded to the longest (on the left for generation with a decoder-only model) and the
+        mask."""
+        width = max(len(t) for t in ids)
         pad = self.tokenizer.pad_token_id or 0
         rows = [([pad] * (width - len(t)) + t) if left else (t + [pad] * (width - len(t))) for t in ids]
         masks = [([0] * (width - len(t)) + [1] * len(t)) if left else ([1] * len(t) + [0] * (width - len(t)))
                  for t in ids]
         return torch.tensor(rows, device=self.device), torch.tensor(masks, device=self.device)
 
-    def collate(self, samples: list[tuple[Image.Image, str]]) -> Batch:
-        """Calibration pairs -> a batch whose texts are padded to max_text_tokens, so every batch
-        has the same shape (block outputs of all samples can be stacked, as the ID scorer does)."""
-        width = self.max_text_tokens
+    def collate(self, samples: list[tuple[Image.Image, str]], augment: bool = False) -> Batch:
+        """Calibration pairs -> a batch, texts padded to the longest of the batch (LAVIS's
+        padding="longest"); `augment`: the images' training view."""
         prefixes, targets = zip(*(prefix_split(blip_caption(caption), self.split_rng) for _, caption in samples),
                                 strict=True)
-        batch: Batch = {"pixel_values": self.pixels([image for image, _ in samples])}
+        batch: Batch = {"pixel_values": self.pixels([image for image, _ in samples], augment)}
         if self.encoder_decoder:
-            batch["input_ids"], batch["attention_mask"] = self.padded(self.encode(list(prefixes)), width=width)
-            labels, batch["decoder_attention_mask"] = self.padded(self.encode(list(targets)), width=width)
+            batch["input_ids"], batch["attention_mask"] = self.padded(self.encode(list(prefixes)))
+            labels, batch["decoder_attention_mask"] = self.padded(self.encode(list(targets)))
             batch["labels"] = labels.masked_fill(batch["decoder_attention_mask"] == 0, IGNORE)
             return batch
         # OPT: one sequence BOS + prefix + target + "\n", loss on the target part only
         heads = self.encode(list(prefixes), bos=True)
         tails = self.encode([t + "\n" for t in targets])
-        ids = [(h + t)[:width] for h, t in zip(heads, tails, strict=True)]
-        batch["input_ids"], batch["attention_mask"] = self.padded(ids, width=width)
-        labels = [[IGNORE] * len(h) + t for h, t in zip(heads, tails, strict=True)]
-        label_ids, _ = self.padded([row[: len(i)] for row, i in zip(labels, ids, strict=True)], width=width)
+        ids = [(h + t)[: self.max_text_tokens] for h, t in zip(heads, tails, strict=True)]
+        batch["input_ids"], batch["attention_mask"] = self.padded(ids)
+        labels = [([IGNORE] * len(h) + t)[: len(i)] for h, t, i in zip(heads, tails, ids, strict=True)]
+        label_ids, _ = self.padded(labels)
         batch["labels"] = label_ids.masked_fill(batch["attention_mask"] == 0, IGNORE)
         return batch
+
+    def language_mask(self, text_mask: torch.Tensor) -> torch.Tensor:
+        """The language model's attention mask: the query outputs (all real), then the text's."""
+        queries = torch.ones(len(text_mask), self.model.config.num_query_tokens, dtype=text_mask.dtype,
+                             device=text_mask.device)
+        return torch.cat([queries, text_mask], dim=1)
 
     def language_inputs(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                         attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The language model's input embeddings: projected query outputs, then the embedded text."""
         queries = self.model.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
         text = self.model.language_model.get_input_embeddings()(input_ids)
-        embeds = torch.cat([queries.to(text.dtype), text], dim=1)
-        mask = torch.cat([torch.ones(queries.shape[:2], dtype=attention_mask.dtype, device=self.device),
-                          attention_mask], dim=1)
-        return embeds, mask
+        return torch.cat([queries.to(text.dtype), text], dim=1), self.language_mask(attention_mask)
 
     def forward(self, batch: Batch) -> Any:
+        """The language model's logits (T5: decoder fed the shifted targets, as with labels)."""
         embeds, mask = self.language_inputs(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
         lm = self.model.language_model
         if self.encoder_decoder:
-            return lm(inputs_embeds=embeds, attention_mask=mask, labels=batch["labels"],
-                      decoder_attention_mask=batch["decoder_attention_mask"], use_cache=False)
-        queries = torch.full((mask.shape[0], mask.shape[1] - batch["labels"].shape[1]), IGNORE, device=self.device)
-        return lm(inputs_embeds=embeds, attention_mask=mask, labels=torch.cat([queries, batch["labels"]], dim=1),
-                  use_cache=False)
+            return lm(inputs_embeds=embeds, attention_mask=mask,
+                      decoder_input_ids=lm.prepare_decoder_input_ids_from_labels(labels=batch["labels"]),
+                      decoder_attention_mask=batch["decoder_attention_mask"], use_cache=False).logits
+        return lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss_terms(self, batch: Batch) -> list[LossTerm]:
         """Prefix language modelling: token-mean cross-entropy of the caption's target part."""
-        return self.forward(batch).loss
+        logits = self.forward(batch)
+        if self.encoder_decoder:
+            return [LossTerm(logits, batch["labels"])]
+        # OPT predicts token t+1 at position t: the last query position predicts the first text token
+        first_text = logits.shape[1] - batch["labels"].shape[1]
+        return [LossTerm(logits[:, first_text - 1 : -1], batch["labels"])]
 
     @torch.no_grad()
     def generate(self, images: list[Image.Image], prompts: list[str], **generation: Any) -> list[str]:
-        ids, mask = self.padded(self.encode(prompts, bos=True), left=not self.encoder_decoder)
+        ids, mask = self.padded(self.encode(prompts, bos=True, truncate=False), left=not self.encoder_decoder)
         embeds, mask = self.language_inputs(self.pixels(images), ids, mask)
         if not self.encoder_decoder:
             generation = {"eos_token_id": self.newline_id, **generation}
@@ -282,9 +345,10 @@ class Blip2ITMAdapter(Blip2ModelAdapter):
         model = load_transformers_model(transformers.Blip2ForImageTextRetrieval, arch, checkpoint, init, dtype, seed,
                                         arch_overrides)
         super().__init__(model, load_tokenizer(tokenizer or checkpoint), max_text_tokens)
+        self.transfer_prefixes = VISION_TRANSFER
         self.prune_towers = prune_towers
         if vision_from:
-            self.load_weights(saved_state(vision_from), ("vision_model.",), vision_from)
+            self.load_weights(saved_state(vision_from), VISION_TRANSFER, vision_from)
 
     def all_towers(self) -> list[Tower]:
         return [self.vision_tower()]
@@ -295,9 +359,10 @@ class Blip2ITMAdapter(Blip2ModelAdapter):
                                 return_tensors="pt")
         return tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
 
-    def collate(self, samples: list[tuple[Image.Image, str]]) -> Batch:
+    def collate(self, samples: list[tuple[Image.Image, str]], augment: bool = False) -> Batch:
         ids, mask = self.text_tokens([blip_caption(caption) for _, caption in samples])
-        return {"pixel_values": self.pixels([image for image, _ in samples]), "input_ids": ids, "attention_mask": mask}
+        return {"pixel_values": self.pixels([image for image, _ in samples], augment), "input_ids": ids,
+                "attention_mask": mask}
 
     @torch.no_grad()
     def image_states(self, images: list[Image.Image]) -> torch.Tensor:
@@ -342,8 +407,8 @@ class Blip2ITMAdapter(Blip2ModelAdapter):
     def forward(self, batch: Batch) -> Any:
         return self.similarity(batch)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        return contrastive_loss(self.similarity(batch) / self.TEMPERATURE)
+    def loss_terms(self, batch: Batch) -> list[LossTerm]:
+        return contrastive_terms(self.similarity(batch) / self.TEMPERATURE)
 
     @torch.no_grad()
     def image_features(self, images: list[Image.Image]) -> torch.Tensor:

@@ -12,6 +12,7 @@ from torch import nn
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.base import (
     Batch,
+    LossTerm,
     ModelAdapter,
     Tower,
     blocks_of,
@@ -71,10 +72,11 @@ class CausalLMAdapter(ModelAdapter):
     def forward(self, batch: Batch) -> Any:
         return self.model(input_ids=batch["input_ids"], use_cache=False)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss_terms(self, batch: Batch) -> list[LossTerm]:
         """Next-token cross-entropy, mean over predicted tokens."""
         ids = batch["input_ids"]
-        return self.model(input_ids=ids, labels=ids, use_cache=False).loss
+        logits = self.model(input_ids=ids, use_cache=False).logits
+        return [LossTerm(logits[:, :-1], ids[:, 1:])]
 
     def save(self, path: Path) -> None:
         self.model.save_pretrained(path)

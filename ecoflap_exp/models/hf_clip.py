@@ -16,10 +16,11 @@ from ecoflap_exp.models.base import (
     CLIP_MEAN,
     CLIP_STD,
     Batch,
+    LossTerm,
     ModelAdapter,
     Tower,
     blocks_of,
-    contrastive_loss,
+    contrastive_terms,
     hub_load_error,
     load_transformers_model,
     resolve_checkpoint,
@@ -73,8 +74,8 @@ class HFCLIPAdapter(ModelAdapter):
     def forward(self, batch: Batch) -> Any:
         return self.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"])
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        return contrastive_loss(self.forward(batch).logits_per_image)
+    def loss_terms(self, batch: Batch) -> list[LossTerm]:
+        return contrastive_terms(self.forward(batch).logits_per_image)
 
     @torch.no_grad()
     def image_features(self, images: list[Image.Image]) -> torch.Tensor:

@@ -2,9 +2,14 @@
 
 open_clip's attention is nn.MultiheadAttention: q, k and v live in one `in_proj_weight` and the
 fused kernel reads `out_proj.weight` directly, so hooks on `out_proj` never fire. The prunable
-matrices are therefore the three row slices of `in_proj_weight` (input: the attention module's
-query input) and `out_proj.weight`, whose input (the per-head attention context) is recomputed
-from the attention module's own input; plus the MLP's c_fc and c_proj.
+matrices are therefore `in_proj_weight` (input: the attention module's query input) and
+`out_proj.weight`, whose input (the per-head attention context) is recomputed from the attention
+module's own input; plus the MLP's c_fc and c_proj.
+
+`in_proj_weight` is ONE matrix by default (`split_qkv=false`), as ECoFLaP's CoOp pruner scores and
+prunes it: one zeroth-order perturbation over all 3d rows, SparseGPT's mask chosen over all of
+them, one group for the allocation. `split_qkv=true` makes its q, k and v row slices three
+matrices, as transformers' CLIP has them (per-row Wanda is the same either way).
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.base import (
     Batch,
     Block,
+    LossTerm,
     ModelAdapter,
     PrunableMatrix,
     Tower,
-    contrastive_loss,
+    contrastive_terms,
     hub_load_error,
     torch_dtype,
 )
@@ -48,13 +54,14 @@ def attention_context(mha: nn.MultiheadAttention, args: tuple, kwargs: dict) -> 
     return context if mha.batch_first else context.transpose(0, 1)
 
 
-def resblock_matrices(name: str, block: nn.Module) -> list[PrunableMatrix]:
+def resblock_matrices(name: str, block: nn.Module, split_qkv: bool) -> list[PrunableMatrix]:
     attn: nn.MultiheadAttention = block.attn
     width = attn.embed_dim
-    matrices = [
-        PrunableMatrix(f"{name}.attn.in_proj.{part}", attn.in_proj_weight, attn, slice(i * width, (i + 1) * width))
-        for i, part in enumerate("qkv")
-    ]
+    if split_qkv:
+        matrices = [PrunableMatrix(f"{name}.attn.in_proj.{part}", attn.in_proj_weight, attn,
+                                   slice(i * width, (i + 1) * width)) for i, part in enumerate("qkv")]
+    else:
+        matrices = [PrunableMatrix(f"{name}.attn.in_proj", attn.in_proj_weight, attn)]
     matrices.append(PrunableMatrix(f"{name}.attn.out_proj", attn.out_proj.weight, attn,
                                    input_of=lambda args, kwargs: attention_context(attn, args, kwargs)))
     for linear in ("c_fc", "c_proj"):
@@ -87,12 +94,14 @@ class OpenCLIPAdapter(ModelAdapter):
     """`model_name` is any open_clip model name (ViT-B-16, ...) or a config shipped in
     models/arch/open_clip/; `pretrained` an open_clip tag (openai, laion2b_...), a local
     checkpoint file, or `shipped:<name>` for weights in models/weights/; `init=random` builds the
-    architecture with no weights. Towers: vision, text (`prune_towers` picks some)."""
+    architecture with no weights. Towers: vision, text (`prune_towers` picks some). `split_qkv`:
+    in_proj's q, k, v as three matrices instead of one (the official code's unit)."""
 
     sample_kinds = ("image_captions",)
 
     def __init__(self, model_name: str, pretrained: str | None = None, init: str = "pretrained",
-                 dtype: str = "float32", seed: int = 0, prune_towers: list[str] | None = None):
+                 dtype: str = "float32", seed: int = 0, prune_towers: list[str] | None = None,
+                 split_qkv: bool = False):
         import open_clip
 
         register_shipped_configs()
@@ -113,12 +122,16 @@ class OpenCLIPAdapter(ModelAdapter):
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.construction = {"model_name": model_name}
         self.prune_towers = prune_towers
+        self.split_qkv = split_qkv
 
     def all_towers(self) -> list[Tower]:
+        """Vision, then text; the text's padding to the context length enters the statistics, as in
+        ECoFLaP's CoOp pruner, which hooks every position of CLIP's 77-token sequences."""
         towers = []
         for tower_name, path in (("vision", "visual.transformer.resblocks"), ("text", "transformer.resblocks")):
             blocks = self.model.get_submodule(path)
-            towers.append(Tower(tower_name, [Block(f"{path}.{i}", b, resblock_matrices(f"{path}.{i}", b))
+            towers.append(Tower(tower_name, [Block(f"{path}.{i}", b, resblock_matrices(f"{path}.{i}", b,
+                                                                                        self.split_qkv))
                                              for i, b in enumerate(blocks)]))
         return towers
 
@@ -130,10 +143,10 @@ class OpenCLIPAdapter(ModelAdapter):
     def forward(self, batch: Batch) -> Any:
         return self.model(batch["image"], batch["text"])
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss_terms(self, batch: Batch) -> list[LossTerm]:
         """Symmetric CLIP contrastive loss with in-batch negatives (ECoFLaP's CLIP calibration loss)."""
         image, text, scale = self.forward(batch)[:3]
-        return contrastive_loss(scale * image.float() @ text.float().t())
+        return contrastive_terms(scale * image.float() @ text.float().t())
 
     @torch.no_grad()
     def image_features(self, images: list[Image.Image]) -> torch.Tensor:

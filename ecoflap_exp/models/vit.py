@@ -16,6 +16,7 @@ from torchvision import transforms
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.base import (
     Batch,
+    LossTerm,
     ModelAdapter,
     Tower,
     blocks_of,
@@ -41,8 +42,9 @@ class ImageClassifierAdapter(ModelAdapter):
         ])
 
     def all_towers(self) -> list[Tower]:
+        """One tower; Wanda compares whole matrices, as ECoFLaP's ViT pruner (vit_wanda_pruner) does."""
         path, layers = find_block_list(self.model)
-        return [Tower("vision", blocks_of(path, layers))]
+        return [Tower("vision", blocks_of(path, layers), wanda_group="matrix")]
 
     def collate(self, samples: list[tuple[Image.Image, int]]) -> Batch:
         dtype = next(self.model.parameters()).dtype
@@ -50,8 +52,8 @@ class ImageClassifierAdapter(ModelAdapter):
         labels = torch.tensor([label for _, label in samples], dtype=torch.long)
         return {"pixel_values": pixels.to(self.device, dtype), "labels": labels.to(self.device)}
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(self.logits(batch).float(), batch["labels"])
+    def loss_terms(self, batch: Batch) -> list[LossTerm]:
+        return [LossTerm(self.logits(batch), batch["labels"])]
 
     def forward(self, batch: Batch) -> Any:
         return self.logits(batch)

@@ -6,38 +6,70 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from ecoflap_exp.pruning.masks import NM
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.models.base import Group, Tower
+from ecoflap_exp.pruning.masks import COUNTS, GROUPS, NM
 
 
 class InputStats(ABC):
-    """Statistics of one matrix's inputs, accumulated over calibration batches."""
+    """Statistics of one matrix's inputs, accumulated over calibration batches as a running mean
+    over samples (the reference codes' normalisation by batch entries, not tokens)."""
 
     samples = 0
 
-    @abstractmethod
-    def add(self, x: torch.Tensor) -> None:
-        """x: the matrix's input, any leading shape, last dimension = input columns."""
-
-    def count_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Count x's samples (its leading dimension when it has one beyond tokens x columns) and
-        return x as float (tokens, cols) with the factor that rescales a running mean over the
-        samples seen so far to the new count (the reference codes' per-sample normalisation)."""
-        batch = x.shape[0] if x.dim() > 2 else 1
+    def add(self, tokens: torch.Tensor, samples: int) -> None:
+        """tokens: (real tokens, input columns) of `samples` calibration samples."""
         previous = self.samples
-        self.samples += batch
-        return x.reshape(-1, x.shape[-1]).float(), previous / self.samples
+        self.samples += samples
+        self.accumulate(tokens.float(), previous / self.samples)
+
+    @abstractmethod
+    def accumulate(self, tokens: torch.Tensor, rescale: float) -> None:
+        """Scale the mean so far by `rescale` (old sample count / new) and add the new tokens'
+        share (their sum over `self.samples`)."""
 
 
 class LocalPruner(ABC):
-    """Prunes one matrix at a time to an exact count, from its weights and input statistics."""
+    """Prunes one matrix at a time to its planned sparsity, from its weights and input statistics.
 
+    `count`: `exact` (default) prunes round(rows x cols x sparsity) weights of every matrix
+    (N:M: its pattern); `reference` counts as the reference codes do (Wanda per row: int(cols x p)
+    per row; a threshold over a whole matrix or SparseGPT block: every weight <= the value at
+    index int(n x p), so at least one more), to reproduce their masks bit for bit.
+    """
+
+    #: the name the record uses for this pruner's settings (e.g. `wanda_group`)
+    name: str = ""
     #: False for pruners that need no calibration inputs (the engine then skips the stats pass).
     needs_inputs: bool = True
+
+    def __init__(self, count: str = "exact"):
+        if count not in COUNTS:
+            raise UserError(f"pruner.count={count!r} is unknown; use one of {', '.join(COUNTS)}")
+        self.count = count
 
     def new_stats(self, cols: int, device: torch.device) -> InputStats | None:
         return None
 
+    def group_for(self, tower: Tower) -> Group | None:
+        """The comparison group this pruner uses in `tower` (None: it has no groups)."""
+        return None
+
+    def prepare(self, weight: torch.Tensor, stats: InputStats | None) -> None:
+        """Changes to the weights that come before any mask is chosen (SparseGPT zeroes the
+        weights of input columns that are always zero); the engine counts zeros after it. Most
+        pruners change nothing here."""
+        return None
+
     @abstractmethod
-    def prune(self, weight: torch.Tensor, stats: InputStats | None, count: int, nm: NM | None) -> torch.Tensor:
-        """Zero `count` weights of `weight` in place (or the N:M pattern) and return the mask
-        (True = pruned). Pruners that compensate (SparseGPT) also update the kept weights."""
+    def prune(self, weight: torch.Tensor, stats: InputStats | None, sparsity: float, nm: NM | None,
+              group: Group | None) -> torch.Tensor:
+        """Zero the weights the plan's `sparsity` (or the N:M pattern) asks for, in place, and
+        return the mask (True = pruned). Pruners that compensate (SparseGPT) also update the kept
+        weights."""
+
+
+def check_group(group: str | None) -> None:
+    if group is not None and group not in GROUPS:
+        raise UserError(f"pruner.group={group!r} is unknown; use one of {', '.join(GROUPS)}, or null for each "
+                        f"tower's default (the official code's choice)")

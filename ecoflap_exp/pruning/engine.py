@@ -1,11 +1,12 @@
 """The sequential block-by-block pruning engine.
 
 Per tower: run the model once per calibration batch up to the tower's first block and keep that
-block's inputs (hidden states and keyword arguments). Then, block by block: hook the block's
-prunable matrices and run it over all cached inputs to collect the local pruner's statistics,
-prune every matrix to its planned count, and re-run the pruned block to produce the inputs of the
-next block. Beyond the model, memory holds one block's inputs and one block's statistics. With
-`offload`, the model stays where it is (CPU) and each block visits `device` in turn.
+block's inputs (hidden states and keyword arguments, and the tower's token masks of that batch).
+Then, block by block: hook the block's prunable matrices and run it over all cached inputs to
+collect the local pruner's statistics from real tokens only, prune every matrix to its planned
+sparsity, and re-run the pruned block to produce the inputs of the next block. Beyond the model,
+memory holds one block's inputs and one block's statistics. With `offload`, the model stays where
+it is (CPU) and each block visits `device` in turn.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Any
 
 import torch
 
-from ecoflap_exp.models.base import Batch, Block, BlockInput, ModelAdapter, PrunableMatrix, Tower
+from ecoflap_exp.models.base import Batch, Block, BlockInput, Group, ModelAdapter, PrunableMatrix, Tower
 from ecoflap_exp.progress import track
 from ecoflap_exp.pruning.base import InputStats, LocalPruner
-from ecoflap_exp.pruning.masks import NM, check_nm_fits, planned_prune_count
+from ecoflap_exp.pruning.masks import NM, check_nm_fits
 
 Plan = dict[str, float]
 
@@ -35,6 +36,7 @@ class MatrixReport:
     planned_sparsity: float
     pruned: int
     zeros_before: int
+    group: Group | None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,14 +63,18 @@ class _Reached(Exception):
 
 def capture_inputs(adapter: ModelAdapter, tower: Tower, batches: list[Batch]) -> list[BlockInput]:
     inputs: list[BlockInput] = []
+    masks: dict[str, torch.Tensor] = {}  # the token masks of the batch being run
 
     def catch(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        inputs.append(Tower.split_input(args, kwargs))
+        inp = tower.split_input(args, kwargs)
+        inp.masks = masks
+        inputs.append(inp)
         raise _Reached
 
     handle = tower.blocks[0].module.register_forward_pre_hook(catch, with_kwargs=True)
     try:
         for batch in batches:
+            masks = tower.token_masks(batch)
             try:
                 adapter.forward(batch)
             except _Reached:
@@ -79,10 +85,27 @@ def capture_inputs(adapter: ModelAdapter, tower: Tower, batches: list[Batch]) ->
     return inputs
 
 
+def real_tokens(matrix: PrunableMatrix, x: torch.Tensor, masks: dict[str, torch.Tensor]
+                ) -> tuple[torch.Tensor, int]:
+    """A matrix's input as (tokens, columns) of the real tokens only, and its number of samples:
+    the batch entries of a (batch, tokens, columns) input (the reference codes' count)."""
+    mask = masks.get(matrix.stream)
+    if mask is None:
+        return x.reshape(-1, x.shape[-1]), x.shape[0] if x.dim() > 2 else 1
+    if x.dim() == 2 and x.shape[0] == mask.numel():  # tokens flattened before the matrix (OPT's MLP)
+        return x[mask.reshape(-1)], mask.shape[0]
+    if x.shape[:-1] != mask.shape:
+        raise RuntimeError(f"{matrix.name}: input of shape {tuple(x.shape)} does not match the token mask "
+                           f"{tuple(mask.shape)} of its stream {matrix.stream!r}; the adapter's token_masks or the "
+                           f"matrix's stream is wrong")
+    return x[mask], mask.shape[0]
+
+
 def collect_stats(
     tower: Tower, block: Block, inputs: list[BlockInput], pruner: LocalPruner, device: torch.device
 ) -> dict[PrunableMatrix, InputStats | None]:
-    """Run the block over every cached input with hooks that feed each matrix's statistics.
+    """Run the block over every cached input with hooks that feed each matrix's statistics, from
+    the real tokens of each input (its stream's mask; pads never enter).
 
     Matrices handed the very same input tensor (q, k and v; gate and up) share one statistics
     object, so it is accumulated and stored once (a SparseGPT Hessian is cols x cols).
@@ -93,6 +116,7 @@ def collect_stats(
     # this batch's inputs so far and their statistics; holding the tensors keeps them alive, so
     # identity can't be confused by a freed tensor's memory being reused within the forward
     seen: list[tuple[torch.Tensor, InputStats]] = []
+    current: list[BlockInput] = []
 
     def observe(matrices: list[PrunableMatrix], args: tuple, kwargs: dict) -> None:
         for m in matrices:
@@ -102,7 +126,7 @@ def collect_stats(
                 stats[m] = same or pruner.new_stats(m.shape[1], device)
             if same is None:
                 seen.append((x, stats[m]))
-                stats[m].add(x)
+                stats[m].add(*real_tokens(m, x, current[0].masks))
             elif same is not stats[m]:
                 raise RuntimeError(f"{m.name}: its input was shared differently in an earlier batch")
 
@@ -116,6 +140,7 @@ def collect_stats(
     try:
         for inp in inputs:
             seen.clear()
+            current[:] = [inp]
             tower.run_block(block, inp)
     finally:
         seen.clear()
@@ -187,15 +212,16 @@ class SequentialEngine:
 
     def prune_block(self, tower: Tower, block: Block, inputs: list[BlockInput]) -> list[MatrixReport]:
         stats = collect_stats(tower, block, inputs, self.pruner, self.device)
+        group = self.pruner.group_for(tower)
         reports = []
         for m in block.matrices:
             sparsity = planned_sparsity(self.plan, block, m)
             rows, cols = m.shape
-            count = planned_prune_count(rows, cols, sparsity, self.nm)
             weight = m.weight
+            self.pruner.prepare(weight, stats[m])
             zeros_before = int((weight == 0).sum())
-            mask = self.pruner.prune(weight, stats[m], count, self.nm)
-            pruned = int(mask.sum())
-            reports.append(MatrixReport(m.name, block.name, tower.name, rows, cols, sparsity, pruned, zeros_before))
+            mask = self.pruner.prune(weight, stats[m], sparsity, self.nm, group)
+            reports.append(MatrixReport(m.name, block.name, tower.name, rows, cols, sparsity, int(mask.sum()),
+                                        zeros_before, group))
             stats[m] = None  # drop this matrix's reference (shared statistics live until their last user)
         return reports

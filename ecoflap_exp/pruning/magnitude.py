@@ -1,20 +1,29 @@
-"""Magnitude pruning: drop the smallest |W|, no calibration data."""
+"""Magnitude pruning: drop the smallest |W|, no calibration data; per whole matrix by default (the
+reference codes' layer-wise magnitude baseline) or per output row."""
 
 from __future__ import annotations
 
 import torch
 
-from ecoflap_exp.pruning.base import InputStats, LocalPruner
-from ecoflap_exp.pruning.masks import NM, Group, select_mask
+from ecoflap_exp.models.base import Group, Tower
+from ecoflap_exp.pruning.base import InputStats, LocalPruner, check_group
+from ecoflap_exp.pruning.masks import NM, select_mask
 
 
 class MagnitudePruner(LocalPruner):
+    name = "magnitude"
     needs_inputs = False
 
-    def __init__(self, group: Group = "matrix"):
-        self.group = group
+    def __init__(self, group: Group | None = "matrix", count: str = "exact"):
+        super().__init__(count)
+        check_group(group)
+        self.group: Group = group or "matrix"
 
-    def prune(self, weight: torch.Tensor, stats: InputStats | None, count: int, nm: NM | None) -> torch.Tensor:
-        mask = select_mask(weight.abs().float(), count, self.group, nm)
+    def group_for(self, tower: Tower) -> Group:
+        return self.group
+
+    def prune(self, weight: torch.Tensor, stats: InputStats | None, sparsity: float, nm: NM | None,
+              group: Group | None) -> torch.Tensor:
+        mask = select_mask(weight.abs().float(), sparsity, group or self.group, nm, self.count)
         weight[mask] = 0
         return mask

@@ -1,8 +1,10 @@
-"""Mask selection shared by every local pruner: exact counts, row or matrix groups, N:M.
+"""Mask selection shared by every local pruner: row or matrix groups, N:M, two counting rules.
 
-A mask is a bool tensor shaped like the weight, True where the weight is pruned. Every selection
-here prunes exactly the planned number of weights (no "<= threshold" ties that prune one more):
-the plan is the contract the verification step checks.
+A mask is a bool tensor shaped like the weight, True where the weight is pruned. With the `exact`
+rule (the default) a selection prunes exactly the planned number of weights, ties broken by
+position: the plan is the contract the verification step checks. The `reference` rule counts as
+the reference codes do (Wanda's per-row int(cols x p); "<= the value at index int(n x p)" over a
+whole matrix), so their masks can be reproduced bit for bit.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import Literal
 import torch
 
 from ecoflap_exp.errors import UserError
+from ecoflap_exp.models.base import Group
 
-Group = Literal["row", "matrix"]
+GROUPS = ("row", "matrix")
+COUNTS = ("exact", "reference")
+Count = Literal["exact", "reference"]
 
 
 @dataclass(frozen=True)
@@ -75,22 +80,23 @@ def smallest_per_row(metric: torch.Tensor, k: int) -> torch.Tensor:
     return mask.logical_or_(ties)
 
 
-def select_mask(metric: torch.Tensor, count: int, group: Group = "row", nm: NM | None = None) -> torch.Tensor:
-    """Prune the weights with the smallest `metric`.
+def nm_mask(metric: torch.Tensor, nm: NM) -> torch.Tensor:
+    """In each row, in every block of M consecutive columns, the M-N smallest (ties by position)."""
+    rows, cols = metric.shape
+    tiles = metric.reshape(rows, cols // nm.m, nm.m)
+    order = torch.argsort(tiles, dim=-1, stable=True)[..., : nm.m - nm.n]
+    mask = torch.zeros_like(tiles, dtype=torch.bool)
+    return mask.scatter_(-1, order, True).reshape(rows, cols)
 
-    - nm: in each row, in every block of M consecutive columns, prune the M-N smallest (count is
-      implied and ignored).
+
+def smallest(metric: torch.Tensor, count: int, group: Group = "row") -> torch.Tensor:
+    """Exactly the `count` weights with the smallest metric (ties broken by position).
+
     - group="matrix": the `count` smallest of the whole matrix.
     - group="row": every row loses count // rows of its smallest; the count % rows remaining
       prunes go to the rows whose next-smallest weight is smallest, so the total is exact.
-    Ties break by position, so a mask is deterministic.
     """
     rows, cols = metric.shape
-    if nm is not None:
-        tiles = metric.reshape(rows, cols // nm.m, nm.m)
-        order = torch.argsort(tiles, dim=-1, stable=True)[..., : nm.m - nm.n]
-        mask = torch.zeros_like(tiles, dtype=torch.bool)
-        return mask.scatter_(-1, order, True).reshape(rows, cols)
     if not 0 <= count <= rows * cols:
         raise ValueError(f"cannot prune {count} of {rows * cols} weights")
     if count == 0:
@@ -107,3 +113,26 @@ def select_mask(metric: torch.Tensor, count: int, group: Group = "row", nm: NM |
         candidates = (metric[chosen] == following[chosen, None]) & ~mask[chosen]
         mask[chosen, candidates.int().argmax(1)] = True
     return mask
+
+
+def at_or_below_quantile(metric: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The reference codes' whole-matrix rule: every weight whose metric is <= the value at index
+    int(numel x sparsity) of the sorted metric (so at least one more than int(numel x sparsity))."""
+    flat = metric.reshape(-1)
+    threshold = flat.kthvalue(int(flat.numel() * sparsity) + 1).values
+    return metric <= threshold
+
+
+def select_mask(metric: torch.Tensor, sparsity: float, group: Group = "row", nm: NM | None = None,
+                count: Count = "exact") -> torch.Tensor:
+    """Prune the weights with the smallest `metric` at `sparsity` (N:M: its pattern, sparsity
+    ignored), counted by the `count` rule."""
+    rows, cols = metric.shape
+    if nm is not None:
+        return nm_mask(metric, nm)
+    if count == "exact":
+        return smallest(metric, planned_prune_count(rows, cols, sparsity, None), group)
+    if group == "row":
+        return smallest_per_row(metric, int(cols * sparsity)) if int(cols * sparsity) else torch.zeros_like(
+            metric, dtype=torch.bool)
+    return at_or_below_quantile(metric, sparsity)

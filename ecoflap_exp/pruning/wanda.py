@@ -1,11 +1,17 @@
-"""Wanda (Sun et al. 2024): metric |W_ij| * ||X_j||_2, compared per output row by default."""
+"""Wanda (Sun et al. 2024): metric |W_ij| * ||X_j||_2, compared per output row or per whole matrix.
+
+`group=null` (the default) takes each tower's own choice, the official code's: BLIP-2's EVA ViT
+and the ViT classifiers per whole matrix, T5, CLIP and LLaMA per output row; `row` or `matrix`
+overrides every tower.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from ecoflap_exp.pruning.base import InputStats, LocalPruner
-from ecoflap_exp.pruning.masks import NM, Group, select_mask
+from ecoflap_exp.models.base import Group, Tower
+from ecoflap_exp.pruning.base import InputStats, LocalPruner, check_group
+from ecoflap_exp.pruning.masks import NM, select_mask
 
 
 class ColumnNorms(InputStats):
@@ -14,21 +20,28 @@ class ColumnNorms(InputStats):
     def __init__(self, cols: int, device: torch.device):
         self.sq_norms = torch.zeros(cols, device=device, dtype=torch.float32)
 
-    def add(self, x: torch.Tensor) -> None:
-        x, rescale = self.count_batch(x)
-        self.sq_norms.mul_(rescale).add_(x.pow(2).sum(0) / self.samples)
+    def accumulate(self, tokens: torch.Tensor, rescale: float) -> None:
+        self.sq_norms.mul_(rescale).add_(tokens.pow(2).sum(0) / self.samples)
 
 
 class WandaPruner(LocalPruner):
-    def __init__(self, group: Group = "row"):
+    name = "wanda"
+
+    def __init__(self, group: Group | None = None, count: str = "exact"):
+        super().__init__(count)
+        check_group(group)
         self.group = group
 
     def new_stats(self, cols: int, device: torch.device) -> ColumnNorms:
         return ColumnNorms(cols, device)
 
-    def prune(self, weight: torch.Tensor, stats: InputStats | None, count: int, nm: NM | None) -> torch.Tensor:
+    def group_for(self, tower: Tower) -> Group:
+        return self.group or tower.wanda_group
+
+    def prune(self, weight: torch.Tensor, stats: InputStats | None, sparsity: float, nm: NM | None,
+              group: Group | None) -> torch.Tensor:
         assert isinstance(stats, ColumnNorms)
         metric = weight.abs().float() * stats.sq_norms.sqrt()
-        mask = select_mask(metric, count, self.group, nm)
+        mask = select_mask(metric, sparsity, group or "row", nm, self.count)
         weight[mask] = 0
         return mask

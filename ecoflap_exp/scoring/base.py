@@ -8,6 +8,9 @@ A group is a block (granularity `block`, ECoFLaP's setting) or a single prunable
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.base import Batch, ModelAdapter, PrunableMatrix
@@ -19,6 +22,9 @@ AGGREGATES = ("sum", "avg")
 class BlockScorer(ABC):
     #: True when the scores can give blocks different sparsities (every scorer but uniform).
     non_uniform: bool = True
+    #: what the run record keeps about the last scores() call beside the scores (the record's
+    #: `scorer_info`); a scorer that reports something assigns its own dict
+    info: Mapping[str, Any] = MappingProxyType({})
 
     @abstractmethod
     def scores(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:

@@ -11,7 +11,9 @@ Exact duplicates are dropped first, keeping one copy, and so are points whose ne
 still rounds to zero, so they never give inf.
 
 Representations of a sample: `flatten` (its whole token sequence as one vector, the paper's),
-`mean` (mean over tokens) or `cls` (first token).
+`mean` (mean over tokens) or `cls` (first token). Padding never enters: `mean` averages the real
+tokens; `flatten` zeroes the pad positions and pads shorter sequences with zeros to the longest, so
+two samples differ only where they hold real tokens.
 """
 
 from __future__ import annotations
@@ -94,15 +96,26 @@ def twonn_blocks(X: torch.Tensor, max_blocks: int = 20, seed: int = 0) -> float:
     return sum(means) / len(means)
 
 
-def representation(hidden: torch.Tensor, kind: str) -> torch.Tensor:
-    """(batch, tokens, features) -> (batch, vector) per sample."""
+def representation(hidden: torch.Tensor, kind: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(batch, tokens, features) -> (batch, vector) per sample; `mask` (batch, tokens): the real
+    tokens (None: all)."""
     if hidden.dim() == 2:
         return hidden
+    if kind == "cls":
+        return hidden[:, 0]
+    if mask is not None:
+        hidden = hidden.masked_fill(~mask.unsqueeze(-1), 0)
     if kind == "flatten":
         return hidden.reshape(hidden.shape[0], -1)
-    if kind == "mean":
+    if mask is None:
         return hidden.mean(1)
-    return hidden[:, 0]
+    return hidden.sum(1) / mask.sum(1, keepdim=True).to(hidden.dtype)
+
+
+def stack_flattened(vectors: list[torch.Tensor]) -> torch.Tensor:
+    """Flattened sequences of batches padded to different lengths, zero-padded to the longest."""
+    width = max(v.shape[1] for v in vectors)
+    return torch.cat([torch.nn.functional.pad(v, (0, width - v.shape[1])) for v in vectors])
 
 
 class IntrinsicDimensionScorer(BlockScorer):
@@ -130,7 +143,8 @@ class IntrinsicDimensionScorer(BlockScorer):
         ids: dict[str, float] = {}
 
         def measure(block: Block, outputs: list[BlockInput]) -> None:
-            X = torch.cat([representation(out.hidden, self.representation) for out in outputs])
+            X = stack_flattened([representation(out.hidden, self.representation, out.masks.get("hidden"))
+                                 for out in outputs])
             value = self.estimate(X)
             if not math.isfinite(value):
                 raise UserError(f"intrinsic dimension of {block.name} is {value}; the block's outputs are degenerate")

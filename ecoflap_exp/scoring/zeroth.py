@@ -18,6 +18,7 @@ Two things the official code does not do:
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -30,6 +31,8 @@ from ecoflap_exp.progress import track
 from ecoflap_exp.pruning.engine import walk_tower
 from ecoflap_exp.scoring.base import BlockScorer, aggregate
 from ecoflap_exp.scoring.first import first_samples
+
+log = logging.getLogger(__name__)
 
 
 class ZerothOrderScorer(BlockScorer):
@@ -51,6 +54,13 @@ class ZerothOrderScorer(BlockScorer):
             adapter.model.eval()
             per_matrix = self._with_prefix(adapter, batches) if self.reuse_prefix else self._naive(adapter, batches)
         self.block_forwards = counter.real
+        zero = [name for name, value in per_matrix.items() if value == 0]
+        self.info = {"zero_estimates": len(zero), "matrices": len(per_matrix)}
+        if zero:
+            log.warning("zeroth-order scoring: %d of %d matrices got an estimate of exactly 0 (%s%s): the loss did "
+                        "not change under a perturbation of eps=%g; raise scorer.eps or check that the loss "
+                        "resolves such differences", len(zero), len(per_matrix), ", ".join(zero[:5]),
+                        ", ..." if len(zero) > 5 else "", self.eps)
         return aggregate(adapter, per_matrix, self.granularity, self.aggregate)
 
     def _naive(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
@@ -102,14 +112,16 @@ class ZerothOrderScorer(BlockScorer):
 
 def perturb(weight: torch.Tensor, original: torch.Tensor, seed: int, alpha: float, chunk: int = 1 << 22) -> None:
     """weight = original + alpha * z with z ~ N(0, I) drawn from `seed`, a few rows at a time so
-    that z never exists whole (same seed, same z)."""
+    that z never exists whole (same seed, same z). z is drawn in fp32 and the sum rounded to the
+    weight's dtype, so a seed gives the same direction in every dtype (torch's bf16 and fp32
+    normal streams differ)."""
     generator = torch.Generator(device=weight.device).manual_seed(seed)
     rows, cols = weight.shape
     step = max(1, chunk // cols)
     for r in range(0, rows, step):
         part = weight[r : r + step]
-        z = torch.randn(part.shape, generator=generator, device=weight.device, dtype=weight.dtype)
-        part.copy_(torch.add(original[r : r + step].to(weight.device), z, alpha=alpha))
+        z = torch.randn(part.shape, generator=generator, device=weight.device, dtype=torch.float32)
+        part.copy_(z.mul_(alpha).add_(original[r : r + step].to(weight.device)))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,131 @@
+"""The local pruners against slow, independent implementations of the reference algorithms, written
+from the SparseGPT paper (Algorithm 1) and the reference codes' rules in reference/ecoflap.md:
+
+- SparseGPT (IST-DASLab/sparsegpt `fasterprune`): weights of dead input columns (diag H = 0)
+  zeroed before any mask is chosen and their diagonal set to 1; 1% damping; the upper Cholesky
+  factor of H^-1; column by column, the OBS error spread over every later column at once (the
+  reference's lazy block updates are the same sum); the unstructured mask chosen per block of
+  columns when the sweep enters it, the N:M mask per group of M columns when the sweep reaches
+  its first column, both from the weights as updated so far;
+- counting: `exact` (each block its cumulative-rounding share of round(rows x cols x p)) or
+  `reference` (every score <= the value at index int(n x p) of the sorted block; Wanda per row:
+  int(cols x p) per row, stable order; Wanda per matrix and magnitude: "<= threshold").
+Ties are broken by position (a stable sort), which both sides follow.
+"""
+
+import pytest
+import torch
+
+from ecoflap_exp.pruning.magnitude import MagnitudePruner
+from ecoflap_exp.pruning.masks import NM
+from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner
+from ecoflap_exp.pruning.wanda import WandaPruner
+
+
+def layer(rows=24, cols=96, tokens=200, dead=(), ties=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(rows, cols, generator=g) * 0.1
+    if ties:  # a handful of values: many equal scores within a column, and across columns
+        W = torch.randint(-3, 4, (rows, cols), generator=g).float() / 8
+    X = torch.randn(tokens, cols, generator=g) @ torch.randn(cols, cols, generator=g) * 0.2
+    X[:, list(dead)] = 0
+    return W, X
+
+
+def stable_smallest(score, k):
+    """Mask of the k smallest entries of a flattened score, ties by position."""
+    flat = torch.zeros(score.numel(), dtype=torch.bool)
+    flat[torch.sort(score.flatten(), stable=True).indices[:k]] = True
+    return flat.reshape(score.shape)
+
+
+def slow_sparsegpt(W, X, sparsity, nm=None, blocksize=32, percdamp=0.01, count="exact"):
+    W = W.clone()
+    rows, cols = W.shape
+    H = 2 / 1 * X.t() @ X  # one sample: H = 2/n sum x x^T
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H = H + percdamp * torch.diag(H).mean() * torch.eye(cols)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    d = torch.diag(Hinv)
+    total = round(rows * cols * sparsity)
+    mask = torch.zeros_like(W, dtype=torch.bool)
+    for i in range(cols):
+        if nm is None and i % blocksize == 0:
+            j = min(i + blocksize, cols)
+            score = W[:, i:j] ** 2 / d[i:j] ** 2
+            if count == "exact":
+                mask[:, i:j] = stable_smallest(score, round(total * j / cols) - round(total * i / cols))
+            else:
+                mask[:, i:j] = score <= torch.sort(score.flatten()).values[int(score.numel() * sparsity)]
+        if nm is not None and i % nm.m == 0:
+            score = W[:, i : i + nm.m] ** 2 / d[i : i + nm.m] ** 2
+            for r in range(rows):
+                mask[r, i + torch.sort(score[r], stable=True).indices[: nm.m - nm.n]] = True
+        q = W[:, i].masked_fill(mask[:, i], 0)
+        err = (W[:, i] - q) / Hinv[i, i]
+        W[:, i:] -= err[:, None] * Hinv[i, i:][None, :]
+        W[:, i] = q
+    return W, mask
+
+
+def ours(pruner, W, X, sparsity, nm=None, group=None):
+    W = W.clone()
+    stats = pruner.new_stats(W.shape[1], torch.device("cpu"))
+    if stats is not None:
+        stats.add(X, 1)
+    pruner.prepare(W, stats)
+    return W, pruner.prune(W, stats, sparsity, nm, group)
+
+
+CASES = {
+    "50%": dict(sparsity=0.5), "70%": dict(sparsity=0.7), "2:4": dict(sparsity=0.5, nm=NM(2, 4)),
+    "4:8": dict(sparsity=0.5, nm=NM(4, 8)),
+}
+
+
+@pytest.mark.parametrize("count", ["exact", "reference"])
+@pytest.mark.parametrize("data", ["random", "dead columns", "tied scores"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_sparsegpt_equals_the_slow_reference(case, data, count):
+    if CASES[case].get("nm") and count == "reference":
+        pytest.skip("N:M has one count")
+    W, X = layer(dead=(3, 4, 5, 6, 40, 77) if data == "dead columns" else (), ties=data == "tied scores")
+    expected, expected_mask = slow_sparsegpt(W, X, count=count, **CASES[case])
+    pruned, mask = ours(SparseGPTPruner(blocksize=32, count=count), W, X, **CASES[case])
+    assert torch.equal(mask, expected_mask)
+    assert torch.equal(pruned == 0, expected == 0)
+    torch.testing.assert_close(pruned, expected, rtol=1e-4, atol=1e-5)
+    if data == "dead columns":
+        assert not pruned[:, [3, 4, 5, 6, 40, 77]].any()  # zeroed whatever the mask kept
+
+
+def test_sparsegpt_reference_count_prunes_one_more_per_block():
+    W, X = layer()
+    _, exact = ours(SparseGPTPruner(blocksize=32), W, X, 0.5)
+    _, reference = ours(SparseGPTPruner(blocksize=32, count="reference"), W, X, 0.5)
+    assert int(exact.sum()) == 24 * 96 // 2 and int(reference.sum()) == 24 * 96 // 2 + 3  # 3 blocks of 32 columns
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
+def test_wanda_reference_count_is_the_reference_mask(sparsity):
+    W, X = layer(rows=10, cols=70, ties=True)  # 70 x 0.3 = 21: int() and round() agree; 700 x 0.3 too
+    metric = W.abs() * X.pow(2).sum(0).sqrt()
+    _, row = ours(WandaPruner(count="reference"), W, X, sparsity, group="row")
+    expected = torch.zeros_like(row)
+    expected.scatter_(1, torch.sort(metric, dim=-1, stable=True).indices[:, : int(70 * sparsity)], True)
+    assert torch.equal(row, expected)
+    _, whole = ours(WandaPruner(count="reference"), W, X, sparsity, group="matrix")
+    assert torch.equal(whole, metric <= torch.sort(metric.flatten()).values[int(700 * sparsity)])
+    assert int(whole.sum()) > int(700 * sparsity)  # "<= threshold": at least one more than int(n p)
+    _, magnitude = ours(MagnitudePruner(count="reference"), W, X, sparsity)
+    assert torch.equal(magnitude, W.abs() <= torch.sort(W.abs().flatten()).values[int(700 * sparsity)])
+
+
+def test_wanda_row_counts_differ_only_where_cols_times_p_is_fractional():
+    W, X = layer(rows=8, cols=10)
+    _, exact = ours(WandaPruner("row"), W, X, 0.35)
+    _, reference = ours(WandaPruner("row", count="reference"), W, X, 0.35)
+    assert int(exact.sum()) == 28 and int(reference.sum()) == 8 * 3  # round(80 x 0.35) vs 8 x int(3.5)
+    assert torch.equal(reference, reference & exact)  # the reference's prunes are among ours
