@@ -29,7 +29,7 @@ import ecoflap_exp
 from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
-from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.pruning.base import LocalPruner
 from ecoflap_exp.pruning.engine import MatrixReport, SequentialEngine
 from ecoflap_exp.pruning.masks import NM, parse_nm
@@ -184,7 +184,7 @@ def check_fit(adapter: ModelAdapter, calib: CalibrationSource, evals: dict[str, 
     for name, ev in evals.items():
         model, missing = ev.missing(adapter)
         if missing:
-            raise UserError(f"evals.{name} ({type(ev).__name__}) needs a model with {', '.join(missing)}(), which "
+            raise UserError(f"evals.{name} ({type(ev).__name__}) needs a model with {' and '.join(missing)}, which "
                             f"{model} lacks; choose a suite made for this model")
 
 

@@ -38,9 +38,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ecoflap_exp.models.base import Batch, ModelAdapter, Tower  # noqa: E402
+from ecoflap_exp.models.adapter import ModelAdapter  # noqa: E402
 from ecoflap_exp.models.blip2 import Blip2Adapter  # noqa: E402
 from ecoflap_exp.models.causal_lm import CausalLMAdapter  # noqa: E402
+from ecoflap_exp.models.seam import Batch, Tower  # noqa: E402
 from ecoflap_exp.pruning.engine import SequentialEngine  # noqa: E402
 from ecoflap_exp.pruning.magnitude import MagnitudePruner  # noqa: E402
 from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner  # noqa: E402

@@ -31,8 +31,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from ecoflap_exp.models.base import Tower  # noqa: E402
 from ecoflap_exp.models.causal_lm import CausalLMAdapter  # noqa: E402
+from ecoflap_exp.models.seam import Tower  # noqa: E402
 from ecoflap_exp.scoring.first import FirstOrderScorer  # noqa: E402
 from ecoflap_exp.scoring.intrinsic_dim import IntrinsicDimensionScorer, twonn  # noqa: E402
 from ecoflap_exp.scoring.zeroth import ZerothOrderScorer  # noqa: E402

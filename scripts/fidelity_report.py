@@ -88,7 +88,7 @@ def padded_to(batch: dict, width: int) -> dict:
 
 
 def padding() -> None:
-    from ecoflap_exp.models.base import Tower
+    from ecoflap_exp.models.seam import Tower
     from ecoflap_exp.pruning.engine import SequentialEngine
     from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner
     from ecoflap_exp.pruning.wanda import WandaPruner

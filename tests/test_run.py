@@ -181,7 +181,8 @@ def test_tiny_vit_end_to_end(tmp_path, model):
 
 def test_eval_that_does_not_fit_the_model_is_a_clear_error(tmp_path):
     write_image_folder(tmp_path / "data" / "imagenet" / "val", per_class=1)
-    with pytest.raises(UserError, match=r"evals.imagenet \(Top1Accuracy\) needs a model with logits\(\)"):
+    with pytest.raises(UserError, match=r"evals.imagenet \(Top1Accuracy\) needs a model with ClassLogits "
+                                        r"\(logits\), which CausalLMAdapter lacks"):
         run(config(tmp_path, "suite=vit"))
     with pytest.raises(UserError, match="does not resolve at calib.seqlen: Interpolation key 'model.seqlen'"):
         run(config(tmp_path, "model=vit_tiny"))

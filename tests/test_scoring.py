@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import Block, ModelAdapter, PrunableMatrix, Tower
+from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.causal_lm import CausalLMAdapter
+from ecoflap_exp.models.seam import Block, PrunableMatrix, Tower
 from ecoflap_exp.pruning.engine import SequentialEngine
 from ecoflap_exp.pruning.wanda import WandaPruner
 from ecoflap_exp.scoring import intrinsic_dim as ID

@@ -15,6 +15,7 @@ from test_run import config
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation, OnCompanion
 from ecoflap_exp.models.blip2 import Blip2Adapter, Blip2ITMAdapter
+from ecoflap_exp.models.capabilities import ImageTextMatching
 from ecoflap_exp.pruning.engine import SequentialEngine
 from ecoflap_exp.pruning.wanda import WandaPruner
 from ecoflap_exp.runner import run
@@ -95,7 +96,7 @@ def test_prune_towers_limits_pruning_to_the_named_towers(tmp_path):
 class CompanionProbe(Evaluation):
     """Reports what the model it runs on holds: its class, its ViT's and Q-Former's state."""
 
-    needs = ("itm_scores",)
+    needs = (ImageTextMatching,)
 
     def evaluate(self, adapter):
         vision = [m.weight for m in adapter.matrices()]
@@ -117,7 +118,7 @@ def test_companion_receives_the_pruned_towers_and_is_checked_before_pruning():
     assert metrics == pytest.approx({"is_itm": 1.0, "vision_zeros": 0.5, "qformer_sum": CompanionProbe().evaluate(
         untouched)["qformer_sum"]})
     assert OnCompanion(CompanionProbe(), partial(Blip2Adapter, arch="blip2_t5_tiny"), []).missing(pruned) == (
-        "Blip2Adapter", ["itm_scores"])
+        "Blip2Adapter", ["ImageTextMatching (image_states, features_from_states, text_features, itm_scores)"])
 
 
 @pytest.mark.slow

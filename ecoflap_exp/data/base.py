@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import Batch, ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.seam import Batch
 
 
 class CalibrationSource(ABC):

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ecoflap_exp.data.base import CalibrationSource
-from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
 
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TEMPLATES = ("a photo of the digit {}", "handwritten {}", "the number {}", "a scan of a handwritten {}")

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -32,7 +32,7 @@ import torch
 
 from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
 
 SHIPPED_PREFIX = "shipped:"
 FORMATS = ".txt, .raw (WikiText, extracted or as <zip>/<member>), .jsonl/.json(.gz) or .parquet"

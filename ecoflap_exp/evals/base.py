@@ -14,12 +14,14 @@ from types import MappingProxyType
 
 import torch
 
-from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.capabilities import describe
 
 
 class Evaluation(ABC):
-    #: optional adapter methods this evaluation calls (checked before any pruning)
-    needs: tuple[str, ...] = ()
+    #: the capabilities (models.capabilities Protocols) this evaluation needs of a model, checked
+    #: before any pruning
+    needs: tuple[type, ...] = ()
     #: what the run record keeps beside the metrics (the normaliser or lemmatiser used, files
     #: written); an evaluation that reports something assigns its own dict
     info: Mapping[str, str] = MappingProxyType({})
@@ -35,8 +37,8 @@ class Evaluation(ABC):
         loss or score (never report it as a number)."""
 
     def missing(self, adapter: ModelAdapter) -> tuple[str, list[str]]:
-        """The model this evaluation runs on, and the methods it needs that the model lacks."""
-        return type(adapter).__name__, [need for need in self.needs if not adapter.supports(need)]
+        """The model this evaluation runs on, and the capabilities it needs that the model lacks."""
+        return type(adapter).__name__, [describe(need) for need in self.needs if not isinstance(adapter, need)]
 
 
 class OnCompanion(Evaluation):
@@ -63,7 +65,7 @@ class OnCompanion(Evaluation):
 
     def missing(self, adapter: ModelAdapter) -> tuple[str, list[str]]:
         cls = self.companion_class()
-        return cls.__name__, [need for need in self.evaluation.needs if not cls.supports(need)]
+        return cls.__name__, [describe(need) for need in self.evaluation.needs if not issubclass(cls, need)]
 
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
         companion = self.companion()

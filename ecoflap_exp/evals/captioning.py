@@ -50,7 +50,8 @@ from ecoflap_exp.data.captioning import (
 from ecoflap_exp.data.images import open_images
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
-from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.capabilities import GeneratesFromImages
 from ecoflap_exp.progress import track
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ def score_captions(references: Mapping[int, Sequence[str]], predictions: Mapping
     return metrics
 
 
-def generate_captions(adapter: ModelAdapter, images: Sequence[CaptionedImage], prompt: str,
+def generate_captions(adapter: GeneratesFromImages, images: Sequence[CaptionedImage], prompt: str,
                       generation: Mapping[str, Any], batch_size: int, description: str) -> dict[int, str]:
     """One caption per image id, generated in batches of `batch_size` images with one prompt."""
     captions: dict[int, str] = {}
@@ -211,7 +212,7 @@ def generate_captions(adapter: ModelAdapter, images: Sequence[CaptionedImage], p
 class Captioning(Evaluation):
     """Caption each image once with the adapter, score against the references."""
 
-    needs = ("generate",)
+    needs = (GeneratesFromImages,)
     dataset = "captioning"
     source = ""
 

@@ -7,12 +7,13 @@ import torch
 from ecoflap_exp.data.images import image_folder, open_images
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
-from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.capabilities import ClassLogits
 from ecoflap_exp.progress import track
 
 
 class Top1Accuracy(Evaluation):
-    needs = ("logits",)
+    needs = (ClassLogits,)
 
     def __init__(self, root: str, batch_size: int = 32, limit: int | None = None, max_bad_fraction: float = 0.0):
         self.root = root

@@ -10,11 +10,12 @@ from ecoflap_exp.data.digits import CLASS_NAMES, TEMPLATES, digits_split
 from ecoflap_exp.evals.base import Evaluation
 from ecoflap_exp.evals.retrieval import retrieval_recalls
 from ecoflap_exp.evals.zero_shot import class_embeddings, embed_images, zero_shot_top1
-from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.capabilities import ImageTextEmbeddings
 
 
 class DigitsEval(Evaluation):
-    needs = ("image_features", "text_features")
+    needs = (ImageTextEmbeddings,)
 
     def __init__(self, batch_size: int = 128, limit: int | None = None):
         self.batch_size = batch_size

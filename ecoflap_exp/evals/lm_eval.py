@@ -26,7 +26,8 @@ from typing import Any
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
-from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.capabilities import TokenLogits
 
 INSTALL = 'pip install -e ".[lm_eval]"'
 
@@ -60,7 +61,7 @@ def flatten(results: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 class LMEvalHarness(Evaluation):
-    needs = ("tokenize",)
+    needs = (TokenLogits,)
 
     def __init__(self, tasks: list[str], num_fewshot: int | None = 0, limit: int | float | None = None,
                  batch_size: int | str = 1, include_path: str | None = None, include_defaults: bool = True,
@@ -86,10 +87,7 @@ class LMEvalHarness(Evaluation):
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
 
-        model, tokenizer = getattr(adapter, "model", None), getattr(adapter, "tokenizer", None)
-        if model is None or tokenizer is None:
-            raise UserError(f"eval lm_eval needs a transformers causal LM and its tokenizer; "
-                            f"{type(adapter).__name__} has no `tokenizer`")
+        model, tokenizer = adapter.transformers_lm()
         if self.include_path is not None and not Path(self.include_path).exists():
             raise UserError(f"eval lm_eval: include_path {self.include_path!r} does not exist; give a folder of "
                             f"lm-eval task YAML files")

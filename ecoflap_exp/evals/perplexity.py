@@ -25,12 +25,13 @@ import torch
 from ecoflap_exp.data.text import check_source, read_documents
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
-from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.capabilities import Tokenizes
 from ecoflap_exp.progress import track
 
 
 class Perplexity(Evaluation):
-    needs = ("tokenize",)
+    needs = (Tokenizes,)
 
     def __init__(self, source: str, seqlen: int, batch_size: int = 1, limit: int | None = None,
                  joiner: str = "\n\n", max_documents: int | None = None, special_tokens: bool = True,
@@ -47,7 +48,7 @@ class Perplexity(Evaluation):
         self.special_tokens = special_tokens
         self.how_to_get = how_to_get
 
-    def token_ids(self, adapter: ModelAdapter) -> torch.Tensor:
+    def token_ids(self, adapter: Tokenizes) -> torch.Tensor:
         """The whole evaluation text as one 1-D tensor of token ids."""
         docs = read_documents(self.source, self.how_to_get)[: self.max_documents]
         return adapter.tokenize(self.joiner.join(docs), self.special_tokens)

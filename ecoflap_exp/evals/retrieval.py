@@ -31,13 +31,12 @@ from ecoflap_exp.data.flickr import RetrievalSet, read_retrieval_set
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
 from ecoflap_exp.evals.zero_shot import DATA_LAYOUT_FIX, embed_images, image_batches
-from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.blip_text import blip_caption
+from ecoflap_exp.models.capabilities import ImageTextEmbeddings, ImageTextMatching
 from ecoflap_exp.progress import track
 
-NEEDS = {"clip": ("image_features", "text_features"),
-         "itm": ("image_states", "features_from_states", "text_features", "itm_scores"),
-         "auto": ("text_features",)}
+NEEDS = {"clip": (ImageTextEmbeddings,), "itm": (ImageTextMatching,), "auto": (ImageTextEmbeddings,)}
 OUTSIDE_TOP_K = -100.0
 
 
@@ -64,7 +63,8 @@ def recall_metrics(image_to_text: torch.Tensor, text_to_image: torch.Tensor, pos
     return metrics
 
 
-def embed_texts(adapter: ModelAdapter, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+def embed_texts(adapter: ImageTextEmbeddings | ImageTextMatching, texts: Sequence[str],
+                batch_size: int) -> torch.Tensor:
     starts = range(0, len(texts), batch_size)
     features = torch.cat([adapter.text_features(list(texts[i : i + batch_size]))
                           for i in track(starts, "embedding texts", total=len(starts))])
@@ -81,14 +81,14 @@ def similarity(image_features: torch.Tensor, text_features: torch.Tensor) -> tor
     return image_features @ text_features.t()
 
 
-def retrieval_recalls(adapter: ModelAdapter, image_features: torch.Tensor, captions: Sequence[str],
+def retrieval_recalls(adapter: ImageTextEmbeddings, image_features: torch.Tensor, captions: Sequence[str],
                       positives: torch.Tensor, ks: Sequence[int], batch_size: int) -> dict[str, float]:
     """The CLIP protocol on precomputed image features: recall metrics of plain cosine similarity."""
     scores = similarity(image_features, embed_texts(adapter, captions, batch_size))
     return recall_metrics(scores, scores.t(), positives, ks)
 
 
-def itm_rerank(adapter: ModelAdapter, states: torch.Tensor, texts: Sequence[str], itc: torch.Tensor, k_test: int,
+def itm_rerank(adapter: ImageTextMatching, states: torch.Tensor, texts: Sequence[str], itc: torch.Tensor, k_test: int,
                itm_batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """LAVIS's re-rank: (images x texts, texts x images) score matrices, ITM logit + ITC similarity
     on each query's top-k candidates by ITC and -100 elsewhere."""
@@ -109,7 +109,7 @@ def itm_rerank(adapter: ModelAdapter, states: torch.Tensor, texts: Sequence[str]
     return image_to_text, text_to_image
 
 
-def itm_pairs(adapter: ModelAdapter, states: torch.Tensor, texts: Sequence[str], image_index: torch.Tensor,
+def itm_pairs(adapter: ImageTextMatching, states: torch.Tensor, texts: Sequence[str], image_index: torch.Tensor,
               text_index: torch.Tensor, batch_size: int) -> torch.Tensor:
     """ITM logits of the pairs (image_index[p], text_index[p]), `batch_size` pairs per call."""
     starts = range(0, len(image_index), batch_size)
@@ -172,7 +172,7 @@ class ImageTextRetrieval(Evaluation):
         items = [(p, None) for p in data.images]
         protocol = self.protocol
         if protocol == "auto":
-            protocol = "itm" if adapter.supports("itm_scores") else "clip"
+            protocol = "itm" if isinstance(adapter, ImageTextMatching) else "clip"
         if protocol == "clip":
             return retrieval_recalls(adapter, embed_images(adapter, items, self.batch_size), captions, positives,
                                      self.ks, self.batch_size)

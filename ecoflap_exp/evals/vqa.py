@@ -49,8 +49,9 @@ from ecoflap_exp.data.images import open_images
 from ecoflap_exp.data.vqa import VQASample, check_images, dataset_info, read_gqa, read_vqa
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
-from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.blip_text import blip_question
+from ecoflap_exp.models.capabilities import GeneratesFromImages
 from ecoflap_exp.progress import track
 
 log = logging.getLogger(__name__)
@@ -288,7 +289,7 @@ class GenerativeVQA(Evaluation):
     `info` holds what the run record should keep beside the float metrics (normaliser, lemmatiser,
     files written)."""
 
-    needs = ("generate",)
+    needs = (GeneratesFromImages,)
     dataset: str
 
     def __init__(self, images: str, prompt: str = "Question: {} Short answer:", generation: dict | None = None,
@@ -310,7 +311,7 @@ class GenerativeVQA(Evaluation):
     def samples(self) -> list[VQASample]:
         """Every question of the split, in file order."""
 
-    def answer(self, adapter: ModelAdapter, samples: list[VQASample]) -> list[dict]:
+    def answer(self, adapter: GeneratesFromImages, samples: list[VQASample]) -> list[dict]:
         """Result rows {"question_id", "answer"}, the answers lemmatised if configured."""
         results = []
         starts = range(0, len(samples), self.batch_size)
@@ -339,7 +340,7 @@ class GenerativeVQA(Evaluation):
         self.evaluated  # noqa: B018 - reads and checks the split once
 
     @torch.no_grad()
-    def answered_split(self, adapter: ModelAdapter) -> tuple[list[VQASample], list[dict]]:
+    def answered_split(self, adapter: GeneratesFromImages) -> tuple[list[VQASample], list[dict]]:
         """The evaluated questions and their result rows."""
         samples = self.evaluated
         if self.lemmatiser is not None:

@@ -27,7 +27,8 @@ from ecoflap_exp.data.files import check_images_exist
 from ecoflap_exp.data.images import image_folder
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
-from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.capabilities import ImageTextEmbeddings
 from ecoflap_exp.progress import track
 
 #: threads decoding image files (PIL releases the GIL while decoding)
@@ -59,7 +60,7 @@ def image_batches(images: Sequence[Image.Image] | Sequence[tuple[Path, object]],
         yield list(chunk) if isinstance(chunk[0], Image.Image) else load_images(chunk)
 
 
-def embed_images(adapter: ModelAdapter, images: Sequence[Image.Image] | Sequence[tuple[Path, object]],
+def embed_images(adapter: ImageTextEmbeddings, images: Sequence[Image.Image] | Sequence[tuple[Path, object]],
                  batch_size: int) -> torch.Tensor:
     """Embeddings of images given as PIL images or as (path, anything) items read in batches."""
     features = torch.cat([adapter.image_features(batch)
@@ -69,7 +70,7 @@ def embed_images(adapter: ModelAdapter, images: Sequence[Image.Image] | Sequence
     return features
 
 
-def class_embeddings(adapter: ModelAdapter, classnames: Sequence[str], templates: Sequence[str],
+def class_embeddings(adapter: ImageTextEmbeddings, classnames: Sequence[str], templates: Sequence[str],
                      batch_size: int = 256) -> torch.Tensor:
     """Per class: the normalised mean of its normalised template embeddings."""
     prompts = [template.format(name) for name in classnames for template in templates]
@@ -108,7 +109,7 @@ class CoOpZeroShot(Evaluation):
     """Zero-shot top-1 (%) on one of CoOp's 11 datasets (data/coop.py layouts), CoOp's ZeroshotCLIP
     protocol by default (one template per dataset; test split; ImageNet test = val)."""
 
-    needs = ("image_features", "text_features")
+    needs = (ImageTextEmbeddings,)
 
     def __init__(self, dataset: str, root: str, split: str = "test", templates: str | list[str] = "coop",
                  batch_size: int = 100, limit: int | None = None, imagenet_val: str | None = None,
@@ -148,7 +149,7 @@ class ZeroShotClassification(Evaluation):
     """Zero-shot top-1 (%) on an ImageFolder split; class names = folder names with "_" as spaces
     unless given."""
 
-    needs = ("image_features", "text_features")
+    needs = (ImageTextEmbeddings,)
 
     def __init__(self, root: str, classnames: list[str] | None = None,
                  templates: str | list[str] = ("a photo of a {}.",), batch_size: int = 64, limit: int | None = None):

@@ -39,24 +39,10 @@ from torch import nn
 from torchvision import transforms
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import (
-    CLIP_MEAN,
-    CLIP_STD,
-    IGNORE,
-    Batch,
-    Block,
-    BlockInput,
-    LossTerm,
-    ModelAdapter,
-    Tower,
-    blocks_of,
-    contrastive_terms,
-    find_block_list,
-    linear_matrices,
-    load_tokenizer,
-    load_transformers_model,
-)
+from ecoflap_exp.models.adapter import IGNORE, LossTerm, ModelAdapter, contrastive_terms
 from ecoflap_exp.models.blip_text import blip_caption
+from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, load_tokenizer, load_transformers_model
+from ecoflap_exp.models.seam import Batch, Block, BlockInput, Tower, blocks_of, find_block_list, linear_matrices
 
 
 def square_resize(size: int) -> transforms.Compose:

@@ -10,15 +10,9 @@ import transformers
 from torch import nn
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import (
-    Batch,
-    LossTerm,
-    ModelAdapter,
-    Tower,
-    blocks_of,
-    load_tokenizer,
-    load_transformers_model,
-)
+from ecoflap_exp.models.adapter import LossTerm, ModelAdapter
+from ecoflap_exp.models.loading import load_tokenizer, load_transformers_model
+from ecoflap_exp.models.seam import Batch, Tower, blocks_of
 
 
 def get_submodule(model: nn.Module, path: str) -> nn.Module:
@@ -65,6 +59,9 @@ class CausalLMAdapter(ModelAdapter):
     def tokenize(self, text: str, special_tokens: bool = False) -> torch.Tensor:
         """The whole text as one 1-D tensor of token ids."""
         return torch.tensor(self.tokenizer(text, add_special_tokens=special_tokens).input_ids, dtype=torch.long)
+
+    def transformers_lm(self) -> tuple[Any, Any]:
+        return self.model, self.tokenizer
 
     def collate(self, samples: list[torch.Tensor]) -> Batch:
         return {"input_ids": torch.stack(samples).to(self.device)}

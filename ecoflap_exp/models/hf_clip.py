@@ -12,19 +12,9 @@ import transformers
 from PIL import Image
 from torchvision import transforms
 
-from ecoflap_exp.models.base import (
-    CLIP_MEAN,
-    CLIP_STD,
-    Batch,
-    LossTerm,
-    ModelAdapter,
-    Tower,
-    blocks_of,
-    contrastive_terms,
-    hub_load_error,
-    load_transformers_model,
-    resolve_checkpoint,
-)
+from ecoflap_exp.models.adapter import LossTerm, ModelAdapter, contrastive_terms
+from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, hub_load_error, load_transformers_model, resolve_checkpoint
+from ecoflap_exp.models.seam import Batch, Tower, blocks_of
 
 
 class HFCLIPAdapter(ModelAdapter):

@@ -26,17 +26,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import (
-    Batch,
-    Block,
-    LossTerm,
-    ModelAdapter,
-    PrunableMatrix,
-    Tower,
-    contrastive_terms,
-    hub_load_error,
-    torch_dtype,
-)
+from ecoflap_exp.models.adapter import LossTerm, ModelAdapter, contrastive_terms
+from ecoflap_exp.models.loading import hub_load_error, torch_dtype
+from ecoflap_exp.models.seam import Batch, Block, PrunableMatrix, Tower
 
 
 def attention_context(mha: nn.MultiheadAttention, args: tuple, kwargs: dict) -> torch.Tensor:

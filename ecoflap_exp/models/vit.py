@@ -14,18 +14,9 @@ from safetensors.torch import load_file, save_file
 from torchvision import transforms
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import (
-    Batch,
-    LossTerm,
-    ModelAdapter,
-    Tower,
-    blocks_of,
-    find_block_list,
-    hub_load_error,
-    load_transformers_model,
-    resolve_checkpoint,
-    torch_dtype,
-)
+from ecoflap_exp.models.adapter import LossTerm, ModelAdapter
+from ecoflap_exp.models.loading import hub_load_error, load_transformers_model, resolve_checkpoint, torch_dtype
+from ecoflap_exp.models.seam import Batch, Tower, blocks_of, find_block_list
 
 
 class ImageClassifierAdapter(ModelAdapter):

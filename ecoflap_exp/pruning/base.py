@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import Group, Tower
+from ecoflap_exp.models.seam import Group, Tower
 from ecoflap_exp.pruning.masks import COUNTS, GROUPS, NM
 
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from ecoflap_exp.models.base import Batch, Block, BlockInput, Group, ModelAdapter, PrunableMatrix, Tower
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.seam import Batch, Block, BlockInput, Group, PrunableMatrix, Tower
 from ecoflap_exp.progress import track
 from ecoflap_exp.pruning.base import InputStats, LocalPruner
 from ecoflap_exp.pruning.masks import NM, check_nm_fits

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import Group
+from ecoflap_exp.models.seam import Group
 
 GROUPS = ("row", "matrix")
 COUNTS = ("exact", "reference")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.pruning.engine import MatrixReport, Plan, planned_sparsity
 from ecoflap_exp.pruning.masks import NM, planned_prune_count
 

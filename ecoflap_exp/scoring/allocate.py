@@ -22,7 +22,8 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import Batch, ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.seam import Batch
 from ecoflap_exp.scoring.base import check_choice, group_sizes, group_tower
 
 log = logging.getLogger(__name__)

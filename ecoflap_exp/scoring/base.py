@@ -13,7 +13,8 @@ from types import MappingProxyType
 from typing import Any
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import Batch, ModelAdapter, PrunableMatrix
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.seam import Batch, PrunableMatrix
 
 GRANULARITIES = ("block", "layer")
 AGGREGATES = ("sum", "avg")

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import Batch, ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.seam import Batch
 from ecoflap_exp.scoring.base import BlockScorer, group_tower
 
 

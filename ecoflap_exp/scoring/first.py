@@ -14,7 +14,8 @@ from collections import defaultdict
 import torch
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import Batch, ModelAdapter, PrunableMatrix
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.seam import Batch, PrunableMatrix
 from ecoflap_exp.progress import track
 from ecoflap_exp.scoring.base import BlockScorer, aggregate
 

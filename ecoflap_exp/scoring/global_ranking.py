@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ecoflap_exp.models.base import Batch, ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.seam import Batch
 from ecoflap_exp.pruning.engine import collect_stats, walk_tower
 from ecoflap_exp.pruning.wanda import ColumnNorms, WandaPruner
 from ecoflap_exp.scoring.allocate import Allocation, Plan

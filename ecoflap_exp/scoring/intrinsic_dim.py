@@ -23,7 +23,8 @@ import math
 import torch
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import Batch, Block, BlockInput, ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.seam import Batch, Block, BlockInput
 from ecoflap_exp.pruning.engine import walk_tower
 from ecoflap_exp.scoring.base import BlockScorer, check_choice, groups
 

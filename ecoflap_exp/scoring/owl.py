@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ecoflap_exp.models.base import Batch, ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.seam import Batch
 from ecoflap_exp.pruning.engine import collect_stats, walk_tower
 from ecoflap_exp.pruning.wanda import ColumnNorms, WandaPruner
 from ecoflap_exp.scoring.base import BlockScorer

@@ -6,7 +6,8 @@ scores proportional to group size give every group exactly the target sparsity.
 
 from __future__ import annotations
 
-from ecoflap_exp.models.base import Batch, ModelAdapter
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.seam import Batch
 from ecoflap_exp.scoring.base import BlockScorer
 
 

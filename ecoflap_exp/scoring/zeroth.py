@@ -26,7 +26,8 @@ from functools import partial
 import torch
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.base import Batch, Block, BlockInput, ModelAdapter, PrunableMatrix, Tower
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, Tower
 from ecoflap_exp.progress import track
 from ecoflap_exp.pruning.engine import walk_tower
 from ecoflap_exp.scoring.base import BlockScorer, aggregate
