@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 import ecoflap_exp
+from ecoflap_exp.allocation.base import Allocation, Groups
 from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
@@ -34,8 +35,8 @@ from ecoflap_exp.pruning.base import LocalPruner
 from ecoflap_exp.pruning.engine import MatrixReport, SequentialEngine
 from ecoflap_exp.pruning.masks import NM, parse_nm
 from ecoflap_exp.pruning.verify import verify
-from ecoflap_exp.scoring.allocate import Allocation
 from ecoflap_exp.scoring.base import BlockScorer
+from ecoflap_exp.scoring.sketches import metric_sketches
 from ecoflap_exp.tracking.store import ResultsStore, run_id
 
 log = logging.getLogger(__name__)
@@ -244,8 +245,10 @@ def execute(cfg: DictConfig, target: Target, rid: str) -> dict[str, Any]:
             batches = calib.batches(adapter)
         with timer("score"):
             scores = scorer.scores(adapter, batches)
+            sketches = (metric_sketches(adapter, batches, allocation.sketch_quantiles) if allocation.sketch_quantiles
+                        else None)
         with timer("allocate"):
-            plan = allocation.plan(adapter, batches, scores, target.sparsity, target.max_sparsity)
+            plan = allocation.plan(scores, Groups.of(adapter), target.sparsity, target.max_sparsity, sketches)
         with timer("prune"):
             engine = SequentialEngine(adapter, pruner, plan, target.nm, device, cfg.offload)
             reports = engine.run(batches)

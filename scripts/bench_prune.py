@@ -38,6 +38,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ecoflap_exp.allocation.base import Groups  # noqa: E402
+from ecoflap_exp.allocation.waterfill import WaterFilling  # noqa: E402
 from ecoflap_exp.models.adapter import ModelAdapter  # noqa: E402
 from ecoflap_exp.models.blip2 import Blip2Adapter  # noqa: E402
 from ecoflap_exp.models.causal_lm import CausalLMAdapter  # noqa: E402
@@ -46,7 +48,6 @@ from ecoflap_exp.pruning.engine import SequentialEngine  # noqa: E402
 from ecoflap_exp.pruning.magnitude import MagnitudePruner  # noqa: E402
 from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner  # noqa: E402
 from ecoflap_exp.pruning.wanda import WandaPruner  # noqa: E402
-from ecoflap_exp.scoring.allocate import WaterFilling  # noqa: E402
 from ecoflap_exp.scoring.first import FirstOrderScorer  # noqa: E402
 from ecoflap_exp.scoring.zeroth import ZerothOrderScorer  # noqa: E402
 
@@ -100,7 +101,7 @@ def prune(adapter: ModelAdapter, batches: list[Batch], name: str, args: argparse
         scores.update({b.name: 0.0 for b in adapter.blocks() if b.name not in scores})
     else:
         scores = FirstOrderScorer().scores(adapter, batches)
-    plan = WaterFilling().plan(adapter, batches, scores, 0.5, 0.6)
+    plan = WaterFilling().plan(scores, Groups.of(adapter), 0.5, 0.6)
     SequentialEngine(adapter, WandaPruner(), plan, device=args.device).run(batches)
 
 

@@ -35,7 +35,7 @@ from ecoflap_exp.models.causal_lm import CausalLMAdapter  # noqa: E402
 from ecoflap_exp.models.seam import Tower  # noqa: E402
 from ecoflap_exp.scoring.first import FirstOrderScorer  # noqa: E402
 from ecoflap_exp.scoring.intrinsic_dim import IntrinsicDimensionScorer, twonn  # noqa: E402
-from ecoflap_exp.scoring.zeroth import ZerothOrderScorer  # noqa: E402
+from ecoflap_exp.scoring.zeroth import ZerothOrderScorer, count_block_forwards  # noqa: E402
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "memory": {"overrides": {"num_hidden_layers": 4}, "samples": 8, "seqlen": 128, "batch": 8,
@@ -75,9 +75,9 @@ def run_pass(name: str, setting: dict[str, Any]) -> dict[str, Any]:
     elif name.startswith("zeroth"):
         if name == "zeroth_block0":
             adapter.__class__ = FirstBlockOnly
-        scorer = ZerothOrderScorer(num_samples=samples, reuse_prefix=name != "zeroth_naive")
-        scorer.scores(adapter, batches)
-        extra["block_forwards"] = scorer.block_forwards
+        with count_block_forwards(adapter) as counter:
+            ZerothOrderScorer(num_samples=samples, reuse_prefix=name != "zeroth_naive").scores(adapter, batches)
+        extra["block_forwards"] = counter.real
     elif name == "first":
         FirstOrderScorer().scores(adapter, batches)
     elif name == "id":

@@ -61,7 +61,7 @@ def zeroth() -> None:
         scores, zero = {}, {}
         for dtype in (torch.float32, torch.bfloat16):
             adapter, batches = blip2(kind, dtype)
-            per_matrix = ZerothOrderScorer(num_samples=None, granularity="layer").scores(adapter, batches)
+            per_matrix = ZerothOrderScorer(num_samples=None, granularity="matrix").scores(adapter, batches)
             zero[dtype] = sum(v == 0 for v in per_matrix.values()), len(per_matrix)
             owner = {m.name: b.name for b in adapter.blocks() for m in b.matrices}
             scores[dtype] = {}
@@ -88,11 +88,12 @@ def padded_to(batch: dict, width: int) -> dict:
 
 
 def padding() -> None:
+    from ecoflap_exp.allocation.base import Groups
+    from ecoflap_exp.allocation.waterfill import WaterFilling
     from ecoflap_exp.models.seam import Tower
     from ecoflap_exp.pruning.engine import SequentialEngine
     from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner
     from ecoflap_exp.pruning.wanda import WandaPruner
-    from ecoflap_exp.scoring.allocate import WaterFilling
     from ecoflap_exp.scoring.intrinsic_dim import IntrinsicDimensionScorer
 
     def prepared(pads_in: bool) -> tuple[Blip2Adapter, list]:
@@ -133,20 +134,21 @@ def padding() -> None:
     for pads_in in (False, True):
         adapter, batches = prepared(pads_in)
         scores = IntrinsicDimensionScorer().scores(adapter, batches)
-        plans[pads_in] = WaterFilling().plan(adapter, batches, scores, 0.5, 0.6)
+        plans[pads_in] = WaterFilling().plan(scores, Groups.of(adapter), 0.5, 0.6)
     print("ID (TwoNN of flattened block outputs) + water-filling at 50%, block sparsity pads out / pads in:")
     for block in plans[False]:
         print(f"  {block:44s} {plans[False][block]:.4f} / {plans[True][block]:.4f}")
 
 
 def fused() -> None:
+    from ecoflap_exp.allocation.base import Groups
+    from ecoflap_exp.allocation.waterfill import WaterFilling
     from ecoflap_exp.data.digits import DigitsCalibration
     from ecoflap_exp.evals.digits import DigitsEval
     from ecoflap_exp.models.open_clip import OpenCLIPAdapter
     from ecoflap_exp.pruning.engine import SequentialEngine
     from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner
     from ecoflap_exp.pruning.wanda import WandaPruner
-    from ecoflap_exp.scoring.allocate import WaterFilling
 
     def digits(split_qkv: bool) -> OpenCLIPAdapter:
         return OpenCLIPAdapter("digits_clip", pretrained="shipped:digits_clip", split_qkv=split_qkv)
@@ -157,7 +159,7 @@ def fused() -> None:
         adapter = digits(split)
         batches = calibration.batches(adapter)
         scores[split] = ZerothOrderScorer(num_samples=32).scores(adapter, batches)
-        plans[split] = WaterFilling().plan(adapter, batches, scores[split], 0.5, 0.6)
+        plans[split] = WaterFilling().plan(scores[split], Groups.of(adapter), 0.5, 0.6)
         SequentialEngine(adapter, WandaPruner(), plans[split]).run(batches)
         accuracy[split, "zeroth+wanda"] = DigitsEval().evaluate(adapter)["acc"]
         adapter = digits(split)

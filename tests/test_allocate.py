@@ -4,8 +4,8 @@ import random
 
 import pytest
 
+from ecoflap_exp.allocation.waterfill import allocate
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.scoring.allocate import allocate
 
 
 def weighted_mean(plan, sizes):

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from ecoflap_exp.models.causal_lm import CausalLMAdapter
-from ecoflap_exp.pruning.engine import SequentialEngine, capture_inputs, collect_stats
+from ecoflap_exp.models.seam import BlockInput
+from ecoflap_exp.pruning.engine import SequentialEngine
 from ecoflap_exp.pruning.masks import parse_nm
 from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner
 from ecoflap_exp.pruning.verify import verify
 from ecoflap_exp.pruning.wanda import WandaPruner
+from ecoflap_exp.walk import capture_inputs, collect_stats, move
 
 
 def make_llama(arch="llama_tiny", **kw):
@@ -120,9 +122,33 @@ def test_matrices_reading_the_same_input_share_statistics():
     tower = adapter.towers()[0]
     block = tower.blocks[0]
     inputs = capture_inputs(adapter, tower, batches_for(adapter))
-    stats = collect_stats(tower, block, inputs, SparseGPTPruner(), adapter.device)
+    stats = collect_stats(tower, block, inputs, SparseGPTPruner().new_stats, adapter.device)
     by_name = {m.name.rsplit(".", 1)[-1]: stats[m] for m in block.matrices}
     assert by_name["q_proj"] is by_name["k_proj"] is by_name["v_proj"]
     assert by_name["gate_proj"] is by_name["up_proj"]
     assert len({id(s) for s in stats.values()}) == 4  # qkv, o, gate/up, down
     assert by_name["q_proj"].samples == 8  # every sample counted once, not three times
+
+
+def test_capture_uses_the_towers_own_input_split():
+    """A tower that splits its blocks' arguments its own way is asked during capture too."""
+    adapter = make_llama()
+    (tower,) = adapter.towers()
+    seen = []
+
+    class Recording(type(tower)):
+        def split_input(self, args, kwargs):
+            seen.append(len(args) + len(kwargs))
+            return super().split_input(args, kwargs)
+
+    tower.__class__ = Recording
+    inputs = capture_inputs(adapter, tower, batches_for(adapter))
+    assert len(seen) == len(inputs) == 2
+
+
+def test_block_inputs_move_whole():
+    inp = BlockInput(torch.ones(2, 3, 4), (torch.zeros(1),), {"position_embeddings": (torch.ones(1), torch.ones(1))},
+                     {"hidden": torch.ones(2, 3, dtype=torch.bool)})
+    moved = move(inp, torch.device("meta"))
+    tensors = [moved.hidden, *moved.args, *moved.kwargs["position_embeddings"], *moved.masks.values()]
+    assert isinstance(moved, BlockInput) and all(t.device.type == "meta" for t in tensors)

@@ -60,7 +60,7 @@ def test_bf16_zeroth_scores_have_no_zero_and_rank_like_fp32(name):
     scores, per_matrix = {}, {}
     for dtype in (torch.float32, torch.bfloat16):
         adapter, batches = MODELS[name](dtype)
-        per_matrix[dtype] = ZerothOrderScorer(num_samples=None, granularity="layer").scores(adapter, batches)
+        per_matrix[dtype] = ZerothOrderScorer(num_samples=None, granularity="matrix").scores(adapter, batches)
         owner = {m.name: block.name for block in adapter.blocks() for m in block.matrices}
         scores[dtype] = {}
         for matrix, value in per_matrix[dtype].items():

@@ -8,12 +8,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ecoflap_exp.models.open_clip import OpenCLIPAdapter, attention_context
-from ecoflap_exp.pruning.engine import SequentialEngine, capture_inputs, collect_stats
+from ecoflap_exp.pruning.engine import SequentialEngine
 from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner
 from ecoflap_exp.pruning.verify import verify
 from ecoflap_exp.pruning.wanda import WandaPruner
 from ecoflap_exp.scoring.first import FirstOrderScorer
 from ecoflap_exp.scoring.zeroth import ZerothOrderScorer
+from ecoflap_exp.walk import capture_inputs, collect_stats
 
 CAPTIONS = ["a photo of a cat", "a red car on a road", "two dogs playing", "a plate of food",
             "a mountain lake", "an old building", "a person running", "a bowl of fruit"]
@@ -90,7 +91,7 @@ def test_statistics_come_from_the_real_inputs():
     tower = adapter.towers()[1]  # text: causal mask
     block = tower.blocks[0]
     inputs = capture_inputs(adapter, tower, batches(adapter))
-    stats = collect_stats(tower, block, inputs, WandaPruner(), adapter.device)
+    stats = collect_stats(tower, block, inputs, WandaPruner().new_stats, adapter.device)
     q, out, fc, proj = block.matrices
     normed = [block.module.ln_1(inp.hidden) for inp in inputs]
     expected = torch.cat([n.reshape(-1, 32) for n in normed]).pow(2).sum(0) / 8
@@ -131,8 +132,8 @@ def test_contrastive_loss_by_hand_and_scorers_run():
 
 def test_prefix_reuse_across_towers_gives_the_naive_estimates():
     adapter = tiny_clip()
-    fast = ZerothOrderScorer(num_samples=8, granularity="layer").scores(adapter, batches(adapter))
-    slow = ZerothOrderScorer(num_samples=8, granularity="layer", reuse_prefix=False).scores(adapter, batches(adapter))
+    fast = ZerothOrderScorer(num_samples=8, granularity="matrix").scores(adapter, batches(adapter))
+    slow = ZerothOrderScorer(num_samples=8, granularity="matrix", reuse_prefix=False).scores(adapter, batches(adapter))
     assert fast == pytest.approx(slow, rel=1e-4)
 
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from test_blip2 import images, tiny
 
-from ecoflap_exp.pruning.engine import SequentialEngine, collect_stats, walk_tower
+from ecoflap_exp.pruning.engine import SequentialEngine
 from ecoflap_exp.pruning.sparsegpt import Hessian, SparseGPTPruner
 from ecoflap_exp.pruning.wanda import WandaPruner
 from ecoflap_exp.scoring.intrinsic_dim import representation, stack_flattened
+from ecoflap_exp.walk import collect_stats, walk_tower
 
 CAPTIONS = ["a cat", "two dogs in a park", "a plate of food on a table", "an old stone house by a lake"]
 
@@ -31,7 +32,7 @@ def statistics(adapter, batches, pruner):
         if tower.name == "vision":
             continue
         for block, inputs in walk_tower(adapter, tower, batches, adapter.device):
-            for m, st in collect_stats(tower, block, inputs, pruner, adapter.device).items():
+            for m, st in collect_stats(tower, block, inputs, pruner.new_stats, adapter.device).items():
                 out[m.name] = (st.H if isinstance(st, Hessian) else st.sq_norms).clone()
     return out
 

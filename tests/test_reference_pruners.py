@@ -72,7 +72,7 @@ def slow_sparsegpt(W, X, sparsity, nm=None, blocksize=32, percdamp=0.01, count="
 
 def ours(pruner, W, X, sparsity, nm=None, group=None):
     W = W.clone()
-    stats = pruner.new_stats(W.shape[1], torch.device("cpu"))
+    stats = pruner.new_stats(W.shape[1], torch.device("cpu")) if pruner.needs_inputs else None
     if stats is not None:
         stats.add(X, 1)
     pruner.prepare(W, stats)

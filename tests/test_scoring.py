@@ -5,6 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from ecoflap_exp.allocation.base import Groups
+from ecoflap_exp.allocation.global_ranking import GlobalRanking
+from ecoflap_exp.allocation.owl import OwlAllocation
+from ecoflap_exp.allocation.waterfill import WaterFilling
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.causal_lm import CausalLMAdapter
@@ -12,13 +16,12 @@ from ecoflap_exp.models.seam import Block, PrunableMatrix, Tower
 from ecoflap_exp.pruning.engine import SequentialEngine
 from ecoflap_exp.pruning.wanda import WandaPruner
 from ecoflap_exp.scoring import intrinsic_dim as ID
-from ecoflap_exp.scoring.allocate import OwlAllocation, WaterFilling
 from ecoflap_exp.scoring.base import BlockScorer
 from ecoflap_exp.scoring.combined import ProductScorer
 from ecoflap_exp.scoring.first import FirstOrderScorer
-from ecoflap_exp.scoring.global_ranking import GlobalRanking
 from ecoflap_exp.scoring.owl import OutlierRatioScorer
-from ecoflap_exp.scoring.zeroth import ZerothOrderScorer
+from ecoflap_exp.scoring.sketches import metric_sketches
+from ecoflap_exp.scoring.zeroth import ZerothOrderScorer, count_block_forwards
 
 skdim = pytest.importorskip("skdim")
 
@@ -99,7 +102,7 @@ def test_id_scorer_on_a_tiny_model():
     assert all(0 < v < float("inf") for v in flat.values())
     mean = ID.IntrinsicDimensionScorer(representation="mean").scores(adapter, batches)
     assert mean != flat
-    per_matrix = ID.IntrinsicDimensionScorer(granularity="layer").scores(adapter, batches)
+    per_matrix = ID.IntrinsicDimensionScorer(granularity="matrix").scores(adapter, batches)
     assert len(per_matrix) == 28 and per_matrix["model.layers.2.mlp.up_proj"] == flat["model.layers.2"]
     with pytest.raises(UserError, match="scorer.representation"):
         ID.IntrinsicDimensionScorer(representation="pooled")
@@ -111,15 +114,16 @@ def test_zeroth_restores_weights_bit_exactly_and_prefix_reuse_changes_nothing_bu
     adapter = llama()
     batches = batches_for(adapter)
     before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
-    fast = ZerothOrderScorer(num_samples=16, granularity="layer")
-    slow = ZerothOrderScorer(num_samples=16, granularity="layer", reuse_prefix=False)
-    fast_scores, slow_scores = fast.scores(adapter, batches), slow.scores(adapter, batches)
+    counts = {}
+    for reuse in (True, False):
+        with count_block_forwards(adapter) as counter:
+            counts[reuse] = ZerothOrderScorer(num_samples=16, granularity="matrix", reuse_prefix=reuse).scores(
+                adapter, batches), counter.real
     assert all(torch.equal(before[k], v) for k, v in adapter.model.state_dict().items())
-    assert fast_scores == pytest.approx(slow_scores, rel=1e-5)
+    assert counts[True][0] == pytest.approx(counts[False][0], rel=1e-5)
     # naive: 28 matrices x 4 batches x 2 losses x 4 blocks; prefix: 28 x 4 x 2 x (4+3+2+1)/4 + the walk
-    assert slow.block_forwards == 28 * 4 * 2 * 4
-    assert fast.block_forwards == 7 * 4 * 2 * (4 + 3 + 2 + 1) + 4 * 4
-    assert fast.block_forwards / slow.block_forwards < 0.65
+    assert counts[False][1] == 28 * 4 * 2 * 4
+    assert counts[True][1] == 7 * 4 * 2 * (4 + 3 + 2 + 1) + 4 * 4
 
 
 def test_zeroth_bit_exact_in_bf16():
@@ -144,7 +148,7 @@ def test_zeroth_matrix_estimates_track_gradient_norms():
     adapter = llama(blocks=6)
     batches = batches_for(adapter, samples=32, batch=8)
     reference = gradient_norm_sums(adapter, batches)
-    per_matrix = ZerothOrderScorer(num_samples=32, granularity="layer").scores(adapter, batches)
+    per_matrix = ZerothOrderScorer(num_samples=32, granularity="matrix").scores(adapter, batches)
     names = list(reference)
     # measured on seeds 0-2: Spearman 0.91-0.93 over the 42 matrices with the paper's 32 samples
     assert spearman([per_matrix[n] for n in names], [reference[n] for n in names]) > 0.85
@@ -239,10 +243,10 @@ def test_product_normalises_each_factor_per_tower():
 def test_per_tower_scope_holds_each_tower_at_the_target():
     adapter = TwoTowers()
     scores = {"v0": 1.0, "v1": 3.0, "t0": 1.0, "t1": 1.0}
-    plan = WaterFilling("per_tower").plan(adapter, [], scores, 0.5, 0.6)
+    plan = WaterFilling("per_tower").plan(scores, Groups.of(adapter), 0.5, 0.6)
     assert (plan["v0"] + plan["v1"]) / 2 == pytest.approx(0.5)
     assert plan["v0"] > plan["v1"] and plan["t0"] == pytest.approx(0.5)
-    joint = WaterFilling("joint").plan(adapter, [], {"v0": 100.0, "v1": 100.0, "t0": 1.0, "t1": 1.0}, 0.5, 0.6)
+    joint = WaterFilling("joint").plan({"v0": 100.0, "v1": 100.0, "t0": 1.0, "t1": 1.0}, Groups.of(adapter), 0.5, 0.6)
     assert joint["v0"] < 0.5 < joint["t0"]
 
 
@@ -250,7 +254,7 @@ def test_owl_allocation_by_hand():
     adapter = TwoTowers()
     sizes = {"v0": 64, "v1": 64, "t0": 128, "t1": 128}
     ratios = {"v0": 0.0, "v1": 1.0, "t0": 0.5, "t1": 0.5}
-    plan = OwlAllocation(lam=0.1).plan(adapter, [], ratios, 0.5, 0.6)
+    plan = OwlAllocation(lam=0.1).plan(ratios, Groups.of(adapter), 0.5, 0.6)
     # scaled: 0, 0.2, 0.1, 0.1; size-weighted mean 0.1 -> sparsity 0.5 - (scaled - 0.1)
     assert plan == pytest.approx({"v0": 0.6, "v1": 0.4, "t0": 0.5, "t1": 0.5})
     assert sum(plan[g] * n for g, n in sizes.items()) / sum(sizes.values()) == pytest.approx(0.5)
@@ -281,7 +285,7 @@ def test_global_ranking_matches_a_brute_force_threshold():
     adapter = llama(blocks=2)
     batches = batches_for(adapter)
     scores = {"model.layers.0": 2.0, "model.layers.1": 1.0}
-    plan = GlobalRanking().plan(adapter, batches, scores, 0.5, 0.6)
+    plan = GlobalRanking().plan(scores, Groups.of(adapter), 0.5, 1.0, metric_sketches(adapter, batches, 4096))
     norms = {}
     owner = {m.name: b.name for b in adapter.blocks() for m in b.matrices}
     matrices = list(adapter.matrices())
@@ -300,3 +304,30 @@ def test_global_ranking_matches_a_brute_force_threshold():
     total = sum(plan[m.name] * m.numel for m in matrices) / sum(m.numel for m in matrices)
     assert total == pytest.approx(0.5, abs=1e-6)
     SequentialEngine(adapter, WandaPruner("matrix"), plan).run(batches)  # the plan is prunable as is
+
+
+def test_every_allocation_honours_max_sparsity():
+    """Scores spread far enough that each allocation, unbounded, would push a group past the
+    ceiling: every group ends at or below it and the total stays at the target."""
+    adapter = llama(blocks=2)
+    batches = batches_for(adapter)
+    groups = Groups.of(adapter)
+    blocks = [b.name for b in adapter.blocks()]
+    matrices = [m.name for m in adapter.matrices()]
+    skewed = {blocks[0]: 100.0, blocks[1]: 0.01}
+
+    def total(plan):
+        return sum(plan[g] * groups.sizes[g] for g in plan) / sum(groups.sizes[g] for g in plan)
+
+    unbounded = GlobalRanking().plan(skewed, groups, 0.5, 1.0, metric_sketches(adapter, batches, 4096))
+    assert max(unbounded.values()) > 0.7
+    bounded = GlobalRanking().plan(skewed, groups, 0.5, 0.6, metric_sketches(adapter, batches, 4096))
+    assert set(bounded) == set(matrices) and max(bounded.values()) <= 0.6 + 1e-9
+    assert total(bounded) == pytest.approx(0.5, abs=1e-6)
+    ratios = {blocks[0]: 0.0, blocks[1]: 1.0}
+    # OWL's raw sparsities: 0.5 + 0.08 and 0.5 - 0.08 (equal blocks); held at 0.55, the other moves up
+    owl = OwlAllocation(lam=0.08).plan(ratios, groups, 0.5, 0.55)
+    assert owl[blocks[0]] == pytest.approx(0.55) and owl[blocks[1]] == pytest.approx(0.45)
+    assert OwlAllocation(lam=0.08).plan(ratios, groups, 0.5, 0.6) == pytest.approx({blocks[0]: 0.58, blocks[1]: 0.42})
+    water = WaterFilling().plan(skewed, groups, 0.5, 0.6)
+    assert max(water.values()) <= 0.6 + 1e-12 and total(water) == pytest.approx(0.5)

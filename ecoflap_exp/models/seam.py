@@ -22,6 +22,8 @@ from ecoflap_exp.errors import UserError
 Batch = dict[str, Any]
 #: Wanda's comparison group: the weights of one output row, or of the whole matrix
 Group = Literal["row", "matrix"]
+#: a pruning plan: group name (a block, or a matrix) -> sparsity
+Plan = dict[str, float]
 
 
 def first_input(args: tuple, kwargs: dict) -> torch.Tensor:

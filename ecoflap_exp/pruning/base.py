@@ -7,26 +7,9 @@ from abc import ABC, abstractmethod
 import torch
 
 from ecoflap_exp.errors import UserError
+from ecoflap_exp.input_stats import InputStats
 from ecoflap_exp.models.seam import Group, Tower
 from ecoflap_exp.pruning.masks import COUNTS, GROUPS, NM
-
-
-class InputStats(ABC):
-    """Statistics of one matrix's inputs, accumulated over calibration batches as a running mean
-    over samples (the reference codes' normalisation by batch entries, not tokens)."""
-
-    samples = 0
-
-    def add(self, tokens: torch.Tensor, samples: int) -> None:
-        """tokens: (real tokens, input columns) of `samples` calibration samples."""
-        previous = self.samples
-        self.samples += samples
-        self.accumulate(tokens.float(), previous / self.samples)
-
-    @abstractmethod
-    def accumulate(self, tokens: torch.Tensor, rescale: float) -> None:
-        """Scale the mean so far by `rescale` (old sample count / new) and add the new tokens'
-        share (their sum over `self.samples`)."""
 
 
 class LocalPruner(ABC):
@@ -48,8 +31,9 @@ class LocalPruner(ABC):
             raise UserError(f"pruner.count={count!r} is unknown; use one of {', '.join(COUNTS)}")
         self.count = count
 
-    def new_stats(self, cols: int, device: torch.device) -> InputStats | None:
-        return None
+    def new_stats(self, cols: int, device: torch.device) -> InputStats:
+        """Empty statistics of a matrix with `cols` input columns (pruners that need inputs)."""
+        raise NotImplementedError(f"{type(self).__name__} needs no input statistics")
 
     def group_for(self, tower: Tower) -> Group | None:
         """The comparison group this pruner uses in `tower` (None: it has no groups)."""

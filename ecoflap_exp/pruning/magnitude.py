@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from ecoflap_exp.input_stats import InputStats
 from ecoflap_exp.models.seam import Group, Tower
-from ecoflap_exp.pruning.base import InputStats, LocalPruner, check_group
+from ecoflap_exp.pruning.base import LocalPruner, check_group
 from ecoflap_exp.pruning.masks import NM, select_mask
 
 

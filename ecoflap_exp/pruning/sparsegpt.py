@@ -20,8 +20,9 @@ from __future__ import annotations
 import torch
 
 from ecoflap_exp.errors import UserError
+from ecoflap_exp.input_stats import InputStats
 from ecoflap_exp.models.seam import Group
-from ecoflap_exp.pruning.base import InputStats, LocalPruner
+from ecoflap_exp.pruning.base import LocalPruner
 from ecoflap_exp.pruning.masks import NM, at_or_below_quantile, nm_mask, planned_prune_count, smallest
 
 

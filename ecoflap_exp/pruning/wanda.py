@@ -9,19 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from ecoflap_exp.input_stats import ColumnNorms, InputStats, wanda_metric
 from ecoflap_exp.models.seam import Group, Tower
-from ecoflap_exp.pruning.base import InputStats, LocalPruner, check_group
+from ecoflap_exp.pruning.base import LocalPruner, check_group
 from ecoflap_exp.pruning.masks import NM, select_mask
-
-
-class ColumnNorms(InputStats):
-    """Mean over calibration samples of the squared L2 norm of each input column."""
-
-    def __init__(self, cols: int, device: torch.device):
-        self.sq_norms = torch.zeros(cols, device=device, dtype=torch.float32)
-
-    def accumulate(self, tokens: torch.Tensor, rescale: float) -> None:
-        self.sq_norms.mul_(rescale).add_(tokens.pow(2).sum(0) / self.samples)
 
 
 class WandaPruner(LocalPruner):
@@ -40,8 +31,8 @@ class WandaPruner(LocalPruner):
 
     def prune(self, weight: torch.Tensor, stats: InputStats | None, sparsity: float, nm: NM | None,
               group: Group | None) -> torch.Tensor:
-        assert isinstance(stats, ColumnNorms)
-        metric = weight.abs().float() * stats.sq_norms.sqrt()
+        assert stats is not None
+        metric = wanda_metric(weight, stats)
         mask = select_mask(metric, sparsity, group or "row", nm, self.count)
         weight[mask] = 0
         return mask

@@ -1,12 +1,14 @@
 """Block scorers: one non-negative importance score per group (higher = pruned less).
 
 A group is a block (granularity `block`, ECoFLaP's setting) or a single prunable matrix
-(granularity `layer`). Scorers compute one number per matrix and aggregate it per group by `sum`
-(ECoFLaP's released scripts for BLIP-2) or `avg` (sum / group size).
+(granularity `matrix`; `layer`, its former name, still works with a warning). Scorers compute one
+number per matrix and aggregate it per group by `sum` (ECoFLaP's released scripts for BLIP-2) or
+`avg` (sum / group size).
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -16,8 +18,9 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, PrunableMatrix
 
-GRANULARITIES = ("block", "layer")
+GRANULARITIES = ("block", "matrix")
 AGGREGATES = ("sum", "avg")
+log = logging.getLogger(__name__)
 
 
 class BlockScorer(ABC):
@@ -37,34 +40,38 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise UserError(f"{name}={value!r} is unknown; use one of {', '.join(choices)}")
 
 
+def check_granularity(granularity: str) -> str:
+    """The granularity, `layer` read as its new name `matrix` (with a warning)."""
+    if granularity == "layer":
+        log.warning("scorer.granularity=layer is now called scorer.granularity=matrix (one group per matrix); "
+                    "`layer` will go")
+        return "matrix"
+    check_choice("scorer.granularity", granularity, GRANULARITIES)
+    return granularity
+
+
 def groups(adapter: ModelAdapter, granularity: str) -> dict[str, list[PrunableMatrix]]:
     """Group name -> its matrices, in pruning order."""
-    check_choice("scorer.granularity", granularity, GRANULARITIES)
-    if granularity == "layer":
+    if granularity == "matrix":
         return {m.name: [m] for m in adapter.matrices()}
     return {block.name: block.matrices for block in adapter.blocks()}
 
 
-def group_sizes(adapter: ModelAdapter) -> dict[str, int]:
-    """Parameter count of every block and every matrix (a score's keys are one or the other)."""
-    sizes = {block.name: block.numel for block in adapter.blocks()}
-    sizes.update({m.name: m.numel for m in adapter.matrices()})
-    return sizes
-
-
-def group_tower(adapter: ModelAdapter) -> dict[str, str]:
-    """Tower name of every block and every matrix."""
-    owner = {}
-    for tower in adapter.towers():
-        for block in tower.blocks:
-            owner[block.name] = tower.name
-            owner.update({m.name: tower.name for m in block.matrices})
-    return owner
+def first_samples(batches: list[Batch], num_samples: int | None) -> list[Batch]:
+    """The leading batches that hold `num_samples` calibration samples (all when None)."""
+    if num_samples is None:
+        return batches
+    kept, count = [], 0
+    for batch in batches:
+        if count >= num_samples:
+            break
+        kept.append(batch)
+        count += len(next(iter(batch.values())))
+    return kept
 
 
 def aggregate(adapter: ModelAdapter, per_matrix: dict[str, float], granularity: str, how: str) -> dict[str, float]:
     """Per-matrix scores -> per-group scores by sum or mean per parameter."""
-    check_choice("scorer.aggregate", how, AGGREGATES)
     out = {}
     for name, matrices in groups(adapter, granularity).items():
         total = sum(per_matrix[m.name] for m in matrices)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from ecoflap_exp.allocation.base import Groups
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch
-from ecoflap_exp.scoring.base import BlockScorer, group_tower
+from ecoflap_exp.scoring.base import BlockScorer
 
 
 class ProductScorer(BlockScorer):
@@ -23,7 +24,7 @@ class ProductScorer(BlockScorer):
         self.factors = list(factors)
 
     def scores(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
-        owner = group_tower(adapter)
+        owner = Groups.of(adapter).towers
         combined: dict[str, float] | None = None
         for factor in self.factors:
             scores = factor.scores(adapter, batches)

@@ -17,12 +17,20 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, PrunableMatrix
 from ecoflap_exp.progress import track
-from ecoflap_exp.scoring.base import BlockScorer, aggregate
+from ecoflap_exp.scoring.base import (
+    AGGREGATES,
+    BlockScorer,
+    aggregate,
+    check_choice,
+    check_granularity,
+    first_samples,
+)
 
 
 class FirstOrderScorer(BlockScorer):
     def __init__(self, granularity: str = "block", aggregate: str = "sum", num_samples: int | None = None):
-        self.granularity = granularity
+        self.granularity = check_granularity(granularity)
+        check_choice("scorer.aggregate", aggregate, AGGREGATES)
         self.aggregate = aggregate
         self.num_samples = num_samples
 
@@ -30,19 +38,6 @@ class FirstOrderScorer(BlockScorer):
         batches = first_samples(batches, self.num_samples)
         per_matrix = first_order_matrix_scores(adapter, batches)
         return aggregate(adapter, per_matrix, self.granularity, self.aggregate)
-
-
-def first_samples(batches: list[Batch], num_samples: int | None) -> list[Batch]:
-    """The leading batches that hold `num_samples` calibration samples (all when None)."""
-    if num_samples is None:
-        return batches
-    kept, count = [], 0
-    for batch in batches:
-        if count >= num_samples:
-            break
-        kept.append(batch)
-        count += len(next(iter(batch.values())))
-    return kept
 
 
 def first_order_matrix_scores(adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:

@@ -25,8 +25,8 @@ import torch
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, Block, BlockInput
-from ecoflap_exp.pruning.engine import walk_tower
-from ecoflap_exp.scoring.base import BlockScorer, check_choice, groups
+from ecoflap_exp.scoring.base import BlockScorer, check_choice, check_granularity, groups
+from ecoflap_exp.walk import walk_tower
 
 ESTIMATORS = ("twonn", "mle", "twonn_blocks")
 REPRESENTATIONS = ("flatten", "mean", "cls")
@@ -121,7 +121,7 @@ def stack_flattened(vectors: list[torch.Tensor]) -> torch.Tensor:
 
 class IntrinsicDimensionScorer(BlockScorer):
     """Score of a block = ID of its outputs on the calibration samples (higher = pruned less).
-    With granularity `layer` every matrix gets the ID of its block's output."""
+    With granularity `matrix` every matrix gets the ID of its block's output."""
 
     def __init__(self, estimator: str = "twonn", representation: str = "flatten", discard_fraction: float = 0.1,
                  granularity: str = "block", seed: int = 0):
@@ -130,7 +130,7 @@ class IntrinsicDimensionScorer(BlockScorer):
         self.estimator = estimator
         self.representation = representation
         self.discard_fraction = discard_fraction
-        self.granularity = granularity
+        self.granularity = check_granularity(granularity)
         self.seed = seed
 
     def estimate(self, X: torch.Tensor) -> float:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
+from ecoflap_exp.input_stats import ColumnNorms, wanda_metric
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch
-from ecoflap_exp.pruning.engine import collect_stats, walk_tower
-from ecoflap_exp.pruning.wanda import ColumnNorms, WandaPruner
 from ecoflap_exp.scoring.base import BlockScorer
+from ecoflap_exp.walk import collect_stats, walk_tower
 
 
 class OutlierRatioScorer(BlockScorer):
@@ -26,12 +26,9 @@ class OutlierRatioScorer(BlockScorer):
         ratios = {}
         for tower in adapter.towers():
             for block, inputs in walk_tower(adapter, tower, batches, adapter.device, description=f"OWL {tower.name}"):
-                stats = collect_stats(tower, block, inputs, WandaPruner(), adapter.device)
                 outliers = 0
-                for m in block.matrices:
-                    norms = stats[m]
-                    assert isinstance(norms, ColumnNorms)
-                    metric = m.weight.abs().float() * norms.sq_norms.sqrt()
+                for m, norms in collect_stats(tower, block, inputs, ColumnNorms, adapter.device).items():
+                    metric = wanda_metric(m.weight, norms)
                     outliers += int((metric > self.outlier_factor * metric.mean()).sum())
                 ratios[block.name] = outliers / block.numel
         return ratios

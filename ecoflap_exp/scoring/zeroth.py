@@ -29,9 +29,15 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, Tower
 from ecoflap_exp.progress import track
-from ecoflap_exp.pruning.engine import walk_tower
-from ecoflap_exp.scoring.base import BlockScorer, aggregate
-from ecoflap_exp.scoring.first import first_samples
+from ecoflap_exp.scoring.base import (
+    AGGREGATES,
+    BlockScorer,
+    aggregate,
+    check_choice,
+    check_granularity,
+    first_samples,
+)
+from ecoflap_exp.walk import walk_tower
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +49,17 @@ class ZerothOrderScorer(BlockScorer):
             raise UserError(f"scorer.eps={eps} must be positive (the paper uses 1e-3)")
         self.eps = eps
         self.num_samples = num_samples
-        self.granularity = granularity
+        self.granularity = check_granularity(granularity)
+        check_choice("scorer.aggregate", aggregate, AGGREGATES)
         self.aggregate = aggregate
         self.seed = seed
         self.reuse_prefix = reuse_prefix
-        self.block_forwards = 0  # real (not skipped) block forwards of the last scores() call
 
     def scores(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
         batches = first_samples(batches, self.num_samples)
-        with count_block_forwards(adapter) as counter, torch.no_grad():
+        with torch.no_grad():
             adapter.model.eval()
             per_matrix = self._with_prefix(adapter, batches) if self.reuse_prefix else self._naive(adapter, batches)
-        self.block_forwards = counter.real
         zero = [name for name, value in per_matrix.items() if value == 0]
         self.info = {"zero_estimates": len(zero), "matrices": len(per_matrix)}
         if zero:
@@ -158,7 +163,8 @@ class BlockForwardCounter:
 
 @contextlib.contextmanager
 def count_block_forwards(adapter: ModelAdapter) -> Iterator[BlockForwardCounter]:
-    """Counts forwards of every block that really computed (skipped blocks are not counted)."""
+    """Instrumentation for benchmarks and tests (never on in a run): counts forwards of every
+    block that really computed within the context (blocks `start_at` skips are not counted)."""
     counter = BlockForwardCounter()
 
     def count(module: torch.nn.Module, args: tuple, output: object) -> None:

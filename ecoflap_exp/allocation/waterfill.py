@@ -1,8 +1,4 @@
-"""Scores -> per-group sparsity. `WaterFilling` is ECoFLaP's (reference/ecoflap.md section 2);
-`OwlAllocation` is OWL's formula; `GlobalRanking` (global_ranking.py) lets sparsities emerge from
-one threshold over all weights.
-
-ECoFLaP's water-filling:
+"""ECoFLaP's allocation (reference/ecoflap.md section 2), water-filling.
 
 With N prunable weights and target sparsity p, K = (1 - p) N weights are kept. Every block keeps
 at least n_g (1 - p_max) (so no block goes past p_max); the remaining budget goes to blocks in
@@ -18,15 +14,14 @@ real numbers; each matrix rounds its own count when it is pruned.
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
 from collections import defaultdict
 
+from ecoflap_exp.allocation.base import Allocation, Groups, Sketches
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.adapter import ModelAdapter
-from ecoflap_exp.models.seam import Batch
-from ecoflap_exp.scoring.base import check_choice, group_sizes, group_tower
+from ecoflap_exp.models.seam import Plan
 
 log = logging.getLogger(__name__)
+SCOPES = ("joint", "per_tower")
 
 
 def _water_fill(floor: list[float], cap: list[float], weight: list[float], budget: float) -> list[float]:
@@ -79,58 +74,24 @@ def allocate(
     return {g: round(min(max(1 - k / ng, 0.0), 1.0), 12) for g, k, ng in zip(names, keep, n, strict=True)}
 
 
-Plan = dict[str, float]
-
-
-class Allocation(ABC):
-    @abstractmethod
-    def plan(self, adapter: ModelAdapter, batches: list[Batch], scores: dict[str, float], sparsity: float,
-             max_sparsity: float) -> Plan:
-        """Group (block or matrix) name -> sparsity, averaging `sparsity` over all prunable weights."""
-
-
 class WaterFilling(Allocation):
     """ECoFLaP's allocation, over all towers at once (`joint`, the paper's) or each tower alone
     at the target (`per_tower`)."""
 
     def __init__(self, scope: str = "joint"):
-        check_choice("allocation.scope", scope, ("joint", "per_tower"))
+        if scope not in SCOPES:
+            raise UserError(f"allocation.scope={scope!r} is unknown; use one of {', '.join(SCOPES)}")
         self.scope = scope
 
-    def plan(self, adapter: ModelAdapter, batches: list[Batch], scores: dict[str, float], sparsity: float,
-             max_sparsity: float) -> Plan:
-        sizes = group_sizes(adapter)
+    def plan(self, scores: dict[str, float], groups: Groups, sparsity: float, max_sparsity: float,
+             sketches: Sketches | None = None) -> Plan:
+        sizes = groups.sizes
         if self.scope == "joint":
             return allocate(scores, {g: sizes[g] for g in scores}, sparsity, max_sparsity)
-        owner = group_tower(adapter)
         by_tower: dict[str, list[str]] = defaultdict(list)
         for g in scores:
-            by_tower[owner[g]].append(g)
+            by_tower[groups.towers[g]].append(g)
         plan: Plan = {}
         for names in by_tower.values():
             plan.update(allocate({g: scores[g] for g in names}, {g: sizes[g] for g in names}, sparsity, max_sparsity))
-        return plan
-
-
-class OwlAllocation(Allocation):
-    """OWL (Yin et al. 2024): with outlier ratios D_g as scores, min-max scale them to
-    [0, 2 lambda], centre them on their mean, and give group g the sparsity p - (scaled D_g - mean):
-    groups with more outliers are pruned less. The mean is weighted by group size, so the total
-    stays exact when blocks differ in size (with equal blocks, as in LLaMA, it is OWL's plain mean)."""
-
-    def __init__(self, lam: float = 0.08):
-        self.lam = lam
-
-    def plan(self, adapter: ModelAdapter, batches: list[Batch], scores: dict[str, float], sparsity: float,
-             max_sparsity: float) -> Plan:
-        low, high = min(scores.values()), max(scores.values())
-        if high == low:
-            return dict.fromkeys(scores, sparsity)
-        sizes = group_sizes(adapter)
-        scaled = {g: (s - low) / (high - low) * 2 * self.lam for g, s in scores.items()}
-        mean = sum(v * sizes[g] for g, v in scaled.items()) / sum(sizes[g] for g in scaled)
-        plan = {g: sparsity - (v - mean) for g, v in scaled.items()}
-        if not all(0 <= v < 1 for v in plan.values()):
-            raise UserError(f"OWL gives block sparsities outside [0, 1) at sparsity={sparsity} with "
-                            f"lambda={self.lam}; lower allocation.lam")
         return plan
