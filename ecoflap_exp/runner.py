@@ -63,6 +63,9 @@ def validate(cfg: DictConfig) -> Target:
         max_sparsity = min(sparsity + cfg.max_sparsity_delta, 1.0)
     if not sparsity <= max_sparsity <= 1:
         raise UserError(f"max_sparsity={max_sparsity} must lie in [sparsity={sparsity}, 1]")
+    if not cfg.model.get("name"):
+        raise UserError("the model config has no `name` (the short name records and tables use, e.g. name: my_llama); "
+                        "add one to it")
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
         raise UserError(f"device={cfg.device!r} is unknown; use auto, cpu or cuda[:N]")
     if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
@@ -154,11 +157,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.force and (done := store.finished(rid)):
         console.print(f"[green]run {rid} already finished[/] ({store.path(rid)}); skipped (force=true reruns it)")
         return done
-    record: dict[str, Any] = {"id": rid, "status": "running", "config": config,
+    record: dict[str, Any] = {"id": rid, "status": "running", "model": cfg.model.name, "config": config,
                               "started": dt.datetime.now().isoformat(timespec="seconds"),
                               "versions": versions(), "git_commit": git_commit()}
     try:
-        record.update(execute(cfg, target, rid))
+        plugins = Plugins.build(cfg)
+        record.update(method=plugins.method(target), scorer=plugins.scorer.name)
+        record.update(execute(cfg, target, rid, plugins))
         record["status"] = "ok"
     except BaseException as err:
         record.update(status="failed", error=f"{type(err).__name__}: {err}")
@@ -219,15 +224,37 @@ def log_externally(logger_cfg: DictConfig, record: dict[str, Any]) -> None:
                     record["id"], type(err).__name__, err)
 
 
-def execute(cfg: DictConfig, target: Target, rid: str) -> dict[str, Any]:
+@dataclass
+class Plugins:
+    """Everything a run is configured with but the model, built (and so checked) before any
+    weights load."""
+
+    calib: CalibrationSource
+    scorer: BlockScorer
+    allocation: Allocation
+    pruner: LocalPruner
+    evals: dict[str, Evaluation]
+
+    @classmethod
+    def build(cls, cfg: DictConfig) -> Plugins:
+        return cls(build(cfg.calib), build(cfg.scorer), build(cfg.allocation), build(cfg.pruner),
+                   {name: build(ev) for name, ev in cfg.evals.items()})
+
+    def method(self, target: Target) -> str:
+        """The method as the papers name it: `wanda`, `ecoflap-zeroth+wanda`, `id-global+wanda`,
+        `owl+sparsegpt`; `dense` for an unpruned point."""
+        if target.sparsity == 0:
+            return "dense"
+        choice = "-".join(part for part in (self.scorer.name, self.allocation.name) if part)
+        return f"{choice}+{self.pruner.name}" if choice else self.pruner.name
+
+
+def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins) -> dict[str, Any]:
     timer = StageTimer()
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    calib: CalibrationSource = build(cfg.calib)
-    scorer: BlockScorer = build(cfg.scorer)
-    pruner: LocalPruner = build(cfg.pruner)
-    allocation: Allocation = build(cfg.allocation)
-    evals: dict[str, Evaluation] = {name: build(ev) for name, ev in cfg.evals.items()}
+    calib, scorer, allocation, pruner, evals = (plugins.calib, plugins.scorer, plugins.allocation, plugins.pruner,
+                                                plugins.evals)
     if target.nm is not None and scorer.non_uniform:
         raise UserError(f"nm={target.nm} fixes every matrix at {target.sparsity}; use scorer=uniform with N:M")
     for ev in evals.values():
@@ -284,13 +311,9 @@ def execute(cfg: DictConfig, target: Target, rid: str) -> dict[str, Any]:
 
 
 def print_summary(record: dict[str, Any]) -> None:
-    cfg = record["config"]
     table = Table(title=f"run {record['id']}", show_header=False)
-    model = cfg["model"]
-    table.add_row("model", str(model.get("checkpoint") or model.get("pretrained") or model.get("arch")
-                               or model.get("model_name")))
-    table.add_row("scorer / pruner", f"{cfg['scorer']['_target_'].rsplit('.', 1)[-1]} / "
-                  f"{cfg['pruner']['_target_'].rsplit('.', 1)[-1]}")
+    table.add_row("model", record["model"])
+    table.add_row("method", record["method"])
     target = record["target"]
     table.add_row("target sparsity", f"{target['sparsity']:.4f}" + (f" ({target['nm']})" if target["nm"] else ""))
     table.add_row("achieved sparsity", f"{record['achieved']['overall']:.4f} of "

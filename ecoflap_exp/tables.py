@@ -143,13 +143,7 @@ LAYOUTS: dict[str, Layout] = {
                               note="Zeroth-order hyperparameters: perturbation size eps x number of samples."),
 }
 
-SCORER_NAMES = {"Uniform": "", "ZerothOrder": "ecoflap-zeroth", "FirstOrder": "ecoflap-first",
-                "IntrinsicDimension": "id", "OutlierRatio": "owl", "Product": "product"}
 POINT = re.compile(r"^(p\d[\d.e-]*|nm\d+:\d+)/")
-
-
-def short(target: str, suffix: str) -> str:
-    return target.rsplit(".", 1)[-1].removesuffix(suffix)
 
 
 def config_value(cfg: dict[str, Any], dotted: str) -> Any:
@@ -159,21 +153,12 @@ def config_value(cfg: dict[str, Any], dotted: str) -> Any:
 
 
 def method_name(record: dict[str, Any], row_keys: tuple[str, ...] = ()) -> str:
-    """wanda, sparsegpt, ecoflap-zeroth+wanda, owl+sparsegpt, id-global+wanda, dense, ...; with
-    row_keys, the method plus those settings, e.g. `ecoflap-zeroth+wanda (eps=0.001, num_samples=32)`."""
-    cfg = record["config"]
-    if record.get("target", {}).get("sparsity", cfg.get("sparsity")) == 0:
-        return "dense"
-    scorer = SCORER_NAMES.get(short(cfg["scorer"]["_target_"], "Scorer"), short(cfg["scorer"]["_target_"], "Scorer"))
-    if scorer == "product":
-        scorer = "x".join(SCORER_NAMES.get(short(f["_target_"], "Scorer"), "?") for f in cfg["scorer"]["factors"])
-    allocation = short(cfg.get("allocation", {}).get("_target_", ""), "")
-    if allocation == "GlobalRanking":
-        scorer += "-global"
-    pruner = short(cfg["pruner"]["_target_"], "Pruner").lower()
-    name = f"{scorer}+{pruner}" if scorer else pruner
+    """The record's method (as the runner named it: wanda, ecoflap-zeroth+wanda, dense, ...); with
+    row_keys, plus those settings, e.g. `ecoflap-zeroth+wanda (eps=0.001, num_samples=32)`."""
+    name = record["method"]
     if row_keys:
-        settings = ", ".join(f"{key.rsplit('.', 1)[-1]}={format_setting(config_value(cfg, key))}" for key in row_keys)
+        settings = ", ".join(f"{key.rsplit('.', 1)[-1]}={format_setting(config_value(record['config'], key))}"
+                             for key in row_keys)
         name += f" ({settings})"
     return name
 
@@ -190,9 +175,9 @@ def point_name(record: dict[str, Any]) -> str:
 
 
 def check_record(record: dict[str, Any]) -> None:
-    """KeyError/TypeError for a record without what every table needs."""
-    record["config"]["scorer"]["_target_"]  # noqa: B018
-    record["config"]["pruner"]["_target_"]  # noqa: B018
+    """KeyError/TypeError for a record without what every table needs (a run that failed before its
+    plugins were built has no method: it has no cell to show)."""
+    record["model"], record["method"], record["config"]["sparsity"]  # noqa: B018
     if record["status"] == "ok":
         record["achieved"]["overall"]  # noqa: B018
 
@@ -239,7 +224,8 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in records:
         experiment = r["config"].get("experiment_name", "default")
-        base = {"experiment": experiment, "method": method_name(r, LAYOUTS.get(experiment, Layout()).row_keys),
+        base = {"experiment": experiment, "model": r["model"],
+                "method": method_name(r, LAYOUTS.get(experiment, Layout()).row_keys),
                 "point": point_name(r), "status": r.get("status", "?"), "id": r.get("id")}
         if r.get("status") == "ok":
             for metric, value in r.get("metrics", {}).items():
@@ -260,6 +246,15 @@ def derive(values: dict[str, float]) -> dict[str, float]:
             if all(m in values for task in tasks for m in task)}
 
 
+def experiment_rows(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    """The experiment's rows; where it ran more than one model, each method is labelled with its
+    model (`llama_tiny: wanda`), so the models' runs never share a cell."""
+    sub = df[df["experiment"] == experiment]
+    if sub["model"].nunique() > 1:
+        sub = sub.assign(method=sub["model"] + ": " + sub["method"])
+    return sub
+
+
 def point_order(point: str) -> tuple[int, float | str]:
     return (0, float(point[1:])) if point.startswith("p") else (1, point)
 
@@ -268,7 +263,7 @@ def experiment_table(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
     """method x metric (one sparsity) or method x point/metric table of strings: numbers, '-' for
     missing, 'failed'; then the paper rows."""
     layout = LAYOUTS.get(experiment, Layout())
-    sub = df[df["experiment"] == experiment]
+    sub = experiment_rows(df, experiment)
     points = sorted(sub["point"].unique(), key=point_order)
     pruned_points = [p for p in points if p != "p0"]
     folded = len(pruned_points) <= 1
@@ -402,7 +397,8 @@ def plot_experiment(records: list[dict[str, Any]], df: pd.DataFrame, experiment:
     import matplotlib.pyplot as plt
 
     plot_dir.mkdir(parents=True, exist_ok=True)
-    ok = df[(df["experiment"] == experiment) & (df["status"] == "ok") & df["point"].str.startswith("p")]
+    rows = experiment_rows(df, experiment)
+    ok = rows[(rows["status"] == "ok") & rows["point"].str.startswith("p")]
     metrics = [m for m in ok["metric"].dropna().unique() if m != "achieved_sparsity"]
     if metrics and ok.loc[ok["point"] != "p0", "point"].nunique() > 1:
         fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
@@ -436,8 +432,7 @@ def plot_experiment(records: list[dict[str, Any]], df: pd.DataFrame, experiment:
         if len(set(plan.values())) > 1 and plan not in seen_plans:
             seen_plans.append(plan)
             plans.append((r, plan, "sparsity"))
-    ids = [(r, r["scores"], "intrinsic dimension") for r in mine
-           if r["config"]["scorer"]["_target_"].endswith("IntrinsicDimensionScorer") and r.get("scores")]
+    ids = [(r, r["scores"], "intrinsic dimension") for r in mine if r.get("scorer") == "id" and r.get("scores")]
     for suffix, panels in (("plans", plans), ("id", ids)):
         if not panels:
             continue
@@ -449,8 +444,8 @@ def plot_experiment(records: list[dict[str, Any]], df: pd.DataFrame, experiment:
             colors = [f"C{towers.index(tower_of[g]) if g in tower_of else 9}" for g in groups]
             ax.bar(range(len(groups)), [group_values[g] for g in groups], color=colors)
             ax.set_ylabel(label)
-            ax.set_title(f"{method_name(r)} {point_name(r)} per group, colour = tower ({', '.join(towers)})",
-                         fontsize=8)
+            ax.set_title(f"{r['model']} {method_name(r)} {point_name(r)} per group, colour = tower "
+                         f"({', '.join(towers)})", fontsize=8)
         fig.tight_layout()
         fig.savefig(plot_dir / f"{experiment}_{suffix}.png", dpi=100)
         plt.close(fig)

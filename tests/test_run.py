@@ -216,3 +216,18 @@ def test_clip_end_to_end_and_calibration_that_does_not_fit(tmp_path, model):
 def test_uncached_checkpoint_offline_is_one_clear_message(tmp_path, overrides, name):
     with pytest.raises(UserError, match=f"could not load '{name}'.*download it first"):
         run(config(tmp_path, *overrides))
+
+
+@pytest.mark.parametrize(("overrides", "method"), [
+    ([], "wanda"), (["scorer=zeroth"], "ecoflap-zeroth+wanda"), (["scorer=first", "pruner=sparsegpt"],
+                                                                 "ecoflap-first+sparsegpt"),
+    (["scorer=id", "allocation=global"], "id-global+wanda"), (["scorer=owl"], "owl+wanda"),
+    (["scorer=id_zeroth", "pruner=magnitude"], "ecoflap-zerothxid+magnitude"), (["sparsity=0"], "dense"),
+    (["nm=2:4", "pruner=sparsegpt"], "sparsegpt"),
+])
+def test_the_plugins_name_the_method(tmp_path, overrides, method):
+    from ecoflap_exp.runner import Plugins, validate
+
+    cfg = config(tmp_path, *overrides)
+    assert Plugins.build(cfg).method(validate(cfg)) == method
+    assert cfg.model.name == "llama_tiny"

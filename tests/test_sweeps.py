@@ -255,7 +255,7 @@ def test_wandb_offline_logs_the_record_and_it_reads_back(tmp_path):
     assert {row[0]: row[4] for row in table["data"]} == pytest.approx(record["scores"])
     assert {row[1] for row in table["data"]} == {"decoder"}
     wandb_run = as_public_api_run(offline_log(run_dir / f"run-{record['id']}.wandb"))
-    assert wandb_run.group == "wb" and wandb_run.name == "llama_tiny-firstorder-wanda-p0.6"  # no Hydra overrides
+    assert wandb_run.group == "wb" and wandb_run.name == "llama_tiny-ecoflap-first+wanda-p0.6"  # no Hydra overrides
     assert wandb_run.summary["block_sparsity_chart_table"]["_type"] == "table-file"  # the bar chart's data
     for key in ("metrics/text/ppl", "time_s/prune", "time_s/eval", "peak_rss_gb", "sparsity/achieved"):
         assert key in wandb_run.summary
@@ -278,8 +278,9 @@ def test_wandb_run_of_a_sweep_point_is_named_from_its_overrides_and_grouped(tmp_
     assert result.returncode == 0, result.stderr
     (log_file,) = (tmp_path / "wandb").glob("offline-run-*/*.wandb")
     wandb_run = as_public_api_run(offline_log(log_file))
-    # paths, device and the logger settings do not tell the points apart, so they are not in the name
-    assert wandb_run.name == "sparsity=0.3,experiment_name=named,model=llama_tiny,calib=shipped_text,suite=shipped_text"
+    # paths and the logger settings are no part of a run's identity, so they are not in the name
+    assert wandb_run.name == ("sparsity=0.3,experiment_name=named,device=cpu,model=llama_tiny,calib=shipped_text,"
+                              "suite=shipped_text")
     assert wandb_run.group == "named"
 
 

@@ -9,23 +9,21 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.tables import COOP_DATASETS, PAPER, derive, experiment_table, frame, write_tables
 from ecoflap_exp.tracking.wandb_logger import override_name, record_from_run, records_from_project
 
-SCORERS = {"uniform": "ecoflap_exp.scoring.uniform.UniformScorer",
-           "first": "ecoflap_exp.scoring.first.FirstOrderScorer",
-           "zeroth": "ecoflap_exp.scoring.zeroth.ZerothOrderScorer"}
-PRUNERS = {"wanda": "ecoflap_exp.pruning.wanda.WandaPruner",
-           "sparsegpt": "ecoflap_exp.pruning.sparsegpt.SparseGPTPruner"}
+#: the methods as the runner names them (scorer name + pruner name)
+SCORER_NAMES = {"uniform": "", "first": "ecoflap-first", "zeroth": "ecoflap-zeroth"}
 #: ECoFLaP Table 1's full-model row: VQAv2, OK-VQA, GQA, NoCaps CIDEr/SPICE, Flickr30k TR@1/IR@1
 FULL_MODEL = {"vqav2/accuracy": 63.1, "okvqa/accuracy": 41.1, "gqa/accuracy": 44.1, "nocaps/cider": 121.7,
               "nocaps/spice": 15.8, "flickr30k/tr@1": 97.6, "flickr30k/ir@1": 89.7}
 
 
 def record(experiment, sparsity, metrics, scorer="uniform", pruner="wanda", status="ok", rid=None, evals=("e",),
-           peak_gpu_gb=None, scorer_settings=None):
+           peak_gpu_gb=None, scorer_settings=None, model="tiny"):
     plan = {"vision.0": sparsity, "text.0": sparsity} if sparsity else {}
-    return {"id": rid or f"{experiment}-{scorer}-{pruner}-{sparsity}-{sorted(metrics)}", "status": status,
+    method = "dense" if sparsity == 0 else "+".join(p for p in (SCORER_NAMES[scorer], pruner) if p)
+    return {"id": rid or f"{model}-{experiment}-{scorer}-{pruner}-{sparsity}-{sorted(metrics)}", "status": status,
+            "model": model, "method": method, "scorer": scorer,
             "config": {"experiment_name": experiment, "sparsity": sparsity, "nm": None,
-                       "scorer": {"_target_": SCORERS[scorer], **(scorer_settings or {})},
-                       "pruner": {"_target_": PRUNERS[pruner]}, "evals": {e: {} for e in evals}},
+                       "scorer": dict(scorer_settings or {}), "evals": {e: {} for e in evals}},
             "target": {"sparsity": sparsity, "nm": None}, "plan": plan, "metrics": metrics,
             "achieved": {"overall": sparsity, "per_block": plan}, "peak_gpu_gb": peak_gpu_gb or {},
             **({"error": "RuntimeError: boom"} if status == "failed" else {})}
@@ -140,8 +138,9 @@ class FakeApi:
 def as_wandb_run(rec):
     """What the public API returns for a run that WandbLogger logged (its summary keys)."""
     summary = {f"metrics/{k}": v for k, v in rec["metrics"].items()}
-    summary.update(status=rec["status"], target=rec["target"], plan=rec["plan"], achieved=rec["achieved"],
-                   peak_gpu_gb=rec["peak_gpu_gb"], block_sparsity={"_type": "table-file"})
+    summary.update(status=rec["status"], model=rec["model"], method=rec["method"], scorer=rec["scorer"],
+                   target=rec["target"], plan=rec["plan"], achieved=rec["achieved"], peak_gpu_gb=rec["peak_gpu_gb"],
+                   block_sparsity={"_type": "table-file"})
     return SimpleNamespace(id=rec["id"], name=f"name-{rec['id']}", state="finished", summary=summary,
                            config={**rec["config"], "_wandb": {"cli_version": "0.31"}})
 
@@ -161,8 +160,8 @@ def test_wandb_runs_become_records_and_join_the_local_ones(tmp_path, caplog):
     assert "someone-elses-run" in caplog.text and "crashed" in caplog.text
     back = record_from_run(as_wandb_run(remote_new))
     assert back["config"] == remote_new["config"]  # W&B's own _wandb key dropped
-    assert {k: back[k] for k in ("id", "status", "metrics", "plan", "target")} == \
-        {k: remote_new[k] for k in ("id", "status", "metrics", "plan", "target")}
+    keys = ("id", "status", "model", "method", "metrics", "plan", "target")
+    assert {k: back[k] for k in keys} == {k: remote_new[k] for k in keys}
 
 
 def test_unreachable_wandb_project_is_one_message():
@@ -175,9 +174,11 @@ def test_unreachable_wandb_project_is_one_message():
 
 
 def test_run_names_come_from_the_sweep_overrides():
-    overrides = ["+experiment/method=ecoflap_zeroth", "sparsity=0.5", "paths.root=/x", "device=cuda",
-                 "experiment=table1_blip2", "model.prune_towers=[vision]"]
-    assert override_name(overrides) == "method=ecoflap_zeroth,sparsity=0.5,model.prune_towers=[vision]"
+    """Keys outside a run's identity (the store's one list) and the experiment's name are left out;
+    the device is part of the identity (a GPU run is not a CPU run)."""
+    overrides = ["+experiment/method=ecoflap_zeroth", "sparsity=0.5", "paths.root=/x", "device=cuda", "offload=true",
+                 "force=true", "experiment=table1_blip2", "model.prune_towers=[vision]"]
+    assert override_name(overrides) == "method=ecoflap_zeroth,sparsity=0.5,device=cuda,model.prune_towers=[vision]"
 
 
 def test_paper_rows_of_the_vlm_tables_use_the_record_metric_names():
@@ -191,3 +192,12 @@ def test_paper_rows_of_the_vlm_tables_use_the_record_metric_names():
     for method, cells in PAPER["table1_blip2"].items():
         values = {k.split("/", 1)[1]: v for k, v in cells.items()}
         assert derive(values)["macro_avg"] == pytest.approx(values["macro_avg"], abs=0.051), method
+
+
+def test_two_models_in_one_experiment_get_a_row_each():
+    records = [record("models", 0.5, {"text/ppl": 10.0}, model="llama_tiny"),
+               record("models", 0.5, {"text/ppl": 12.0}, model="qwen2_tiny")]
+    table = table_of(records, "models")
+    assert table.loc["llama_tiny: wanda", "text/ppl"] == "10.00"
+    assert table.loc["qwen2_tiny: wanda", "text/ppl"] == "12.00"
+    assert table_of(records[:1], "models").index.tolist() == ["wanda"]  # one model: the method alone

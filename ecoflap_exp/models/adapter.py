@@ -45,6 +45,8 @@ class ModelAdapter(ABC):
     methods; the capabilities evals need (models.capabilities) are further methods of theirs."""
 
     model: nn.Module
+    #: the short name runs and tables know the model by: its config's (blip2_t5, llama_tiny, ...)
+    name: str = ""
     #: the kinds of raw calibration samples `collate` accepts (see CalibrationSource.kind)
     sample_kinds: tuple[str, ...] = ()
     #: names of the towers this run prunes (None: all); the model config's `prune_towers`

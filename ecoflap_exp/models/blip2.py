@@ -201,7 +201,9 @@ class Blip2Adapter(Blip2ModelAdapter):
 
     def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
                  dtype: str = "float32", tokenizer: str | None = None, max_text_tokens: int = 32,
-                 prune_towers: list[str] | None = None, seed: int = 0, arch_overrides: dict[str, Any] | None = None):
+                 prune_towers: list[str] | None = None, seed: int = 0, arch_overrides: dict[str, Any] | None = None,
+                 name: str = ""):
+        self.name = name
         model = load_transformers_model(transformers.AutoModelForImageTextToText, arch, checkpoint, init, dtype, seed,
                                         arch_overrides)
         super().__init__(model, load_tokenizer(tokenizer or checkpoint), max_text_tokens)
@@ -327,7 +329,8 @@ class Blip2ITMAdapter(Blip2ModelAdapter):
     def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
                  dtype: str = "float32", tokenizer: str | None = None, max_text_tokens: int = 35,
                  vision_from: str | None = None, prune_towers: list[str] | None = None, seed: int = 0,
-                 arch_overrides: dict[str, Any] | None = None):
+                 arch_overrides: dict[str, Any] | None = None, name: str = ""):
+        self.name = name
         model = load_transformers_model(transformers.Blip2ForImageTextRetrieval, arch, checkpoint, init, dtype, seed,
                                         arch_overrides)
         super().__init__(model, load_tokenizer(tokenizer or checkpoint), max_text_tokens)

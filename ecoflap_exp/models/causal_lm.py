@@ -43,7 +43,9 @@ class CausalLMAdapter(ModelAdapter):
         seqlen: int = 2048,
         seed: int = 0,
         arch_overrides: dict[str, Any] | None = None,
+        name: str = "",
     ):
+        self.name = name
         self.seqlen = seqlen
         self.blocks_path = blocks_path
         self.model = load_transformers_model(transformers.AutoModelForCausalLM, arch, checkpoint, init, dtype, seed,

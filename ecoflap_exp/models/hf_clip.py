@@ -25,7 +25,8 @@ class HFCLIPAdapter(ModelAdapter):
 
     def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
                  dtype: str = "float32", tokenizer: str | None = None, seed: int = 0,
-                 prune_towers: list[str] | None = None):
+                 prune_towers: list[str] | None = None, name: str = ""):
+        self.name = name
         self.model = load_transformers_model(transformers.AutoModel, arch, checkpoint, init, dtype, seed)
         self.prune_towers = prune_towers
         vision = self.model.config.vision_config

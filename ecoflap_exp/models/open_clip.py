@@ -93,9 +93,10 @@ class OpenCLIPAdapter(ModelAdapter):
 
     def __init__(self, model_name: str, pretrained: str | None = None, init: str = "pretrained",
                  dtype: str = "float32", seed: int = 0, prune_towers: list[str] | None = None,
-                 split_qkv: bool = False):
+                 split_qkv: bool = False, name: str = ""):
         import open_clip
 
+        self.name = name
         register_shipped_configs()
         if init not in ("pretrained", "random"):
             raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")

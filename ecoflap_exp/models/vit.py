@@ -53,8 +53,10 @@ class ImageClassifierAdapter(ModelAdapter):
 class HFViTAdapter(ImageClassifierAdapter):
     def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
                  dtype: str = "float32", image_size: int = 224, resize_size: int | None = None,
-                 mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5), seed: int = 0):
+                 mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5), seed: int = 0,
+                 name: str = ""):
         super().__init__(image_size, resize_size, list(mean), list(std))
+        self.name = name
         self.model = load_transformers_model(transformers.AutoModelForImageClassification, arch, checkpoint, init,
                                              dtype, seed)
 
@@ -72,10 +74,11 @@ class TimmViTAdapter(ImageClassifierAdapter):
     def __init__(self, model_name: str, checkpoint: str | None = None, init: str = "pretrained",
                  dtype: str = "float32", model_kwargs: dict[str, Any] | None = None, image_size: int = 224,
                  resize_size: int | None = None, mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-                 std: tuple[float, ...] = (0.5, 0.5, 0.5), seed: int = 0):
+                 std: tuple[float, ...] = (0.5, 0.5, 0.5), seed: int = 0, name: str = ""):
         import timm
 
         super().__init__(image_size, resize_size, list(mean), list(std))
+        self.name = name
         self.construction = {"model_name": model_name, "model_kwargs": dict(model_kwargs or {})}
         if init not in ("pretrained", "random"):
             raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")

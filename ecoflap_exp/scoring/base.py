@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class BlockScorer(ABC):
+    #: the scorer's part of a method's name, as the papers name methods ("" for uniform)
+    name: str = ""
     #: True when the scores can give blocks different sparsities (every scorer but uniform).
     non_uniform: bool = True
     #: what the run record keeps about the last scores() call beside the scores (the record's

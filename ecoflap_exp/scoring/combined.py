@@ -22,6 +22,7 @@ class ProductScorer(BlockScorer):
         if len(factors) < 2:
             raise UserError("scorer.factors needs at least two scorers to combine")
         self.factors = list(factors)
+        self.name = "x".join(f.name for f in self.factors)
 
     def scores(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
         owner = Groups.of(adapter).towers

@@ -28,6 +28,8 @@ from ecoflap_exp.scoring.base import (
 
 
 class FirstOrderScorer(BlockScorer):
+    name = "ecoflap-first"
+
     def __init__(self, granularity: str = "block", aggregate: str = "sum", num_samples: int | None = None):
         self.granularity = check_granularity(granularity)
         check_choice("scorer.aggregate", aggregate, AGGREGATES)

@@ -123,6 +123,8 @@ class IntrinsicDimensionScorer(BlockScorer):
     """Score of a block = ID of its outputs on the calibration samples (higher = pruned less).
     With granularity `matrix` every matrix gets the ID of its block's output."""
 
+    name = "id"
+
     def __init__(self, estimator: str = "twonn", representation: str = "flatten", discard_fraction: float = 0.1,
                  granularity: str = "block", seed: int = 0):
         check_choice("scorer.estimator", estimator, ESTIMATORS)

@@ -17,6 +17,8 @@ from ecoflap_exp.walk import collect_stats, walk_tower
 
 
 class OutlierRatioScorer(BlockScorer):
+    name = "owl"
+
     def __init__(self, outlier_factor: float = 5.0):
         self.outlier_factor = outlier_factor
 

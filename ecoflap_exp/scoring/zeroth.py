@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 
 class ZerothOrderScorer(BlockScorer):
+    name = "ecoflap-zeroth"
+
     def __init__(self, eps: float = 1e-3, num_samples: int | None = 32, granularity: str = "block",
                  aggregate: str = "sum", seed: int = 0, reuse_prefix: bool = True):
         if not eps > 0:

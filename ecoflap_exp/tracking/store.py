@@ -14,8 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-#: config keys that do not change a run's result
-NON_IDENTITY_KEYS = ("force", "paths", "save_model", "logger", "hydra")
+#: config keys that do not change a run's result (offload moves blocks, with the same weights as a
+#: result); the one list both the store's run ids and W&B's run names use
+NON_IDENTITY_KEYS = ("force", "paths", "save_model", "logger", "hydra", "offload")
 
 
 #: what a dense run (sparsity 0, no N:M) does not depend on: how it would have been pruned

@@ -21,14 +21,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from ecoflap_exp.errors import UserError
+from ecoflap_exp.tracking.store import NON_IDENTITY_KEYS
 
 #: stages of the pruning job (load, calibrate, score, allocate, prune), i.e. not the evaluation
 PRUNING_STAGES = ("load", "calibrate", "score", "allocate", "prune")
-#: override keys that do not tell two points of a sweep apart
-UNNAMED_OVERRIDES = ("paths", "device", "force", "logger", "hydra", "save_model", "offload", "experiment")
 #: summary keys that hold record fields verbatim
-RECORD_FIELDS = ("status", "error", "target", "plan", "scores", "eval_info", "timings_s", "peak_gpu_gb", "peak_rss_gb",
-                 "started", "finished", "git_commit", "versions")
+RECORD_FIELDS = ("status", "error", "model", "method", "scorer", "target", "plan", "scores", "eval_info", "timings_s",
+                 "peak_gpu_gb", "peak_rss_gb", "started", "finished", "git_commit", "versions")
 
 
 def pruning_peak_gpu_gb(record: dict[str, Any]) -> float | None:
@@ -42,27 +41,27 @@ def pruning_peak_gpu_gb(record: dict[str, Any]) -> float | None:
 
 
 def override_name(overrides: Iterable[str]) -> str:
-    """`+experiment/method=wanda`, `sparsity=0.5` -> `method=wanda,sparsity=0.5` (paths, device and
-    the like dropped: they do not distinguish sweep points)."""
+    """`+experiment/method=wanda`, `sparsity=0.5` -> `method=wanda,sparsity=0.5` (the experiment's
+    name and the keys that are not part of a run's identity, paths and the like, dropped: they do
+    not distinguish sweep points)."""
     parts = []
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         if key.startswith("experiment/"):
             key = key.removeprefix("experiment/")
-        elif key.split(".")[0].split("/")[0] in UNNAMED_OVERRIDES:
+        elif key == "experiment" or key.split(".")[0].split("/")[0] in NON_IDENTITY_KEYS:
             continue
         parts.append(f"{key}={value}")
     return ",".join(parts)
 
 
 def settings_name(record: dict[str, Any]) -> str:
+    """`llama_tiny-ecoflap-zeroth+wanda-p0.5` (a run that failed before its method was known: the
+    model and the point only)."""
     cfg = record["config"]
-    model = cfg["model"].get("arch") or cfg["model"].get("model_name") or "model"
-    scorer = cfg["scorer"]["_target_"].rsplit(".", 1)[-1].removesuffix("Scorer")
-    pruner = cfg["pruner"]["_target_"].rsplit(".", 1)[-1].removesuffix("Pruner")
     target = record.get("target") or {"sparsity": cfg.get("sparsity"), "nm": cfg.get("nm")}
     pattern = target["nm"] or f"p{target['sparsity']:g}"
-    return f"{model}-{scorer}-{pruner}-{pattern}".lower()
+    return "-".join(part for part in (record["model"], record.get("method"), pattern) if part)
 
 
 def hydra_overrides() -> list[str]:
