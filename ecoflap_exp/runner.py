@@ -288,7 +288,7 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins) -> dict
     metrics: dict[str, float] = {}
     with timer("eval"):
         for name, ev in evals.items():
-            metrics.update({f"{name}/{k}": v for k, v in ev.evaluate(adapter).items()})
+            metrics.update({f"{ev.name or name}/{k}": v for k, v in ev.evaluate(adapter).items()})
     check_finite(metrics)
     eval_info = {name: dict(ev.info) for name, ev in evals.items() if ev.info}
     result = {

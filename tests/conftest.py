@@ -11,7 +11,7 @@ from ecoflap_exp.models.causal_lm import CausalLMAdapter  # noqa: E402
 
 @pytest.fixture
 def tiny_llama() -> CausalLMAdapter:
-    return CausalLMAdapter(arch="llama_tiny", init="random", tokenizer="bytes", seqlen=32, seed=0)
+    return CausalLMAdapter(arch="llama_tiny", init="random", tokenizer="bytes", seed=0)
 
 
 @pytest.fixture

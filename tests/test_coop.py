@@ -244,3 +244,7 @@ def test_clip_paper_suite_end_to_end_with_coop_calibration(tmp_path):
     for dataset, value in ((d, record["metrics"][f"{d}/top1"]) for d in DATASETS):
         images = 3 if dataset == "imagenet" else 6  # each score is a count of right answers over the test split
         assert value * images / 100 == pytest.approx(round(value * images / 100)), dataset
+    # Table 2's point: the suite's one eval follows the calibration's dataset and is named by it
+    point = run(config(tmp_path, "model=clip_tiny", "calib=coop_train", "calib.dataset=dtd", "calib.num_samples=6",
+                       "calib.batch_size=3", "suite=coop", "sparsity=0.4"))
+    assert set(point["metrics"]) == {"dtd/top1"}

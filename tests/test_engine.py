@@ -16,7 +16,7 @@ from ecoflap_exp.walk import capture_inputs, collect_stats, move
 
 
 def make_llama(arch="llama_tiny", **kw):
-    return CausalLMAdapter(arch=arch, init="random", tokenizer="bytes", seqlen=32, seed=0, **kw)
+    return CausalLMAdapter(arch=arch, init="random", tokenizer="bytes", seed=0, **kw)
 
 
 def all_tokens(batch, matrix, x):

@@ -44,7 +44,7 @@ def blip2(kind, dtype, seed):
 
 
 def llama(dtype, seed):
-    adapter = CausalLMAdapter(arch="llama_tiny", init="random", tokenizer="bytes", seqlen=32, seed=seed,
+    adapter = CausalLMAdapter(arch="llama_tiny", init="random", tokenizer="bytes", seed=seed,
                               arch_overrides={"num_hidden_layers": 6})
     adapter.model.to(dtype)
     ids = torch.randint(3, 259, (32, 32), generator=torch.Generator().manual_seed(1))

@@ -184,8 +184,9 @@ def test_eval_that_does_not_fit_the_model_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match=r"evals.imagenet \(Top1Accuracy\) needs a model with ClassLogits "
                                         r"\(logits\), which CausalLMAdapter lacks"):
         run(config(tmp_path, "suite=vit"))
-    with pytest.raises(UserError, match="does not resolve at calib.seqlen: Interpolation key 'model.seqlen'"):
-        run(config(tmp_path, "model=vit_tiny"))
+    with pytest.raises(UserError, match="calib .TextCalibration. gives tokens but HFViTAdapter calibrates on "
+                                        "labelled_images; choose a calib made for this model"):
+        run(config(tmp_path, "model=vit_tiny", "calib=shipped_text"))
 
 
 @pytest.mark.slow

@@ -179,8 +179,9 @@ def test_method_presets_set_the_papers_settings(method, scorer, pruner, samples,
 @pytest.mark.parametrize("dataset", COOP_DATASETS)
 def test_table2_point_calibrates_and_evaluates_on_one_dataset(dataset):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", ["experiment=table2_clip", f"+experiment/coop={dataset}", "scorer=zeroth"])
-    assert cfg.calib.dataset == dataset and list(cfg.evals) == [dataset] and cfg.evals[dataset].dataset == dataset
+        cfg = compose("config", ["experiment=table2_clip", f"calib.dataset={dataset}", "scorer=zeroth"])
+    # one eval, on the calibration's dataset (its metrics are named by the dataset: <dataset>/top1)
+    assert cfg.calib.dataset == dataset and list(cfg.evals) == ["coop"] and cfg.evals.coop.dataset == dataset
     assert cfg.calib.batch_size == 16 and cfg.scorer.num_samples == 32  # ECoFLaP's CLIP script
 
 

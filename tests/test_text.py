@@ -159,7 +159,7 @@ def test_llama_suite_end_to_end_on_released_layouts(tmp_path):
     wiki = write_wikitext(data / "wikitext")
     write_c4(data / "c4" / "c4-validation.00000-of-00008.json.gz", docs=[d * 3 for d in C4_DOCS])
     overrides = [f"paths.root={tmp_path}", f"paths.data_root={data}", "device=cpu", "model=llama_tiny",
-                 "model.seqlen=64", "calib=c4_validation", "calib.num_samples=4", "suite=llama",
+                 "data.seqlen=64", "calib=c4_validation", "calib.num_samples=4", "suite=llama",
                  f"evals.wikitext2.source={wiki['member']}", "+eval@evals.c4=c4_validation", "sparsity=0.5"]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         record = run(compose("config", overrides))

@@ -19,6 +19,8 @@ from ecoflap_exp.models.capabilities import describe
 
 
 class Evaluation(ABC):
+    #: the prefix of this evaluation's metrics in the record ("" for its suite entry's name)
+    name: str = ""
     #: the capabilities (models.capabilities Protocols) this evaluation needs of a model, checked
     #: before any pruning
     needs: tuple[type, ...] = ()
@@ -56,6 +58,10 @@ class OnCompanion(Evaluation):
     @property
     def info(self) -> Mapping[str, str]:
         return self.evaluation.info
+
+    @property
+    def name(self) -> str:
+        return self.evaluation.name
 
     def check_data(self) -> None:
         self.evaluation.check_data()

@@ -107,13 +107,15 @@ def template_set(templates: str | Sequence[str], coop_template: str | None = Non
 
 class CoOpZeroShot(Evaluation):
     """Zero-shot top-1 (%) on one of CoOp's 11 datasets (data/coop.py layouts), CoOp's ZeroshotCLIP
-    protocol by default (one template per dataset; test split; ImageNet test = val)."""
+    protocol by default (one template per dataset; test split; ImageNet test = val). Its metrics are
+    named by the dataset (`dtd/top1`), whatever the suite entry, so a table's columns are datasets."""
 
     needs = (ImageTextEmbeddings,)
 
     def __init__(self, dataset: str, root: str, split: str = "test", templates: str | list[str] = "coop",
                  batch_size: int = 100, limit: int | None = None, imagenet_val: str | None = None,
                  imagenet_val_labels: str | None = None):
+        self.name = dataset
         self.dataset = dataset
         self.root = root
         self.split = split

@@ -40,13 +40,11 @@ class CausalLMAdapter(ModelAdapter):
         dtype: str = "float32",
         blocks_path: str = "model.layers",
         tokenizer: str | None = None,
-        seqlen: int = 2048,
         seed: int = 0,
         arch_overrides: dict[str, Any] | None = None,
         name: str = "",
     ):
         self.name = name
-        self.seqlen = seqlen
         self.blocks_path = blocks_path
         self.model = load_transformers_model(transformers.AutoModelForCausalLM, arch, checkpoint, init, dtype, seed,
                                              arch_overrides)
