@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.tables import write_tables
+from ecoflap_exp.results.tables import write_tables
 
 
 def main() -> None:

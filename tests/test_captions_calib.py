@@ -185,3 +185,29 @@ def test_blip2_run_calibrates_on_webdataset_shards(tmp_path):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         record = run(compose("config", overrides))
     assert record["status"] == "ok" and record["achieved"]["overall"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_one_image_decoder_one_policy(tmp_path):
+    """Order kept across the decoding threads; `count` stops at the first N good images; bad files
+    are skipped and counted up to max_bad_fraction, and an eval (fraction 0) stops at the first."""
+    from PIL import Image
+
+    from ecoflap_exp.data.images import decode_images
+
+    paths = []
+    for i in range(20):
+        path = tmp_path / f"{i:02d}.png"
+        if i in (3, 11):
+            path.write_bytes(b"not an image")
+        else:
+            Image.new("RGB", (4, 4), (i, 0, 0)).save(path)
+        paths.append(path)
+    items = [(p, i) for i, p in enumerate(paths)]
+    got = decode_images(items, max_bad_fraction=0.2)
+    assert [label for _, label in got] == [i for i in range(20) if i not in (3, 11)]
+    assert [image.getpixel((0, 0))[0] for image, _ in got] == [label for _, label in got]
+    assert [label for _, label in decode_images(items, 0.5, count=5)] == [0, 1, 2, 4, 5]
+    with pytest.raises(UserError, match=r"1 of 4 images tried fail to decode \(first: .*03.png"):
+        decode_images(items, 0.0)
+    with pytest.raises(UserError, match="2 of 20 images tried fail to decode"):
+        decode_images(items, 0.05)

@@ -19,8 +19,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from test_run import tiny_defaults
 from test_tables import FakeApi
 
+from ecoflap_exp.results.paper import COOP_DATASETS, LAYOUTS, PAPER
+from ecoflap_exp.results.tables import write_tables
 from ecoflap_exp.runner import run
-from ecoflap_exp.tables import COOP_DATASETS, LAYOUTS, PAPER, write_tables
 from ecoflap_exp.tracking.wandb_logger import record_from_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.tables import COOP_DATASETS, PAPER, derive, experiment_table, frame, write_tables
+from ecoflap_exp.results.paper import COOP_DATASETS, PAPER
+from ecoflap_exp.results.tables import derive, experiment_table, frame, write_tables
 from ecoflap_exp.tracking.wandb_logger import override_name, record_from_run, records_from_project
 
 #: the methods as the runner names them (scorer name + pruner name)

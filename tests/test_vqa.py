@@ -17,13 +17,10 @@ from test_run import config
 
 from ecoflap_exp.data.vqa import VQASample, read_gqa, read_vqa
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.evals.vqa import (
-    GQAAccuracy,
-    LemminflectLemmatiser,
-    VQAAccuracy,
-    VQASubmission,
+from ecoflap_exp.evals.lemmatise import LemminflectLemmatiser, make_lemmatiser
+from ecoflap_exp.evals.vqa import GQAAccuracy, VQAAccuracy, VQASubmission
+from ecoflap_exp.evals.vqa_scoring import (
     gqa_accuracy,
-    make_lemmatiser,
     process_digit_article,
     process_punctuation,
     question_accuracy,

@@ -8,6 +8,8 @@ import logging
 import random
 from abc import abstractmethod
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: the views of calibration images: the model's eval transform, or its training augmentation
 AUGMENTS = ("eval", "train")
+#: threads decoding image files
+DECODE_THREADS = 8
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG"}
 
 
@@ -37,52 +41,52 @@ def image_folder(root: str) -> list[tuple[Path, int]]:
     return items
 
 
-def open_images(items: list[tuple[Path, T]], max_bad_fraction: float) -> list[tuple[Image.Image, T]]:
-    """Decode images, keeping each one's label or caption; files that fail to decode are skipped
-    and counted, and too many failures is an error."""
-    images, bad = [], []
-    for path, label in items:
-        try:
-            with Image.open(path) as image:
-                images.append((image.convert("RGB"), label))
-        except (UnidentifiedImageError, OSError) as err:
-            bad.append(path)
-            log.warning("skipping image that fails to decode: %s (%s)", path, err)
-    if bad and len(bad) > max_bad_fraction * len(items):
-        raise UserError(f"{len(bad)} of {len(items)} images fail to decode (first: {bad[0]}), more than "
-                        f"max_bad_fraction={max_bad_fraction}; fix or remove them")
-    if bad:
-        log.warning("skipped %d of %d images that fail to decode", len(bad), len(items))
-    return images
-
-
-def too_many_bad(bad: list[str], tried: int, max_bad_fraction: float) -> UserError:
-    return UserError(f"{len(bad)} of {tried} images tried fail to decode (first: {bad[0]}), more than "
-                     f"max_bad_fraction={max_bad_fraction}; check the image root and fix or remove the files")
-
-
-def decode_first(pairs: Iterable[tuple[Any, T]], count: int, max_bad_fraction: float) -> list[tuple[Image.Image, T]]:
-    """The first `count` pairs (image file or file-like, label or caption) whose image decodes;
-    the others are skipped, logged and counted. Failing is decided as soon as it is certain:
-    bad > max_bad_fraction * (count + bad)."""
+def decode_images(items: Iterable[tuple[Any, T]], max_bad_fraction: float, count: int | None = None
+                  ) -> list[tuple[Image.Image, T]]:
+    """The images of (image file or file-like, label or caption) items as RGB, each with its label,
+    decoded a few at a time in threads (PIL releases the GIL while decoding); with `count`, the
+    first `count` that decode. One policy for every reader: a file that fails to decode is skipped,
+    logged and counted, and more than `max_bad_fraction` of the images tried failing is an error,
+    decided as soon as it is certain (bad > max_bad_fraction * (count + bad)). Evaluations score
+    every image of their split, so they pass 0: the first bad file is the error."""
     decoded: list[tuple[Image.Image, T]] = []
-    bad: list[str] = []
-    for source, caption in pairs:
-        try:
-            with Image.open(source) as image:
-                decoded.append((image.convert("RGB"), caption))
-        except (UnidentifiedImageError, OSError) as err:
-            bad.append(str(source))
-            log.warning("skipping image that fails to decode: %s (%s)", source, err)
-            if len(bad) > max_bad_fraction * (count + len(bad)):
-                raise too_many_bad(bad, len(decoded) + len(bad), max_bad_fraction) from err
-        if len(decoded) == count:
-            break
+    bad: list[tuple[str, Exception]] = []
+    items = iter(items)
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        while count is None or len(decoded) < count:
+            chunk = list(islice(items, DECODE_THREADS if count is None else min(DECODE_THREADS, count - len(decoded))))
+            if not chunk:
+                break
+            for (source, label), result in zip(chunk, pool.map(decode_or_error, [s for s, _ in chunk]), strict=True):
+                if isinstance(result, Exception):
+                    bad.append((str(source), result))
+                    log.warning("skipping image that fails to decode: %s (%s)", source, result)
+                    certain = (len(bad) > max_bad_fraction * (count + len(bad)) if count is not None
+                               else max_bad_fraction == 0)
+                    if certain:
+                        raise too_many_bad(bad, len(decoded) + len(bad), max_bad_fraction)
+                else:
+                    decoded.append((result, label))
     if bad and len(bad) > max_bad_fraction * (len(decoded) + len(bad)):
         raise too_many_bad(bad, len(decoded) + len(bad), max_bad_fraction)
     if bad:
         log.warning("skipped %d of %d images that fail to decode", len(bad), len(decoded) + len(bad))
     return decoded
+
+
+def decode_or_error(source: Any) -> Image.Image | Exception:
+    try:
+        with Image.open(source) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        return err
+
+
+def too_many_bad(bad: list[tuple[str, Exception]], tried: int, max_bad_fraction: float) -> UserError:
+    first, err = bad[0]
+    return UserError(f"{len(bad)} of {tried} images tried fail to decode (first: {first}: {err}), more than "
+                     f"max_bad_fraction={max_bad_fraction}; restore or remove the files, or check the image root and "
+                     f"the dataset layout")
 
 
 class LocalImageCalibration(CalibrationSource):
@@ -110,7 +114,7 @@ class LocalImageCalibration(CalibrationSource):
         return items
 
     def samples(self, adapter: ModelAdapter) -> list[tuple[Image.Image, Any]]:
-        return decode_first(self.candidates(), self.num_samples, self.max_bad_fraction)
+        return decode_images(self.candidates(), self.max_bad_fraction, self.num_samples)
 
 
 class ImageFolderCalibration(LocalImageCalibration):

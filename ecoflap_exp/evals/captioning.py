@@ -47,7 +47,7 @@ from ecoflap_exp.data.captioning import (
     read_coco_karpathy,
     read_nocaps,
 )
-from ecoflap_exp.data.images import open_images
+from ecoflap_exp.data.images import decode_images
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
 from ecoflap_exp.models.adapter import ModelAdapter
@@ -203,7 +203,7 @@ def generate_captions(adapter: GeneratesFromImages, images: Sequence[CaptionedIm
     starts = range(0, len(images), batch_size)
     for i in track(starts, description, total=len(starts)):
         batch = images[i : i + batch_size]
-        pixels = [image for image, _ in open_images([(img.path, img.image_id) for img in batch], max_bad_fraction=0)]
+        pixels = [image for image, _ in decode_images([(img.path, img.image_id) for img in batch], 0.0)]
         texts = adapter.generate(pixels, [prompt] * len(pixels), **generation)
         captions |= {img.image_id: text.strip() for img, text in zip(batch, texts, strict=True)}
     return captions

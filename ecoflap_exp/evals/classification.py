@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ecoflap_exp.data.images import image_folder, open_images
+from ecoflap_exp.data.images import decode_images, image_folder
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
 from ecoflap_exp.models.adapter import ModelAdapter
@@ -30,7 +30,7 @@ class Top1Accuracy(Evaluation):
         correct = total = 0
         starts = range(0, len(items), self.batch_size)
         for i in track(starts, "top-1", total=len(starts)):
-            samples = open_images(items[i : i + self.batch_size], self.max_bad_fraction)
+            samples = decode_images(items[i : i + self.batch_size], self.max_bad_fraction)
             batch = adapter.collate(samples)
             logits = adapter.logits(batch)
             if not torch.isfinite(logits).all():

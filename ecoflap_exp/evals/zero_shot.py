@@ -14,41 +14,23 @@ a different and higher number: say which one a table used); or an explicit list 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ecoflap_exp.data.coop import COOP_LAYOUT_URL, dataset_info, read_coop_split
 from ecoflap_exp.data.files import check_images_exist
-from ecoflap_exp.data.images import image_folder
+from ecoflap_exp.data.images import decode_images, image_folder
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import ImageTextEmbeddings
 from ecoflap_exp.progress import track
 
-#: threads decoding image files (PIL releases the GIL while decoding)
-DECODE_THREADS = 8
 DATA_LAYOUT_FIX = "check the data root and the dataset layout"
-
-
-def decode_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise UserError(f"image {path} cannot be read ({err}); an eval scores every image of its split, so "
-                        f"restore the file or fix the dataset layout") from err
-
-
-def load_images(items: Sequence[tuple[Path, object]]) -> list[Image.Image]:
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        return list(pool.map(decode_image, [path for path, _ in items]))
-
 
 
 def image_batches(images: Sequence[Image.Image] | Sequence[tuple[Path, object]], batch_size: int,
@@ -57,7 +39,7 @@ def image_batches(images: Sequence[Image.Image] | Sequence[tuple[Path, object]],
     starts = range(0, len(images), batch_size)
     for i in track(starts, description, total=len(starts)):
         chunk = images[i : i + batch_size]
-        yield list(chunk) if isinstance(chunk[0], Image.Image) else load_images(chunk)
+        yield list(chunk) if isinstance(chunk[0], Image.Image) else [image for image, _ in decode_images(chunk, 0.0)]
 
 
 def embed_images(adapter: ImageTextEmbeddings, images: Sequence[Image.Image] | Sequence[tuple[Path, object]],
