@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ecoflap_exp.data.captions import IMAGE_EXTENSIONS, split_key, webdataset_pairs
+from ecoflap_exp.data.caption_pairs import IMAGE_EXTENSIONS, split_key, webdataset_pairs
 from ecoflap_exp.errors import UserError
 
 SHOWN = 5  # missing items listed by name

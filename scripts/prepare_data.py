@@ -8,7 +8,8 @@ DATASET is one name of `--list` or `all`. DATA_ROOT defaults to paths.data_root 
 configs/config.yaml (env ECOFLAP_DATA, else $ECOFLAP_ROOT/data, else ./data).
 
 For every file a dataset needs, at the path under DATA_ROOT that its eval/calib config names
-(the DATASETS table below; tests/test_prepare_data.py checks the table against the configs):
+(read from that config, so the layout is written once; DATASETS below adds where each file is
+released):
 1. found: it is already there (never overwritten: files under DATA_ROOT are left as they are);
 2. placed: it is looked up in RAW_DIR (searched recursively, once) by its released name, as the
    extracted file or as a member of the official archive that holds it (v2_Questions_Val_mscoco.zip,
@@ -33,141 +34,74 @@ scripts/prepare_cc3m.py (img2dataset's output -> cc3m/cc3m.tsv); this script onl
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
 import shutil
 import sys
-import tarfile
-import tempfile
-import zipfile
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, NamedTuple
+from typing import NamedTuple
 
 from omegaconf import OmegaConf
 
+from ecoflap_exp.data.caption_pairs import read_pairs
 from ecoflap_exp.data.captioning import read_coco_karpathy, read_nocaps
-from ecoflap_exp.data.captions import read_pairs
-from ecoflap_exp.data.coop import COOP_LAYOUT_URL, SPLITS, read_coop_split, read_loc_val_solution
+from ecoflap_exp.data.coop import COOP_LAYOUT_URL, SPLITS, read_coop_split
 from ecoflap_exp.data.coop import DATASETS as COOP_DATASETS
 from ecoflap_exp.data.flickr import read_retrieval_set
 from ecoflap_exp.data.images import image_folder
+from ecoflap_exp.data.raw_files import Converter, Found, Gatherer, RawDir, convert, place_all
+from ecoflap_exp.data.release_formats import SHOWN, karpathy_to_lavis_flickr, raw_to_parquet, synset_folder
 from ecoflap_exp.data.text import read_documents
 from ecoflap_exp.data.vqa import read_gqa, read_vqa
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.progress import track
 
 ROOT = Path(__file__).resolve().parents[1]
-SHOWN = 5  # missing images listed by name
-WNID = re.compile(r"n\d{8}")
 
 
-class Found(NamedTuple):
-    """A released file in the raw dir: a file, or a member of an archive."""
-
-    path: Path
-    member: str | None = None
-
-    def parts(self) -> tuple[str, ...]:
-        return self.path.parts if self.member is None else PurePosixPath(self.member).parts
-
-    def __str__(self) -> str:
-        return str(self.path) if self.member is None else f"{self.path}:{self.member}"
-
-
-def shared_tail(a: tuple[str, ...], b: tuple[str, ...]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
-        n += 1
-    return n
-
-
-class RawDir:
-    """The files and folders under a raw dir (walked once, symlinks followed) and, when asked, the
-    members of the release archives in it."""
-
-    def __init__(self, root: Path):
-        if not root.is_dir():
-            raise UserError(f"raw dir {root} is not a folder; give the folder holding the downloaded files")
-        self.root = root
-        self.files: dict[str, list[Path]] = defaultdict(list)
-        self.dirs: dict[str, list[Path]] = defaultdict(list)
-        self.listed: dict[Path, dict[str, list[str]]] = {}
-        seen = set()
-        for folder, dirnames, filenames in os.walk(root, followlinks=True):
-            real = os.path.realpath(folder)
-            if real in seen:  # a symlink loop
-                dirnames.clear()
-                continue
-            seen.add(real)
-            dirnames.sort()
-            for name in dirnames:
-                self.dirs[name].append(Path(folder, name))
-            for name in sorted(filenames):
-                self.files[name].append(Path(folder, name))
-        print(f"raw dir {root}: {sum(map(len, self.files.values()))} files")
-
-    def members(self, archive: Path) -> dict[str, list[str]]:
-        """File name -> member paths of a zip or tar archive (listed once)."""
-        if archive not in self.listed:
-            print(f"listing {archive} ...")
-            try:
-                if zipfile.is_zipfile(archive):
-                    with zipfile.ZipFile(archive) as zf:
-                        names = [n for n in zf.namelist() if not n.endswith("/")]
-                else:
-                    with tarfile.open(archive) as tar:
-                        names = [m.name for m in tar if m.isfile()]
-            except (tarfile.TarError, zipfile.BadZipFile, OSError) as err:
-                raise UserError(f"{archive} is not a readable zip or tar archive ({err}); download it again") from err
-            by_name: dict[str, list[str]] = defaultdict(list)
-            for name in names:
-                by_name[PurePosixPath(name).name].append(name)
-            self.listed[archive] = by_name
-        return self.listed[archive]
-
-    def find(self, tail: tuple[str, ...], target: tuple[str, ...], archives: tuple[str, ...] = ()) -> Found | None:
-        """The released copy of a target: a file whose path ends with `tail`, else such a member of one
-        of the named archives; of several, the one sharing the longest path tail with `target`."""
-        candidates = [Found(p) for p in self.files.get(tail[-1], ()) if p.parts[-len(tail):] == tail]
-        if not candidates:
-            candidates = [Found(archive, member) for name in archives for archive in self.files.get(name, ())
-                          for member in self.members(archive).get(tail[-1], ())
-                          if PurePosixPath(member).parts[-len(tail):] == tail]
-        return max(candidates, key=lambda found: shared_tail(found.parts(), target), default=None)
-
-
-Converter = Callable[[Path, Path], str]  # (released file, where to write ours) -> what was done
-Gatherer = Callable[[RawDir, Path, bool], str | None]  # (raw dir, target, link) -> what was done
+def configured_path(at: str) -> str:
+    """Where a dataset file lives under the data root: `at` is the config key that reads it
+    (`eval/vqav2:questions`: that config's value, written there once) or, for a layout no config
+    names (a CoOp dataset's files, read from the data root by data/coop.py), the path itself."""
+    if ":" not in at:
+        return at
+    config, key = at.split(":")
+    value = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / f"{config}.yaml"), resolve=False)[key]
+    prefix = "${paths.data_root}/"
+    if not str(value).startswith(prefix):
+        raise ValueError(f"configs/{config}.yaml:{key} = {value!r} is not under {prefix}")
+    return str(value).removeprefix(prefix)
 
 
 @dataclass(frozen=True)
 class File:
-    """One file (or folder) a dataset needs, at `rel` under the data root."""
+    """One file (or folder) a dataset needs, at the path `at` gives (configured_path)."""
 
-    rel: str
+    at: str
     source: str  # where to get it
     archives: tuple[str, ...] = ()  # official archives that hold it
     # its released forms: path tail -> None (placed as it is) or the converter to this file's format;
     # by default its own file name
     released: dict[str, Converter | None] = field(default_factory=dict)
     optional: str = ""  # what needs it, when not every run of the dataset does
-    config: str = ""  # "<config>:<key>" whose value is this path
     gather: Gatherer | None = None  # a folder assembled from the raw dir (ImageNet)
+
+    @property
+    def rel(self) -> str:
+        return configured_path(self.at)
 
 
 @dataclass(frozen=True)
 class Images:
-    """The images a dataset's reader lists, under `rel`."""
+    """The images a dataset's reader lists, under the path `at` gives (configured_path)."""
 
-    rel: str
+    at: str
     source: str
     archives: tuple[str, ...] = ()
-    config: str = ""
     by_name: bool = False  # found by file name alone (releases name the folder differently)
+
+    @property
+    def rel(self) -> str:
+        return configured_path(self.at)
 
 
 class Placed(NamedTuple):
@@ -185,134 +119,6 @@ class Dataset:
     files: tuple[File, ...]
     read: Callable[[Placed], list[Path]]  # the project's reader on the placed files -> the images it opens
     images: Images | None = None
-
-
-def progress(items: list, description: str) -> Iterable:
-    """A progress bar for many items; none for one."""
-    return track(items, description, total=len(items)) if len(items) > 1 else items
-
-
-def write_stream(source: IO[bytes], target: Path) -> None:
-    """Write through a .part file, so an interrupted run never leaves a truncated target."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
-    with part.open("wb") as f:
-        shutil.copyfileobj(source, f)
-    os.replace(part, target)
-
-
-def place_file(source: Path, target: Path, link: bool) -> None:
-    if link:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(source.resolve())
-    else:
-        with source.open("rb") as f:
-            write_stream(f, target)
-
-
-def extract(archive: Path, wanted: dict[str, Path]) -> None:
-    """Extract the named members of an archive (one pass over a tar) to their targets."""
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for member, target in progress(list(wanted.items()), f"extracting from {archive.name}"):
-                with zf.open(member) as f:
-                    write_stream(f, target)
-        return
-    remaining = dict(wanted)
-    print(f"extracting {len(wanted)} member(s) from {archive} ...")
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            if member.name in remaining:
-                write_stream(tar.extractfile(member), remaining.pop(member.name))
-                if not remaining:
-                    break
-
-
-def place_all(pairs: list[tuple[Found, Path]], link: bool, description: str) -> None:
-    """Place many released files: loose ones one by one, archive members grouped per archive."""
-    by_archive: dict[Path, dict[str, Path]] = defaultdict(dict)
-    loose = []
-    for found, target in pairs:
-        if found.member is None:
-            loose.append((found.path, target))
-        else:
-            by_archive[found.path][found.member] = target
-    for source, target in progress(loose, description):
-        place_file(source, target, link)
-    for archive, wanted in by_archive.items():
-        extract(archive, wanted)
-
-
-def convert(found: Found, target: Path, converter: Converter) -> str:
-    """Run a converter on a released file (extracted to a temporary folder first if archived)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
-    with tempfile.TemporaryDirectory() as tmp:
-        source = found.path
-        if found.member is not None:
-            source = Path(tmp, PurePosixPath(found.member).name)
-            extract(found.path, {found.member: source})
-        done = converter(source, part)
-    os.replace(part, target)
-    return f"{done} <- {found}"
-
-
-# --- converters from other released forms ---------------------------------------------------------
-
-
-def karpathy_to_lavis_flickr(source: Path, target: Path) -> str:
-    """Karpathy's dataset_flickr30k.json -> LAVIS's flickr30k/annotations/test.json (test split)."""
-    data = read_retrieval_set(str(source), image_root="flickr30k-images", split="test")
-    captions: dict[Path, list[str]] = {image: [] for image in data.images}
-    for caption, index in zip(data.captions, data.image_of, strict=True):
-        captions[data.images[index]].append(caption)
-    target.write_text(json.dumps([{"image": image.as_posix(), "caption": texts} for image, texts in captions.items()]))
-    return f"converted the {len(captions)} test images of Karpathy's split to LAVIS's list"
-
-
-def raw_to_parquet(source: Path, target: Path) -> str:
-    """WikiText's wiki.test.raw -> the HF parquet (one row per line, exactly the rows HF's script makes)."""
-    import pandas as pd
-
-    rows = read_documents(str(source))
-    pd.DataFrame({"text": rows}).to_parquet(target, index=False)
-    return f"converted {len(rows)} rows to parquet"
-
-
-def synset_folder(split: str) -> Gatherer:
-    """ImageNet `split` as <wnid>/<image> folders: a raw folder named `split` in that layout; for
-    val also the flat ILSVRC2012_val_*.JPEG images (a folder or ILSVRC2012_img_val.tar) sorted by
-    Kaggle's LOC_val_solution.csv (read by the project's reader)."""
-
-    def gather(raw: RawDir, target: Path, link: bool) -> str | None:
-        folders = [d for d in raw.dirs.get(split, ()) if any(WNID.fullmatch(c.name) for c in d.iterdir())]
-        if folders:
-            source = max(folders, key=lambda d: shared_tail(d.parts, target.parts))
-            if link:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.symlink_to(source.resolve(), target_is_directory=True)
-            else:
-                part = target.with_name(target.name + ".part")
-                shutil.copytree(source, part, dirs_exist_ok=True)
-                os.replace(part, target)
-            return f"{'linked' if link else 'copied'} <- {source}"
-        solutions = raw.files.get("LOC_val_solution.csv") if split == "val" else None
-        if not solutions:
-            return None
-        rows = read_loc_val_solution(solutions[0], Path())
-        located = [(raw.find((image.name,), (wnid, image.name), ("ILSVRC2012_img_val.tar",)), wnid, image.name)
-                   for image, wnid in rows]
-        lost = [name for found, _, name in located if found is None]
-        if lost:
-            raise UserError(f"{len(lost)} of {len(rows)} images of {solutions[0]} are neither under {raw.root} nor "
-                            f"in ILSVRC2012_img_val.tar (first: {', '.join(lost[:SHOWN])})")
-        part = target.with_name(target.name + ".part")
-        place_all([(found, part / wnid / name) for found, wnid, name in located if not (part / wnid / name).exists()],
-                  link, "sorting ImageNet val")
-        os.replace(part, target)
-        return f"sorted {len(rows)} images into <wnid>/ folders by {solutions[0]}"
-
-    return gather
 
 
 # --- the datasets --------------------------------------------------------------------------------
@@ -382,62 +188,56 @@ def coop_dataset(name: str) -> Dataset:
 DATASETS: dict[str, Dataset] = {
     "vqav2": Dataset(
         "VQAv2 val", "eval=vqav2",
-        (File("vqav2/v2_OpenEnded_mscoco_val2014_questions.json",
-              f"v2_Questions_Val_mscoco.zip from {VQA_DOWNLOAD}", ("v2_Questions_Val_mscoco.zip",),
-              config="eval/vqav2:questions"),
-         File("vqav2/v2_mscoco_val2014_annotations.json",
-              f"v2_Annotations_Val_mscoco.zip from {VQA_DOWNLOAD}", ("v2_Annotations_Val_mscoco.zip",),
-              config="eval/vqav2:annotations")),
+        (File("eval/vqav2:questions",
+              f"v2_Questions_Val_mscoco.zip from {VQA_DOWNLOAD}", ("v2_Questions_Val_mscoco.zip",)),
+         File("eval/vqav2:annotations",
+              f"v2_Annotations_Val_mscoco.zip from {VQA_DOWNLOAD}", ("v2_Annotations_Val_mscoco.zip",))),
         lambda p: [s.image for s in read_vqa("vqav2", p.images, *p.files)],
-        Images("coco/images", COCO2014_VAL, ("val2014.zip",), "eval/vqav2:images")),
+        Images("eval/vqav2:images", COCO2014_VAL, ("val2014.zip",))),
     "vqav2_testdev": Dataset(
         "VQAv2 test-dev (answers on EvalAI)", "eval=vqav2_testdev",
-        (File("vqav2/v2_OpenEnded_mscoco_test-dev2015_questions.json",
-              f"v2_Questions_Test_mscoco.zip from {VQA_DOWNLOAD}", ("v2_Questions_Test_mscoco.zip",),
-              config="eval/vqav2_testdev:questions"),),
+        (File("eval/vqav2_testdev:questions",
+              f"v2_Questions_Test_mscoco.zip from {VQA_DOWNLOAD}", ("v2_Questions_Test_mscoco.zip",)),),
         lambda p: [s.image for s in read_vqa("vqav2", p.images, p.files[0], with_answers=False)],
-        Images("coco/images", "COCO 2015 test images: test2015.zip from https://images.cocodataset.org/zips/test2015.zip",
-               ("test2015.zip",), "eval/vqav2_testdev:images")),
+        Images("eval/vqav2_testdev:images", "COCO 2015 test images: test2015.zip from https://images.cocodataset.org/zips/test2015.zip",
+               ("test2015.zip",))),
     "okvqa": Dataset(
         "OK-VQA val", "eval=okvqa",
-        (File("okvqa/OpenEnded_mscoco_val2014_questions.json",
+        (File("eval/okvqa:questions",
               f"OpenEnded_mscoco_val2014_questions.json.zip from {OKVQA_DOWNLOAD}",
-              ("OpenEnded_mscoco_val2014_questions.json.zip",), config="eval/okvqa:questions"),
-         File("okvqa/mscoco_val2014_annotations.json", f"mscoco_val2014_annotations.json.zip from {OKVQA_DOWNLOAD}",
-              ("mscoco_val2014_annotations.json.zip",), config="eval/okvqa:annotations")),
+              ("OpenEnded_mscoco_val2014_questions.json.zip",)),
+         File("eval/okvqa:annotations", f"mscoco_val2014_annotations.json.zip from {OKVQA_DOWNLOAD}",
+              ("mscoco_val2014_annotations.json.zip",))),
         lambda p: [s.image for s in read_vqa("okvqa", p.images, *p.files)],
-        Images("coco/images", COCO2014_VAL, ("val2014.zip",), "eval/okvqa:images")),
+        Images("eval/okvqa:images", COCO2014_VAL, ("val2014.zip",))),
     "gqa": Dataset(
         "GQA test-dev balanced", "eval=gqa",
-        (File("gqa/testdev_balanced_questions.json", f"questions1.2.zip from {GQA_DOWNLOAD}", ("questions1.2.zip",),
-              config="eval/gqa:questions"),),
+        (File("eval/gqa:questions", f"questions1.2.zip from {GQA_DOWNLOAD}", ("questions1.2.zip",)),),
         lambda p: [s.image for s in read_gqa(p.files[0], p.images)],
-        Images("gqa/images", f"images.zip from {GQA_DOWNLOAD}", ("images.zip",), "eval/gqa:images")),
+        Images("eval/gqa:images", f"images.zip from {GQA_DOWNLOAD}", ("images.zip",))),
     "nocaps": Dataset(
         "NoCaps val", "eval=nocaps",
-        (File("nocaps/nocaps_val_4500_captions.json", "nocaps_val_4500_captions.json from https://nocaps.org/download",
-              config="eval/nocaps:annotations"),),
+        (File("eval/nocaps:annotations", "nocaps_val_4500_captions.json from https://nocaps.org/download"),),
         lambda p: [image.path for image in read_nocaps(p.files[0], p.images)],
-        Images("nocaps/val", "each image's coco_url in nocaps_val_4500_captions.json (https://nocaps.org/download), "
-               "saved as its file_name", config="eval/nocaps:image_root")),
+        Images("eval/nocaps:image_root",
+               "each image's coco_url in nocaps_val_4500_captions.json (https://nocaps.org/download), "
+               "saved as its file_name")),
     "coco_caption": Dataset(
         "COCO captioning, Karpathy test split", "eval=coco_caption",
-        (File("coco/annotations/dataset_coco.json", CAPTION_DATASETS, ("caption_datasets.zip",),
-              config="eval/coco_caption:annotations"),),
+        (File("eval/coco_caption:annotations", CAPTION_DATASETS, ("caption_datasets.zip",)),),
         lambda p: [image.path for image in read_coco_karpathy(p.files[0], p.images, "test")],
-        Images("coco/images", COCO2014_VAL, ("val2014.zip",), "eval/coco_caption:image_root")),
+        Images("eval/coco_caption:image_root", COCO2014_VAL, ("val2014.zip",))),
     "flickr30k": Dataset(
         "Flickr30k 1k test (retrieval)", "eval=flickr30k, eval=flickr30k_itm",
-        (File("flickr30k/annotations/test.json",
+        (File("eval/flickr30k:annotations",
               "LAVIS's https://storage.googleapis.com/sfr-vision-language-research/datasets/flickr30k_test.json, or "
               f"Karpathy's dataset_flickr30k.json in {CAPTION_DATASETS}", ("caption_datasets.zip",),
               {"flickr30k_test.json": lambda s, t: "copied LAVIS's list" if shutil.copyfile(s, t) else "",
-               "dataset_flickr30k.json": karpathy_to_lavis_flickr}, config="eval/flickr30k:annotations"),),
+               "dataset_flickr30k.json": karpathy_to_lavis_flickr}),),
         lambda p: read_retrieval_set(p.files[0], p.images).images,
-        Images("flickr30k/images", "Flickr30k images: flickr30k-images.tar.gz from the form at "
+        Images("eval/flickr30k:image_root", "Flickr30k images: flickr30k-images.tar.gz from the form at "
                "https://shannon.cs.illinois.edu/DenotationGraph/",
-               ("flickr30k-images.tar.gz", "flickr30k-images.tar", "flickr30k-images.zip"),
-               "eval/flickr30k:image_root", by_name=True)),
+               ("flickr30k-images.tar.gz", "flickr30k-images.tar", "flickr30k-images.zip"), by_name=True)),
     **{name: coop_dataset(name) for name in COOP_DATASETS if name != "imagenet"},
     "imagenet": Dataset(
         "CoOp ImageNet (test = val)", "eval=coop eval.dataset=imagenet, calib=coop_train calib.dataset=imagenet",
@@ -450,42 +250,40 @@ DATASETS: dict[str, Dataset] = {
         coop_split_images("imagenet", ("test",)), Images("imagenet/images/val", IMAGENET_VAL)),
     "imagenet_top1": Dataset(
         "ImageNet val as an ImageFolder (ViT top-1)", "eval=imagenet_top1, calib=image_folder",
-        (File("imagenet/val", IMAGENET_VAL, config="eval/imagenet_top1:root", gather=synset_folder("val")),
-         File("imagenet/train", IMAGENET_TRAIN, optional="calib=image_folder", config="calib/image_folder:root",
+        (File("eval/imagenet_top1:root", IMAGENET_VAL, gather=synset_folder("val")),
+         File("calib/image_folder:root", IMAGENET_TRAIN, optional="calib=image_folder",
               gather=synset_folder("train"))),
         lambda p: [path for path, _ in image_folder(p.files[0])], Images("imagenet/val", IMAGENET_VAL)),
     "wikitext2": Dataset(
         "WikiText-2 raw test", "eval=wikitext2",
-        (File("wikitext/wikitext-2-raw-v1/test-00000-of-00001.parquet",
+        (File("eval/wikitext2:source",
               "wikitext-2-raw-v1/test-00000-of-00001.parquet from the Salesforce/wikitext dataset repo on the Hugging "
               "Face hub (https://huggingface.co/datasets/Salesforce/wikitext), or wikitext-2-raw-v1.zip "
               "(wikitext-2-raw/wiki.test.raw is converted)", ("wikitext-2-raw-v1.zip",),
-              {"wikitext-2-raw-v1/test-00000-of-00001.parquet": None, "wikitext-2-raw/wiki.test.raw": raw_to_parquet},
-              config="eval/wikitext2:source"),),
+              {"wikitext-2-raw-v1/test-00000-of-00001.parquet": None,
+               "wikitext-2-raw/wiki.test.raw": raw_to_parquet}),),
         texts_read),
     "c4": Dataset(
         "C4 shards (LLaMA calibration; validation perplexity)", "calib=c4, eval=c4_validation, calib=c4_validation",
-        (File("c4/c4-train.00000-of-01024.json.gz", f"en/c4-train.00000-of-01024.json.gz {HF_C4}",
-              config="calib/c4:source"),
-         File("c4/c4-validation.00000-of-00008.json.gz", f"en/c4-validation.00000-of-00008.json.gz {HF_C4}",
-              optional="eval=c4_validation and calib=c4_validation", config="eval/c4_validation:source")),
+        (File("calib/c4:source", f"en/c4-train.00000-of-01024.json.gz {HF_C4}"),
+         File("eval/c4_validation:source", f"en/c4-validation.00000-of-00008.json.gz {HF_C4}",
+              optional="eval=c4_validation and calib=c4_validation")),
         texts_read),
     "cc3m": Dataset(
         "CC3M image-caption pairs (BLIP-2 calibration)", "calib=cc3m",
-        (File("cc3m/cc3m.tsv", "scripts/prepare_cc3m.py: run `python scripts/prepare_cc3m.py IMG2DATASET_OUTPUT "
-              "--out <data root>/cc3m` (its --help says how to download CC3M with img2dataset)",
-              config="calib/cc3m:annotations"),),
+        (File("calib/cc3m:annotations",
+              "scripts/prepare_cc3m.py: run `python scripts/prepare_cc3m.py IMG2DATASET_OUTPUT "
+              "--out <data root>/cc3m` (its --help says how to download CC3M with img2dataset)"),),
         lambda p: [path for path, _ in read_pairs(p.files[0])],
         Images("cc3m", "scripts/prepare_cc3m.py (writes the images beside cc3m.tsv)")),
     "coco_captions": Dataset(
         "COCO train2017 captions (calibration pairs)", "calib=coco_captions",
-        (File("coco/annotations/captions_train2017.json",
+        (File("calib/coco_captions:annotations",
               "annotations_trainval2017.zip from https://images.cocodataset.org/annotations/annotations_trainval2017.zip",
-              ("annotations_trainval2017.zip",), config="calib/coco_captions:annotations"),),
+              ("annotations_trainval2017.zip",)),),
         lambda p: [path for path, _ in read_pairs(p.files[0], p.images)],
-        Images("coco/train2017", "COCO 2017 train images: train2017.zip from "
-               "https://images.cocodataset.org/zips/train2017.zip", ("train2017.zip",),
-               "calib/coco_captions:image_root")),
+        Images("calib/coco_captions:image_root", "COCO 2017 train images: train2017.zip from "
+               "https://images.cocodataset.org/zips/train2017.zip", ("train2017.zip",))),
 }
 
 

@@ -140,7 +140,7 @@ def test_prefix_reuse_across_towers_gives_the_naive_estimates():
 def test_caption_formats_read_the_same_pairs(tmp_path):
     from fixtures import write_caption_pairs
 
-    from ecoflap_exp.data.captions import ImageCaptionCalibration, read_pairs
+    from ecoflap_exp.data.caption_pairs import ImageCaptionCalibration, read_pairs
     from ecoflap_exp.errors import UserError
 
     files = write_caption_pairs(tmp_path)

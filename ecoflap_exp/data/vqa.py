@@ -128,6 +128,13 @@ def official_answers(annotation: dict, path: str, where: str) -> tuple[str, ...]
     return tuple(by_id[i] for i in sorted(by_id))
 
 
+def question_fields(entry: Any, path: str, label: str, expected: str) -> tuple[int, str, str]:
+    """(question_id, how messages name the entry, question text) of one question entry."""
+    qid = field(entry, "question_id", int, path, label, expected)
+    where = f"{label} (question_id {qid})"
+    return qid, where, field(entry, "question", str, path, where, expected)
+
+
 def read_official_vqa(questions: dict, questions_path: str, annotations: dict | None, annotations_path: str | None,
                       images: Path) -> list[VQASample]:
     subtype = questions.get("data_subtype", "val2014")
@@ -142,10 +149,8 @@ def read_official_vqa(questions: dict, questions_path: str, annotations: dict | 
     samples = []
     entries = field(questions, "questions", list, questions_path, "the file", '{"questions": [...]}')
     for i, question in enumerate(entries):
-        qid = field(question, "question_id", int, questions_path, f"question {i}", OFFICIAL_QUESTION)
-        where = f"question {i} (question_id {qid})"
+        qid, where, text = question_fields(question, questions_path, f"question {i}", OFFICIAL_QUESTION)
         image_id = field(question, "image_id", int, questions_path, where, OFFICIAL_QUESTION)
-        text = field(question, "question", str, questions_path, where, OFFICIAL_QUESTION)
         answers: tuple[str, ...] = ()
         answer_type = None
         if annotations is not None:
@@ -172,9 +177,7 @@ def read_official_vqa(questions: dict, questions_path: str, annotations: dict | 
 def read_lavis_vqa(entries: list, path: str, images: Path, with_answers: bool) -> list[VQASample]:
     samples = []
     for i, entry in enumerate(entries):
-        qid = field(entry, "question_id", int, path, f"entry {i}", LAVIS_ENTRY)
-        where = f"entry {i} (question_id {qid})"
-        text = field(entry, "question", str, path, where, LAVIS_ENTRY)
+        qid, where, text = question_fields(entry, path, f"entry {i}", LAVIS_ENTRY)
         image = field(entry, "image", str, path, where, LAVIS_ENTRY)
         answers: tuple[str, ...] = ()
         if with_answers:

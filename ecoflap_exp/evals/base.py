@@ -10,7 +10,9 @@ from __future__ import annotations
 import gc
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from functools import cached_property
 from types import MappingProxyType
+from typing import Any
 
 import torch
 
@@ -41,6 +43,23 @@ class Evaluation(ABC):
     def missing(self, adapter: ModelAdapter) -> tuple[str, list[str]]:
         """The model this evaluation runs on, and the capabilities it needs that the model lacks."""
         return type(adapter).__name__, [describe(need) for need in self.needs if not isinstance(adapter, need)]
+
+
+class ReadsSplit(Evaluation):
+    """An evaluation of a split it reads from files: `read()` reads it (the first `limit` samples)
+    and checks it (annotations well formed, images present); `evaluated` holds it, read once, and
+    the run reads it before any pruning."""
+
+    @abstractmethod
+    def read(self) -> Any:
+        """The evaluated samples, read and checked."""
+
+    @cached_property
+    def evaluated(self) -> Any:
+        return self.read()
+
+    def check_data(self) -> None:
+        self.evaluated  # noqa: B018 - reads and checks the split once
 
 
 class OnCompanion(Evaluation):

@@ -33,7 +33,6 @@ import subprocess
 import time
 from abc import abstractmethod
 from collections.abc import Hashable, Iterator, Mapping, Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,7 +48,7 @@ from ecoflap_exp.data.captioning import (
 )
 from ecoflap_exp.data.images import decode_images
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.evals.base import Evaluation
+from ecoflap_exp.evals.base import ReadsSplit
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import GeneratesFromImages
 from ecoflap_exp.progress import track
@@ -209,7 +208,7 @@ def generate_captions(adapter: GeneratesFromImages, images: Sequence[CaptionedIm
     return captions
 
 
-class Captioning(Evaluation):
+class Captioning(ReadsSplit):
     """Caption each image once with the adapter, score against the references."""
 
     needs = (GeneratesFromImages,)
@@ -234,15 +233,12 @@ class Captioning(Evaluation):
     def images(self) -> list[CaptionedImage]:
         """The benchmark's images with their references, in file order, each id once."""
 
-    @cached_property
-    def evaluated(self) -> list[CaptionedImage]:
+    def read(self) -> list[CaptionedImage]:
         """The evaluated images (the first `limit`), checked to exist."""
         images = self.images()[: self.limit]
         check_captioned_images(images, self.image_root, self.dataset, self.source)
         return images
 
-    def check_data(self) -> None:
-        self.evaluated  # noqa: B018 - reads and checks the split once
 
     @torch.no_grad()
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:

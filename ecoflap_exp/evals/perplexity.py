@@ -38,8 +38,7 @@ class Perplexity(Evaluation):
                  how_to_get: str | None = None):
         """`limit`: at most this many windows (the C4 protocol's 256); `max_documents`: join only
         the first documents of the source (C4's 1,100)."""
-        check_source(source, how_to_get)
-        self.source = source
+        self.source = check_source(source, how_to_get)
         self.seqlen = seqlen
         self.batch_size = batch_size
         self.limit = limit

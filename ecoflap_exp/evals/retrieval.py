@@ -22,14 +22,13 @@ Captions can go through LAVIS's `blip_caption` processor first (BLIP-2's protoco
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 
 import torch
 
 from ecoflap_exp.data.files import check_images_exist
 from ecoflap_exp.data.flickr import RetrievalSet, read_retrieval_set
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.evals.base import Evaluation
+from ecoflap_exp.evals.base import ReadsSplit
 from ecoflap_exp.evals.zero_shot import DATA_LAYOUT_FIX, embed_images, image_batches
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.blip_text import blip_caption
@@ -124,7 +123,7 @@ def itm_pairs(adapter: ImageTextMatching, states: torch.Tensor, texts: Sequence[
     return result
 
 
-class ImageTextRetrieval(Evaluation):
+class ImageTextRetrieval(ReadsSplit):
     """TR/IR@K on a retrieval set (data/flickr.py formats) with the `clip`, `itm` or `auto` protocol."""
 
     def __init__(self, annotations: str, image_root: str | None = None, split: str = "test", protocol: str = "clip",
@@ -154,15 +153,12 @@ class ImageTextRetrieval(Evaluation):
             return [blip_caption(c) for c in data.captions]
         return list(data.captions)
 
-    @cached_property
-    def evaluated(self) -> RetrievalSet:
+    def read(self) -> RetrievalSet:
         """The evaluated images (the first `limit`, checked to exist) and their captions."""
         data = read_retrieval_set(self.annotations, self.image_root, self.split).first_images(self.limit)
         check_images_exist(data.images, f"images of retrieval set {self.annotations}", DATA_LAYOUT_FIX)
         return data
 
-    def check_data(self) -> None:
-        self.evaluated  # noqa: B018 - reads and checks the set once
 
     @torch.no_grad()
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 from abc import abstractmethod
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from PIL import Image
 from ecoflap_exp.data.images import decode_images
 from ecoflap_exp.data.vqa import VQASample, check_images, dataset_info, read_gqa, read_vqa
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.evals.base import Evaluation
+from ecoflap_exp.evals.base import ReadsSplit
 from ecoflap_exp.evals.lemmatise import make_lemmatiser
 from ecoflap_exp.evals.vqa_scoring import GQA_NORMALISERS, NORMALISERS, answers_by_question, gqa_accuracy, vqa_accuracy
 from ecoflap_exp.models.adapter import ModelAdapter
@@ -54,7 +53,7 @@ def write_json(path: Path, rows: list[dict]) -> None:
 DEFAULT_GENERATION = {"num_beams": 5, "max_new_tokens": 10, "min_length": 1, "length_penalty": -1.0}
 
 
-class GenerativeVQA(Evaluation):
+class GenerativeVQA(ReadsSplit):
     """Questions answered by `adapter.generate` with BLIP-2's VQA prompt and decoding.
 
     `info` holds what the run record should keep beside the float metrics (normaliser, lemmatiser,
@@ -98,8 +97,7 @@ class GenerativeVQA(Evaluation):
             results.extend({"question_id": s.question_id, "answer": a} for s, a in zip(batch, answers, strict=True))
         return results
 
-    @cached_property
-    def evaluated(self) -> list[VQASample]:
+    def read(self) -> list[VQASample]:
         """The evaluated questions (the first `limit`), their images checked to exist."""
         samples = self.samples()[: self.limit]
         if not samples:
@@ -107,8 +105,6 @@ class GenerativeVQA(Evaluation):
         check_images(samples, self.dataset, self.images)
         return samples
 
-    def check_data(self) -> None:
-        self.evaluated  # noqa: B018 - reads and checks the split once
 
     @torch.no_grad()
     def answered_split(self, adapter: GeneratesFromImages) -> tuple[list[VQASample], list[dict]]:

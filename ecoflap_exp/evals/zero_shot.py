@@ -14,7 +14,6 @@ a different and higher number: say which one a table used); or an explicit list 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from ecoflap_exp.data.coop import COOP_LAYOUT_URL, dataset_info, read_coop_split
 from ecoflap_exp.data.files import check_images_exist
 from ecoflap_exp.data.images import decode_images, image_folder
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.evals.base import Evaluation
+from ecoflap_exp.evals.base import ReadsSplit
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import ImageTextEmbeddings
 from ecoflap_exp.progress import track
@@ -87,7 +86,7 @@ def template_set(templates: str | Sequence[str], coop_template: str | None = Non
     return chosen
 
 
-class CoOpZeroShot(Evaluation):
+class CoOpZeroShot(ReadsSplit):
     """Zero-shot top-1 (%) on one of CoOp's 11 datasets (data/coop.py layouts), CoOp's ZeroshotCLIP
     protocol by default (one template per dataset; test split; ImageNet test = val). Its metrics are
     named by the dataset (`dtd/top1`), whatever the suite entry, so a table's columns are datasets."""
@@ -107,8 +106,7 @@ class CoOpZeroShot(Evaluation):
         self.imagenet_val = imagenet_val
         self.imagenet_val_labels = imagenet_val_labels
 
-    @cached_property
-    def evaluated(self) -> tuple[list[tuple[Path, int]], list[str]]:
+    def read(self) -> tuple[list[tuple[Path, int]], list[str]]:
         """The evaluated images (the first `limit`, checked to exist) with labels, and the class names."""
         split = read_coop_split(self.dataset, self.root, self.split, self.imagenet_val, self.imagenet_val_labels)
         items = split.items[: self.limit]
@@ -118,8 +116,6 @@ class CoOpZeroShot(Evaluation):
                            DATA_LAYOUT_FIX)
         return items, split.classnames
 
-    def check_data(self) -> None:
-        self.evaluated  # noqa: B018 - reads and checks the split once
 
     @torch.no_grad()
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
@@ -129,7 +125,7 @@ class CoOpZeroShot(Evaluation):
         return {"top1": zero_shot_top1(features, [label for _, label in items], classifier)}
 
 
-class ZeroShotClassification(Evaluation):
+class ZeroShotClassification(ReadsSplit):
     """Zero-shot top-1 (%) on an ImageFolder split; class names = folder names with "_" as spaces
     unless given."""
 
@@ -143,8 +139,7 @@ class ZeroShotClassification(Evaluation):
         self.batch_size = batch_size
         self.limit = limit
 
-    @cached_property
-    def evaluated(self) -> tuple[list[tuple[Path, int]], list[str]]:
+    def read(self) -> tuple[list[tuple[Path, int]], list[str]]:
         """The evaluated images (the first `limit`) with labels, and the class names."""
         items = image_folder(self.root)
         folders = sorted({p.parent.name for p, _ in items})
@@ -153,8 +148,6 @@ class ZeroShotClassification(Evaluation):
             raise UserError(f"{len(classnames)} class names for {len(folders)} class folders in {self.root}")
         return items[: self.limit], classnames
 
-    def check_data(self) -> None:
-        self.evaluated  # noqa: B018 - reads the folder once
 
     @torch.no_grad()
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:

@@ -14,6 +14,9 @@ from torch import nn
 
 from ecoflap_exp.errors import UserError
 
+#: names a file shipped in the package instead of a path (`shipped:digits_clip` weights,
+#: `shipped:calibration` text)
+SHIPPED_PREFIX = "shipped:"
 #: the image normalisation of OpenAI's CLIP, which BLIP-2's vision encoder shares
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

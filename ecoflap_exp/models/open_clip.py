@@ -27,7 +27,7 @@ from torch import nn
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import LossTerm, ModelAdapter, contrastive_terms
-from ecoflap_exp.models.loading import hub_load_error, torch_dtype
+from ecoflap_exp.models.loading import SHIPPED_PREFIX, hub_load_error, torch_dtype
 from ecoflap_exp.models.seam import Batch, Block, PrunableMatrix, Tower
 
 
@@ -60,9 +60,6 @@ def resblock_matrices(name: str, block: nn.Module, split_qkv: bool) -> list[Prun
         module = getattr(block.mlp, linear)
         matrices.append(PrunableMatrix(f"{name}.mlp.{linear}", module.weight, module))
     return matrices
-
-
-SHIPPED_PREFIX = "shipped:"
 
 
 def shipped_weights(name: str) -> dict[str, torch.Tensor]:

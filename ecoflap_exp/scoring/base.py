@@ -52,6 +52,12 @@ def check_granularity(granularity: str) -> str:
     return granularity
 
 
+def check_grouping(granularity: str, how: str) -> tuple[str, str]:
+    """A scorer's granularity (`layer` read as `matrix`) and aggregate, checked."""
+    check_choice("scorer.aggregate", how, AGGREGATES)
+    return check_granularity(granularity), how
+
+
 def groups(adapter: ModelAdapter, granularity: str) -> dict[str, list[PrunableMatrix]]:
     """Group name -> its matrices, in pruning order."""
     if granularity == "matrix":

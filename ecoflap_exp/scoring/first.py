@@ -17,23 +17,14 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, PrunableMatrix
 from ecoflap_exp.progress import track
-from ecoflap_exp.scoring.base import (
-    AGGREGATES,
-    BlockScorer,
-    aggregate,
-    check_choice,
-    check_granularity,
-    first_samples,
-)
+from ecoflap_exp.scoring.base import BlockScorer, aggregate, check_grouping, first_samples
 
 
 class FirstOrderScorer(BlockScorer):
     name = "ecoflap-first"
 
     def __init__(self, granularity: str = "block", aggregate: str = "sum", num_samples: int | None = None):
-        self.granularity = check_granularity(granularity)
-        check_choice("scorer.aggregate", aggregate, AGGREGATES)
-        self.aggregate = aggregate
+        self.granularity, self.aggregate = check_grouping(granularity, aggregate)
         self.num_samples = num_samples
 
     def scores(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:

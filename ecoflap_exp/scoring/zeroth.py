@@ -29,14 +29,7 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, Tower
 from ecoflap_exp.progress import track
-from ecoflap_exp.scoring.base import (
-    AGGREGATES,
-    BlockScorer,
-    aggregate,
-    check_choice,
-    check_granularity,
-    first_samples,
-)
+from ecoflap_exp.scoring.base import BlockScorer, aggregate, check_grouping, first_samples
 from ecoflap_exp.walk import walk_tower
 
 log = logging.getLogger(__name__)
@@ -51,9 +44,7 @@ class ZerothOrderScorer(BlockScorer):
             raise UserError(f"scorer.eps={eps} must be positive (the paper uses 1e-3)")
         self.eps = eps
         self.num_samples = num_samples
-        self.granularity = check_granularity(granularity)
-        check_choice("scorer.aggregate", aggregate, AGGREGATES)
-        self.aggregate = aggregate
+        self.granularity, self.aggregate = check_grouping(granularity, aggregate)
         self.seed = seed
         self.reuse_prefix = reuse_prefix
 
