@@ -331,3 +331,13 @@ def test_every_allocation_honours_max_sparsity():
     assert OwlAllocation(lam=0.08).plan(ratios, groups, 0.5, 0.6) == pytest.approx({blocks[0]: 0.58, blocks[1]: 0.42})
     water = WaterFilling().plan(skewed, groups, 0.5, 0.6)
     assert max(water.values()) <= 0.6 + 1e-12 and total(water) == pytest.approx(0.5)
+
+
+def test_granularity_layer_is_read_as_matrix_with_a_warning(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        scorer = ZerothOrderScorer(granularity="layer")
+    assert scorer.granularity == "matrix" and "now called scorer.granularity=matrix" in caplog.text
+    with pytest.raises(UserError, match="scorer.granularity='blok' is unknown; use one of block, matrix"):
+        FirstOrderScorer(granularity="blok")
