@@ -35,8 +35,8 @@ from ecoflap_exp.pruning.base import LocalPruner
 from ecoflap_exp.pruning.engine import MatrixReport, SequentialEngine
 from ecoflap_exp.pruning.masks import NM, parse_nm
 from ecoflap_exp.pruning.verify import verify
-from ecoflap_exp.scoring.base import BlockScorer
-from ecoflap_exp.scoring.sketches import metric_sketches
+from ecoflap_exp.scoring.base import BlockScorer, first_samples
+from ecoflap_exp.scoring.sketches import weight_sketches
 from ecoflap_exp.tracking.store import ResultsStore, run_id
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ class Plugins:
                    {name: build(ev) for name, ev in cfg.evals.items()})
 
     def method(self, target: Target) -> str:
-        """The method as the papers name it: `wanda`, `ecoflap-zeroth+wanda`, `id-global+wanda`,
+        """The method as the papers name it: `wanda`, `ecoflap-zeroth+wanda`, `id-global-wanda+wanda`,
         `owl+sparsegpt`; `dense` for an unpruned point."""
         if target.sparsity == 0:
             return "dense"
@@ -257,6 +257,9 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins) -> dict
                                                 plugins.evals)
     if target.nm is not None and scorer.non_uniform:
         raise UserError(f"nm={target.nm} fixes every matrix at {target.sparsity}; use scorer=uniform with N:M")
+    if scorer.non_uniform and not allocation.reads_scores:
+        raise UserError(f"allocation={allocation.name} plans without block scores (use_id=false); use scorer=uniform "
+                        f"for the plain global baseline, or allocation.use_id=true")
     for ev in evals.values():
         ev.check_data()  # a missing or malformed benchmark file stops the run before anything heavy
     with timer("load"):
@@ -269,17 +272,18 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins) -> dict
     reports = []
     if target.sparsity > 0:
         with timer("calibrate"):
-            batches = calib.batches(adapter)
+            extended = calib.batches(adapter, scorer.samples_needed)  # the ID paper's 2000, say
+            batches = first_samples(extended, calib.num_samples)
         with timer("score"):
-            scores = scorer.scores(adapter, batches)
-            sketches = (metric_sketches(adapter, batches, allocation.sketch_quantiles) if allocation.sketch_quantiles
-                        else None)
+            scores = scorer.scores(adapter, batches, extended)
+            sketches = (weight_sketches(adapter, batches, allocation.sketch_score, allocation.sketch_quantiles)
+                        if allocation.sketch_quantiles else None)
         with timer("allocate"):
             plan = allocation.plan(scores, Groups.of(adapter), target.sparsity, target.max_sparsity, sketches)
         with timer("prune"):
             engine = SequentialEngine(adapter, pruner, plan, target.nm, device, cfg.offload)
             reports = engine.run(batches)
-        del batches
+        del batches, extended
     with timer("verify"):
         achieved = verify(adapter, plan or dict.fromkeys(plan_keys(adapter), 0.0), target.nm, reports,
                           exact=pruner.count == "exact")

@@ -22,8 +22,9 @@ CAPTIONS = ["a photo of a cat", "a red car on a road", "two dogs playing", "a pl
             "a mountain lake", "an old building", "a person running", "a bowl of fruit"]
 
 
-def write_caption_pairs(root: Path, count: int = 8, seed: int = 0) -> dict[str, Path]:
-    """The same pairs as root/pairs.tsv, root/pairs.csv and root/captions.json (COCO style)."""
+def write_caption_pairs(root: Path, count: int = 8, seed: int = 0, numbered: bool = False) -> dict[str, Path]:
+    """The same pairs as root/pairs.tsv, root/pairs.csv and root/captions.json (COCO style);
+    `numbered`: each caption ends in its index, so no two are the same."""
     import csv
     import json
 
@@ -33,7 +34,8 @@ def write_caption_pairs(root: Path, count: int = 8, seed: int = 0) -> dict[str, 
     for i in range(count):
         name = f"images/{i:05d}.jpg"
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / name)
-        rows.append({"image": name, "caption": CAPTIONS[i % len(CAPTIONS)]})
+        caption = CAPTIONS[i % len(CAPTIONS)]
+        rows.append({"image": name, "caption": f"{caption} number {i}" if numbered else caption})
     for suffix, delimiter in ((".tsv", "\t"), (".csv", ",")):
         with (root / f"pairs{suffix}").open("w", newline="") as f:
             writer = csv.DictWriter(f, ["image", "caption"], delimiter=delimiter)

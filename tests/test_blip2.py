@@ -316,7 +316,7 @@ def test_calibration_images_get_lavis_training_view_seeded():
             super().__init__(num_samples=4, batch_size=2, seed=seed)
             self.augment = augment
 
-        def samples(self, adapter):
+        def samples(self, adapter, count=None):
             return list(zip(images(4, size=48), CAPTIONS[:4], strict=True))
 
     adapter = tiny("t5")

@@ -216,7 +216,7 @@ def test_calibration_captions_each_image_with_its_class_prompt(tmp_path):
     assert sorted(labels) == [0, 0, 1, 1, 2, 2] and labels != sorted(labels)  # all 6, in a shuffled order
     again = CoOpCalibration("oxford_pets", str(tmp_path), num_samples=6, batch_size=2, seed=3).samples(None)
     assert [c for _, c in again] == [c for _, c in pairs]
-    with pytest.raises(UserError, match="gave 6 samples, fewer than calib.num_samples=8"):
+    with pytest.raises(UserError, match=r"gave 6 samples, fewer than the 8 asked for \(calib.num_samples=8"):
         CoOpCalibration("oxford_pets", str(tmp_path), num_samples=8, batch_size=2).batches(None)
 
 

@@ -178,3 +178,57 @@ def test_fp16_clip_loss_is_fp32():
     adapter = tiny_clip(dtype="float16")
     assert next(adapter.model.parameters()).dtype == torch.float16
     assert adapter.loss(batches(adapter)[0]).dtype == torch.float32
+
+
+@pytest.mark.parametrize("split_qkv", [False, True])
+def test_per_matrix_id_of_the_fused_in_proj_and_its_slices(split_qkv):
+    """A slice's ID is of its own rows' output; a bias shifts every point alike and leaves the ID."""
+    from ecoflap_exp.scoring.intrinsic_dim import IntrinsicDimensionScorer, twonn
+
+    adapter = tiny_clip(split_qkv=split_qkv)
+    calib = batches(adapter, n=40, size=8)
+    scorer = IntrinsicDimensionScorer(granularity="matrix")
+    scorer.scores(adapter, calib)
+    ids = scorer.info["intrinsic_dim"]
+    block = adapter.towers()[0].blocks[1]
+    attn_inputs, fc_outputs = [], []
+    hooks = [block.module.attn.register_forward_pre_hook(lambda _m, args: attn_inputs.append(args[0])),
+             block.module.mlp.c_fc.register_forward_hook(lambda _m, _a, out: fc_outputs.append(out))]
+    with torch.no_grad():
+        for batch in calib:
+            adapter.forward(batch)
+    for h in hooks:
+        h.remove()
+    x = torch.cat(attn_inputs)
+    qkv = x @ block.module.attn.in_proj_weight.detach().t()
+    width = x.shape[-1]
+    wanted = ({f"{block.name}.attn.in_proj.{p}": qkv[..., i * width : (i + 1) * width] for i, p in enumerate("qkv")}
+              if split_qkv else {f"{block.name}.attn.in_proj": qkv})
+    for name, out in wanted.items():
+        assert ids[name] == pytest.approx(twonn(out.reshape(len(out), -1)), rel=1e-6)
+    with_bias = torch.cat(fc_outputs)
+    assert ids[f"{block.name}.mlp.c_fc"] == pytest.approx(twonn(with_bias.reshape(len(with_bias), -1)), rel=1e-4)
+    assert sum(name.startswith("transformer.") for name in ids) == (12 if split_qkv else 8)
+
+
+def test_taylor_sketches_are_w_times_the_mean_gradient_of_each_slice():
+    """allocation.base_score=taylor: |w * mean over batches of dL/dw|, for each q/k/v slice of the
+    fused in_proj from the shared parameter's gradient; exact sketches hold every value once."""
+    from ecoflap_exp.scoring.sketches import weight_sketches
+
+    adapter = tiny_clip(split_qkv=True)
+    calib = batches(adapter, n=8, size=4)
+    sketches = weight_sketches(adapter, calib, "taylor", 1 << 20)
+    matrices = list(adapter.matrices())
+    params = list(dict.fromkeys(m.param for m in matrices))
+    total = [torch.zeros_like(p) for p in params]
+    for batch in calib:
+        for t, g in zip(total, torch.autograd.grad(adapter.loss(batch), params), strict=True):
+            t += g
+    grads = dict(zip(params, total, strict=True))
+    assert len(matrices) == 24 and len(params) == 16  # 4 blocks x (in_proj shared by q, k, v + 3)
+    for m in matrices:
+        expected = (m.weight * grads[m.param][m.rows] / len(calib)).abs().flatten().sort().values
+        assert (sketches[m.name].counts == 1).all()
+        np.testing.assert_allclose(sketches[m.name].values, expected.double().numpy(), rtol=1e-5, atol=1e-12)
+    assert all(p.grad is None for p in adapter.model.parameters())

@@ -12,7 +12,7 @@ from test_blip2 import images, tiny
 from ecoflap_exp.pruning.engine import SequentialEngine
 from ecoflap_exp.pruning.sparsegpt import Hessian, SparseGPTPruner
 from ecoflap_exp.pruning.wanda import WandaPruner
-from ecoflap_exp.scoring.intrinsic_dim import representation, stack_flattened
+from ecoflap_exp.scoring.intrinsic_dim import IntrinsicDimensionScorer, VectorStore, representation
 from ecoflap_exp.walk import collect_stats, walk_tower
 
 CAPTIONS = ["a cat", "two dogs in a park", "a plate of food on a table", "an old stone house by a lake"]
@@ -79,19 +79,44 @@ def test_padded_batch_prunes_as_single_samples(kind, pruner):
 @torch.no_grad()
 def test_intrinsic_dimension_representations_ignore_padding():
     """A sample's mean representation is over its real tokens only, and its flattened one is zero
-    past them: the same whether its batch pads it or not."""
+    past them: the distances between samples are the same whether their batch pads them or not."""
     adapter = tiny("t5")
     for kind in ("mean", "flatten"):
         captured = {}
         for batching in (4, 1):
-            vectors = captured[batching] = []
+            distances = captured[batching] = []
 
-            def keep(block, outputs, vectors=vectors, kind=kind):
-                rows = [representation(o.hidden, kind, o.masks.get("hidden")) for o in outputs]
-                vectors.append(stack_flattened(rows))
+            def keep(block, outputs, distances=distances, kind=kind):
+                store = VectorStore(adapter.device)
+                for o in outputs:
+                    store.add(representation(o.hidden, kind, o.masks.get("hidden")))
+                distances.append(store.distinct_distances())
 
             for tower in adapter.towers()[1:]:
                 for _ in walk_tower(adapter, tower, calibration(adapter, batching), adapter.device, after=keep):
                     pass
+        assert len(captured[4]) == 4 and captured[4][0].shape == (4, 4)
         for together, alone in zip(captured[4], captured[1], strict=True):
             assert_close_relative(together, alone)
+
+
+@pytest.mark.parametrize("kind", ["t5", "opt"])
+@torch.no_grad()
+def test_per_matrix_id_distances_ignore_padding(kind):
+    """Every matrix's output distances (the T5 decoder's cross-attention k, v over the encoder's
+    tokens included) are the same whether the batch pads a caption or not."""
+    adapter = tiny(kind)
+    scorer = IntrinsicDimensionScorer(granularity="matrix")
+    captured = {}
+    for batching in (4, 1):
+        distances = captured[batching] = {}
+        for tower in adapter.towers()[1:]:
+            for block, inputs in walk_tower(adapter, tower, calibration(adapter, batching), adapter.device):
+                stores = {m.name: VectorStore(adapter.device) for m in block.matrices}
+                scorer.matrix_stores(tower, block, inputs, stores)
+                distances.update({name: store.distinct_distances() for name, store in stores.items()})
+    assert captured[4].keys() == captured[1].keys() and len(captured[4]) == (36 if kind == "t5" else 12)
+    assert any(".EncDecAttention.k" in name for name in captured[4]) == (kind == "t5")
+    for name, together in captured[4].items():
+        assert together.shape == (4, 4)
+        assert_close_relative(together, captured[1][name])

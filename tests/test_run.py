@@ -166,6 +166,11 @@ def test_nm_needs_the_uniform_scorer(tmp_path):
         run(config(tmp_path, "nm=2:4", "scorer=first"))
 
 
+def test_global_baseline_without_ids_needs_the_uniform_scorer(tmp_path):
+    with pytest.raises(UserError, match="use_id=false.*use scorer=uniform"):
+        run(config(tmp_path, "scorer=id", "allocation=global", "allocation.use_id=false"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["vit_tiny", "timm_vit_tiny"])
 def test_tiny_vit_end_to_end(tmp_path, model):
@@ -221,7 +226,9 @@ def test_uncached_checkpoint_offline_is_one_clear_message(tmp_path, overrides, n
 @pytest.mark.parametrize(("overrides", "method"), [
     ([], "wanda"), (["scorer=zeroth"], "ecoflap-zeroth+wanda"), (["scorer=first", "pruner=sparsegpt"],
                                                                  "ecoflap-first+sparsegpt"),
-    (["scorer=id", "allocation=global"], "id-global+wanda"), (["scorer=owl"], "owl+wanda"),
+    (["scorer=id", "allocation=global"], "id-global-wanda+wanda"), (["scorer=owl"], "owl+wanda"),
+    (["allocation=global", "allocation.base_score=magnitude", "allocation.use_id=false", "pruner=magnitude"],
+     "global-magnitude+magnitude"),
     (["scorer=id_zeroth", "pruner=magnitude"], "ecoflap-zerothxid+magnitude"), (["sparsity=0"], "dense"),
     (["nm=2:4", "pruner=sparsegpt"], "sparsegpt"),
 ])

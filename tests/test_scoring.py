@@ -20,7 +20,7 @@ from ecoflap_exp.scoring.base import BlockScorer
 from ecoflap_exp.scoring.combined import ProductScorer
 from ecoflap_exp.scoring.first import FirstOrderScorer
 from ecoflap_exp.scoring.owl import OutlierRatioScorer
-from ecoflap_exp.scoring.sketches import metric_sketches
+from ecoflap_exp.scoring.sketches import weight_sketches
 from ecoflap_exp.scoring.zeroth import ZerothOrderScorer, count_block_forwards
 
 skdim = pytest.importorskip("skdim")
@@ -94,18 +94,117 @@ def test_duplicates_give_a_finite_estimate():
     assert np.isfinite(ID.mle(torch.from_numpy(with_copies)))
 
 
-def test_id_scorer_on_a_tiny_model():
-    adapter = llama()
-    batches = batches_for(adapter, samples=32)
-    flat = ID.IntrinsicDimensionScorer().scores(adapter, batches)
-    assert list(flat) == [b.name for b in adapter.blocks()]
-    assert all(0 < v < float("inf") for v in flat.values())
+def test_vector_store_distances_are_exact_in_memory_and_on_disk(tmp_path):
+    """Long float32 vectors far from the origin with small differences, where a float32 Gram loses
+    the distances; batches of different token counts are zero-padded (which a centred float32
+    Gram also gets wrong); an exact copy is dropped; files give the same result as memory."""
+    g = torch.Generator().manual_seed(0)
+    X = 100 + 1e-2 * torch.randn(30, 12, 64, generator=g)
+    X[20:, 9:] = 0  # the last batch is 9 tokens long
+    X[29] = X[21]
+    flat = X[:29].reshape(29, -1)
+    exact = torch.cdist(flat.double(), flat.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    stores = [ID.VectorStore(torch.device("cpu")), ID.VectorStore(torch.device("cpu"), tmp_path)]
+    for store in stores:
+        for part in (X[:8], X[8:20], X[20:, :9]):
+            store.add(part)
+    in_memory, on_disk = (store.distinct_distances() for store in stores)
+    assert len(list(tmp_path.glob("*.bin"))) == 3
+    torch.testing.assert_close(in_memory, exact, rtol=1e-8, atol=0)
+    assert torch.equal(in_memory, on_disk)
+    halves = [ID.VectorStore(torch.device("cpu")), ID.VectorStore(torch.device("cpu"), tmp_path / "bf16")]
+    (tmp_path / "bf16").mkdir()
+    Y = torch.randn(30, 12, 64, generator=g).bfloat16()  # bf16 outputs are kept as they are, bit for bit
+    Y[20:, 9:] = 0
+    Y[29] = Y[21]
+    for store in halves:
+        for part in (Y[:8], Y[8:20], Y[20:, :9]):
+            store.add(part)
+    rounded = Y[:29].double().reshape(29, -1)
+    bf16_exact = torch.cdist(rounded, rounded, compute_mode="donot_use_mm_for_euclid_dist")
+    assert halves[0].batches[0].path is None and halves[1].batches[0].data is None
+    torch.testing.assert_close(halves[0].distinct_distances(), bf16_exact, rtol=1e-8, atol=0)
+    assert torch.equal(halves[0].distinct_distances(), halves[1].distinct_distances())
+    naive = (flat.square().sum(1)[:, None] + flat.square().sum(1)[None] - 2 * flat @ flat.t()).clamp_min(0).sqrt()
+    assert float(((naive.double() - exact).abs() / exact.clamp_min(1e-12)).max()) > 0.1
+
+
+def test_scorer_store_dir_gives_the_same_ids_and_cleans_up(tmp_path):
+    adapter = llama(blocks=2)
+    batches = batches_for(adapter, samples=24, batch=8)
+    in_memory = ID.IntrinsicDimensionScorer(granularity="matrix")
+    on_disk = ID.IntrinsicDimensionScorer(granularity="matrix", store_dir=str(tmp_path / "ids"))
+    assert in_memory.scores(adapter, batches) == on_disk.scores(adapter, batches)
+    assert list((tmp_path / "ids").iterdir()) == []
+
+
+def hooked_outputs(adapter, batches, modules):
+    """Each module's output over all samples from plain full-model forwards, one row per sample."""
+    outputs = {name: [] for name in modules}
+    handles = [adapter.model.get_submodule(path).register_forward_hook(
+        lambda _m, _a, out, name=name: outputs[name].append(out.float().reshape(out.shape[0], -1)))
+        for name, path in modules.items()]
+    with torch.no_grad():
+        for batch in batches:
+            adapter.forward(batch)
+    for h in handles:
+        h.remove()
+    return {name: torch.cat(rows) for name, rows in outputs.items()}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_per_matrix_id_is_twonn_of_each_matrix_output(dtype):
+    adapter = CausalLMAdapter(arch="llama_tiny", init="random", tokenizer="bytes", dtype=dtype,
+                              arch_overrides={"num_hidden_layers": 3})
+    batches = batches_for(adapter, samples=64, batch=8)
+    scorer = ID.IntrinsicDimensionScorer(granularity="matrix")
+    scores = scorer.scores(adapter, batches)
+    ids = scorer.info["intrinsic_dim"]
+    block = adapter.towers()[0].blocks[1]
+    by_hand = hooked_outputs(adapter, batches, {m.name: m.name for m in block.matrices})
+    assert len(by_hand) == 7 and len(ids) == 21
+    for m in block.matrices:  # the walk's block inputs are the full forward's: the same outputs, the same ID
+        assert ids[m.name] == pytest.approx(ID.twonn(by_hand[m.name]), rel=1e-9)
+        assert scores[m.name] == pytest.approx(ids[m.name] * m.numel, rel=1e-12)
+    assert len({round(v, 6) for v in ids.values()}) == 21  # each matrix its own ID, not its block's
+    assert scorer.info["tower_mean_id"] == {"decoder": pytest.approx(sum(ids.values()) / 21)}
+
+
+def test_block_id_is_twonn_of_the_block_output():
+    adapter = llama(blocks=3)
+    batches = batches_for(adapter, samples=48, batch=8)
+    scorer = ID.IntrinsicDimensionScorer()
+    scores = scorer.scores(adapter, batches)
+    blocks = adapter.towers()[0].blocks
+    assert list(scores) == [b.name for b in blocks]
+    outputs = {}
+    handles = [b.module.register_forward_hook(lambda _m, _a, out, name=b.name: outputs.setdefault(name, []).append(
+        (out[0] if isinstance(out, tuple) else out).reshape(8, -1))) for b in blocks]
+    with torch.no_grad():
+        for batch in batches:
+            adapter.forward(batch)
+    for h in handles:
+        h.remove()
+    for b in blocks:
+        assert scorer.info["intrinsic_dim"][b.name] == pytest.approx(ID.twonn(torch.cat(outputs[b.name])), rel=1e-9)
+        assert scores[b.name] == pytest.approx(scorer.info["intrinsic_dim"][b.name] * b.numel)
     mean = ID.IntrinsicDimensionScorer(representation="mean").scores(adapter, batches)
-    assert mean != flat
-    per_matrix = ID.IntrinsicDimensionScorer(granularity="matrix").scores(adapter, batches)
-    assert len(per_matrix) == 28 and per_matrix["model.layers.2.mlp.up_proj"] == flat["model.layers.2"]
+    assert mean != scores
     with pytest.raises(UserError, match="scorer.representation"):
         ID.IntrinsicDimensionScorer(representation="pooled")
+
+
+def test_id_uses_its_own_sample_count():
+    adapter = llama(blocks=2)
+    batches = batches_for(adapter, samples=48, batch=8)
+    scorer = ID.IntrinsicDimensionScorer(num_samples=24)
+    assert scorer.samples_needed == 24
+    scorer.scores(adapter, batches)
+    alone = ID.IntrinsicDimensionScorer()
+    alone.scores(adapter, batches[:3])
+    assert scorer.info["intrinsic_dim"] == alone.info["intrinsic_dim"]
+    with pytest.raises(UserError, match="scorer.num_samples"):
+        ID.IntrinsicDimensionScorer(num_samples=2)
 
 
 # ---- zeroth-order ----------------------------------------------------------------------------
@@ -201,7 +300,7 @@ class FixedScores(BlockScorer):
     def __init__(self, scores):
         self.fixed = scores
 
-    def scores(self, adapter, batches):
+    def scores(self, adapter, batches, extended=None):
         return self.fixed
 
 
@@ -231,13 +330,65 @@ class TwoTowers(ModelAdapter):
         pass
 
 
-def test_product_normalises_each_factor_per_tower():
-    adapter = TwoTowers()
+def test_product_of_raw_factors_and_per_tower_normalisation():
+    adapter = TwoTowers()  # vision blocks of 64 weights, text blocks of 128
     a = FixedScores({"v0": 1.0, "v1": 3.0, "t0": 10.0, "t1": 30.0})
-    b = FixedScores({"v0": 2.0, "v1": 2.0, "t0": 5.0, "t1": 15.0})
-    combined = ProductScorer([a, b]).scores(adapter, [])
+    b = FixedScores({"v0": 128.0, "v1": 128.0, "t0": 640.0, "t1": 1920.0})  # an ID x size: IDs 2, 2, 5, 15
+    # default: n_g x (a_g / n_g) x (b_g / n_g) = a_g x ID_g
+    assert ProductScorer([a, b]).scores(adapter, []) == pytest.approx({"v0": 2.0, "v1": 6.0, "t0": 50.0, "t1": 450.0})
+    combined = ProductScorer([a, b], normalise="tower_mean").scores(adapter, [])
     # a / tower mean: 0.5, 1.5, 0.5, 1.5;  b / tower mean: 1, 1, 0.5, 1.5
     assert combined == pytest.approx({"v0": 0.5, "v1": 1.5, "t0": 0.25, "t1": 2.25})
+
+
+def test_id_factor_reads_its_own_samples_and_the_others_the_pruners():
+    adapter = llama(blocks=2)
+    extended = batches_for(adapter, samples=48, batch=8)
+    batches = extended[:2]
+    product = ProductScorer([FirstOrderScorer(), ID.IntrinsicDimensionScorer(num_samples=48)])
+    assert product.samples_needed == 48
+    combined = product.scores(adapter, batches, extended)
+    first = FirstOrderScorer().scores(adapter, batches)
+    ids = ID.IntrinsicDimensionScorer().scores(adapter, extended)
+    sizes = Groups.of(adapter).sizes
+    assert combined == pytest.approx({g: first[g] * ids[g] / sizes[g] for g in first}, rel=1e-9)
+    assert product.info["intrinsic_dim"] == pytest.approx({g: ids[g] / sizes[g] for g in ids}, rel=1e-12)
+
+
+class Blip2Shapes(TwoTowers):
+    """BLIP-2 (ViT-g + Flan-T5-XL) block sizes, one meta-device matrix per block: 39 ViT blocks of
+    25,231,360 weights, 24 encoder blocks of 48,234,496 and 24 decoder blocks of 65,011,712."""
+
+    TOWERS = (("vision", 39, (1408, 17920)), ("encoder", 24, (2048, 23552)), ("decoder", 24, (2048, 31744)))
+
+    def __init__(self):
+        self.model = nn.ParameterDict({f"{t}{i}": nn.Parameter(torch.empty(shape, device="meta"))
+                                       for t, count, shape in self.TOWERS for i in range(count)})
+
+    def all_towers(self):
+        return [Tower(t, [Block(f"{t}{i}", nn.Identity(), [PrunableMatrix(f"{t}{i}.w", self.model[f"{t}{i}"],
+                                                                             nn.Identity())]) for i in range(count)])
+                for t, count, _ in self.TOWERS]
+
+
+@pytest.mark.parametrize(("sparsity", "max_sparsity"), [(0.5, 0.6), (0.5, 0.99), (0.7, 0.8)])
+def test_equal_ids_give_every_blip2_block_the_target(sparsity, max_sparsity):
+    """An ID is a density (ID x size is the score), so equal IDs keep the uniform plan, alone or
+    times zeroth-order scores (then zeroth's own plan); raw IDs as scores would let size drive it."""
+    adapter = Blip2Shapes()
+    groups = Groups.of(adapter)
+    blocks = [b.name for b in adapter.blocks()]
+    assert [groups.sizes[b] for b in ("vision0", "encoder0", "decoder0")] == [25_231_360, 48_234_496, 65_011_712]
+    ids = FixedScores({b: 40.0 * groups.sizes[b] for b in blocks})
+    plan = WaterFilling().plan(ids.scores(adapter, []), groups, sparsity, max_sparsity)
+    assert plan == pytest.approx(dict.fromkeys(blocks, sparsity), abs=1e-12)
+    size_driven = WaterFilling().plan(dict.fromkeys(blocks, 40.0), groups, sparsity, max_sparsity)
+    assert size_driven["vision0"] < sparsity - 0.02 < sparsity + 0.02 < size_driven["decoder0"]
+    rng = np.random.default_rng(0)
+    zeroth = FixedScores({b: float(rng.uniform(0.5, 2.0)) * groups.sizes[b] for b in blocks})
+    with_ids = ProductScorer([zeroth, ids]).scores(adapter, [])
+    assert WaterFilling().plan(with_ids, groups, sparsity, max_sparsity) == pytest.approx(
+        WaterFilling().plan(zeroth.scores(adapter, []), groups, sparsity, max_sparsity), abs=1e-12)
 
 
 def test_per_tower_scope_holds_each_tower_at_the_target():
@@ -285,7 +436,10 @@ def test_global_ranking_matches_a_brute_force_threshold():
     adapter = llama(blocks=2)
     batches = batches_for(adapter)
     scores = {"model.layers.0": 2.0, "model.layers.1": 1.0}
-    plan = GlobalRanking().plan(scores, Groups.of(adapter), 0.5, 1.0, metric_sketches(adapter, batches, 4096))
+    exact = GlobalRanking(quantiles=1 << 20)
+    plan = exact.plan(scores, Groups.of(adapter), 0.5, 1.0, weight_sketches(adapter, batches, "wanda", 1 << 20))
+    sketched = GlobalRanking().plan(scores, Groups.of(adapter), 0.5, 1.0,
+                                    weight_sketches(adapter, batches, "wanda", 4096))
     norms = {}
     owner = {m.name: b.name for b in adapter.blocks() for m in b.matrices}
     matrices = list(adapter.matrices())
@@ -299,11 +453,46 @@ def test_global_ranking_matches_a_brute_force_threshold():
         h.remove()
     metrics = {m.name: (m.weight.abs() * norms[m.name].sqrt() * scores[owner[m.name]]).flatten() for m in matrices}
     threshold = torch.cat(list(metrics.values())).sort().values[sum(m.numel for m in matrices) // 2]
-    for name, metric in metrics.items():
-        assert plan[name] == pytest.approx(float((metric < threshold).float().mean()), abs=2e-3)
-    total = sum(plan[m.name] * m.numel for m in matrices) / sum(m.numel for m in matrices)
-    assert total == pytest.approx(0.5, abs=1e-6)
+    for name, metric in metrics.items():  # exact sketches: exact counts; 4096 order statistics: within 0.2%
+        assert round(plan[name] * metric.numel()) == int((metric < threshold).sum()), name
+        assert sketched[name] == pytest.approx(float((metric < threshold).float().mean()), abs=2e-3)
+    for chosen in (plan, sketched):  # the total is exact either way
+        assert sum(round(chosen[m.name] * m.numel) for m in matrices) == sum(m.numel for m in matrices) // 2
     SequentialEngine(adapter, WandaPruner("matrix"), plan).run(batches)  # the plan is prunable as is
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_global_magnitude_times_equal_ids_is_global_magnitude(dtype):
+    """The ID paper's rule with equal IDs is plain global magnitude: the weights pruned are the
+    round(p N) smallest |w| of the model (bf16 has ties at the threshold: then every pruned |w| is at
+    most every kept one); doubling one matrix's ID lowers its sparsity; the count stays exact."""
+    from ecoflap_exp.pruning.magnitude import MagnitudePruner
+
+    adapter = CausalLMAdapter(arch="llama_tiny", init="random", tokenizer="bytes", dtype=dtype,
+                              arch_overrides={"num_hidden_layers": 2})
+    groups = Groups.of(adapter)
+    matrices = list(adapter.matrices())
+    total = sum(m.numel for m in matrices)
+    ranking = GlobalRanking(base_score="magnitude", quantiles=1 << 20)
+    sketches = weight_sketches(adapter, [], "magnitude", 1 << 20)
+    equal = {m.name: 7.0 * m.numel for m in matrices}
+    plan = ranking.plan(equal, groups, 0.6, 1.0, sketches)
+    assert plan == GlobalRanking(base_score="magnitude", use_id=False, quantiles=1 << 20).plan({}, groups, 0.6, 1.0,
+                                                                                                  sketches)
+    before = {m.name: m.weight.clone() for m in matrices}
+    SequentialEngine(adapter, MagnitudePruner("matrix"), plan).run([])
+    pruned = torch.cat([before[m.name][m.weight == 0].abs().float() for m in matrices])
+    kept = torch.cat([before[m.name][m.weight != 0].abs().float() for m in matrices])
+    assert pruned.numel() == round(0.6 * total)
+    if dtype == "float32":  # no ties: exactly the globally smallest
+        everything = torch.cat([before[m.name].abs().flatten() for m in matrices])
+        assert float(pruned.max()) < float(everything.sort().values[round(0.6 * total)])
+    assert float(pruned.max()) <= float(kept.min())
+    doubled = dict(equal, **{matrices[3].name: 14.0 * matrices[3].numel})
+    shifted = ranking.plan(doubled, groups, 0.6, 1.0, sketches)
+    assert shifted[matrices[3].name] < plan[matrices[3].name]
+    assert all(shifted[m.name] >= plan[m.name] for m in matrices if m is not matrices[3])
+    assert sum(round(shifted[m.name] * m.numel) for m in matrices) == round(0.6 * total)
 
 
 def test_every_allocation_honours_max_sparsity():
@@ -319,9 +508,9 @@ def test_every_allocation_honours_max_sparsity():
     def total(plan):
         return sum(plan[g] * groups.sizes[g] for g in plan) / sum(groups.sizes[g] for g in plan)
 
-    unbounded = GlobalRanking().plan(skewed, groups, 0.5, 1.0, metric_sketches(adapter, batches, 4096))
+    unbounded = GlobalRanking().plan(skewed, groups, 0.5, 1.0, weight_sketches(adapter, batches, "wanda", 4096))
     assert max(unbounded.values()) > 0.7
-    bounded = GlobalRanking().plan(skewed, groups, 0.5, 0.6, metric_sketches(adapter, batches, 4096))
+    bounded = GlobalRanking().plan(skewed, groups, 0.5, 0.6, weight_sketches(adapter, batches, "wanda", 4096))
     assert set(bounded) == set(matrices) and max(bounded.values()) <= 0.6 + 1e-9
     assert total(bounded) == pytest.approx(0.5, abs=1e-6)
     ratios = {blocks[0]: 0.0, blocks[1]: 1.0}

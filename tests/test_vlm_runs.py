@@ -132,3 +132,36 @@ def test_a_dense_run_does_not_depend_on_the_towers_it_would_prune():
     vision = {**base, "model": {"arch": "clip_tiny", "prune_towers": ["vision"]}}
     assert run_id(base) == run_id(vision)
     assert run_id({**base, "sparsity": 0.5}) != run_id({**vision, "sparsity": 0.5})
+
+
+@pytest.mark.slow
+def test_id_asymmetry_records_give_per_tower_tables_and_the_id_figure(tmp_path):
+    """The ID paper's methods on tiny BLIP-2: per-matrix IDs of more samples than the pruner's,
+    one global threshold (no per-matrix ceiling), and from the records alone each tower's sparsity
+    and mean ID in the table and the per-matrix ID figure."""
+    from ecoflap_exp.results.tables import write_tables
+
+    files = write_caption_pairs(tmp_path / "pairs", count=100, numbered=True)
+    common = ["calib=cc3m", f"calib.annotations={files['tsv']}", "calib.num_samples=8", "calib.batch_size=4",
+              "suite=none", "model=blip2_t5_tiny", "experiment_name=id_asymmetry", "sparsity=0.5"]
+    runs = {}
+    for method in ("id_paper", "id_ecoflap"):
+        for towers in ("[vision]", "[vision,encoder,decoder]"):
+            runs[method, towers] = run(config(tmp_path, *common, f"+experiment/method={method}",
+                                              "scorer.num_samples=100", f"model.prune_towers={towers}"))
+    full = runs["id_paper", "[vision,encoder,decoder]"]
+    ids = full["scorer_info"]["intrinsic_dim"]
+    assert list(ids) == [m["name"] for m in full["matrices"]]  # one ID per prunable matrix, in model order
+    assert full["method"] == "id-global-magnitude+magnitude" and full["target"]["max_sparsity"] == 1.0
+    assert full["scorer_info"] == runs["id_ecoflap", "[vision,encoder,decoder]"]["scorer_info"]  # the same 100 samples
+    assert set(full["achieved"]["per_tower"]) == {"vision", "encoder", "decoder"}
+    assert full["achieved"]["overall"] == pytest.approx(0.5, abs=1e-6)
+    tables = write_tables(tmp_path / "results" / "runs", tmp_path / "out")
+    table = tables["id_asymmetry"]
+    row = "id-global-magnitude+magnitude (prune_towers=[vision,encoder,decoder])"
+    for tower in ("vision", "encoder", "decoder"):
+        assert table.loc[row, f"sparsity/{tower}"] == f"{full['achieved']['per_tower'][tower]:.2f}"
+        assert table.loc[row, f"mean_id/{tower}"] == f"{full['scorer_info']['tower_mean_id'][tower]:.2f}"
+    vision_only = "id-global-magnitude+magnitude (prune_towers=[vision])"
+    assert table.loc[vision_only, "sparsity/vision"] == "0.50" and table.loc[vision_only, "sparsity/encoder"] == "-"
+    assert (tmp_path / "out" / "plots" / "id_asymmetry_id.png").stat().st_size > 10_000

@@ -35,15 +35,31 @@ class Groups:
         return cls(sizes, towers, block_of)
 
 
-#: matrix name -> order statistics of its |W_ij| ||X_j|| (ascending), from the scoring step
-Sketches = dict[str, np.ndarray]
+#: the per-weight scores the scoring step can sketch (scoring/sketches.py)
+BASE_SCORES = ("magnitude", "taylor", "wanda")
+
+
+@dataclass(frozen=True)
+class Sketch:
+    """Ascending order statistics of one matrix's per-weight scores and, for each, how many of its
+    weights it stands for (those ranked after the previous one, up to it): the counts sum to the
+    matrix's size. From the scoring step (scoring/sketches.py)."""
+
+    values: np.ndarray
+    counts: np.ndarray
+
+
+Sketches = dict[str, Sketch]
 
 
 class Allocation(ABC):
     #: the allocation's part of a method's name ("" for the allocations a scorer implies)
     name: str = ""
-    #: order statistics per matrix of |W| ||X|| the scoring step must sketch for it (0: none)
+    #: order statistics per matrix the scoring step must sketch for it (0: none), of this score
     sketch_quantiles: int = 0
+    sketch_score: str = "wanda"
+    #: False for an allocation that plans without the scorer's scores (so scorer=uniform)
+    reads_scores: bool = True
 
     @abstractmethod
     def plan(self, scores: dict[str, float], groups: Groups, sparsity: float, max_sparsity: float,

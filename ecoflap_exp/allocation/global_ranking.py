@@ -1,47 +1,64 @@
-"""Global ranking (the intrinsic-dimension paper's use of ID): one threshold over every prunable
-weight of the score |W_ij| * ||X_j||_2 * s_g, where s_g is the score of the weight's group (its
-block's or matrix's ID with scorer=id). Each matrix's sparsity is the share of its weights below
-the threshold, held at `max_sparsity` at most (the threshold then rises for the others); the local
-pruner then prunes each matrix at that sparsity.
+"""Global ranking, the ID paper's pruning rule: one threshold over every prunable weight's score
+S_ij = base score x ID of its matrix (the raw per-matrix ID, no normalisation: only ratios of IDs
+across matrices matter), the lowest round(p N) of all N weights pruned.
 
-The threshold is found on per-matrix sketches of |W| ||X|| (order statistics from the scoring
-step, scaled by the group score and interpolated), not on all weights at once, so memory stays at
-one block's statistics; the sparsities average exactly to the target.
+- `base_score`: `magnitude` |w|, `taylor` |w * mean g| (the reference's Taylor), or `wanda`
+  |w| ||x||; sketched per matrix by the scoring step (scoring/sketches.py).
+- `use_id`: multiply by the scorer's score per weight (a group's score / its size: with
+  scorer=id, the raw ID of the matrix or block; with scorer=uniform, 1); false is the plain
+  global Magnitude / Taylor / Wanda baseline.
+- Each matrix's sparsity is its share of the pruned weights, an exact count (the counts sum to
+  round(p N) exactly), held at `max_sparsity` at most (the threshold then rises for the others).
+  The local pruner then prunes each matrix at its sparsity: pruner=magnitude group=matrix with
+  base_score=magnitude prunes exactly the globally lowest weights.
+- Biases are not pruned (the reference also prunes them; they are a tiny share of the weights).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from ecoflap_exp.allocation.base import Allocation, Groups, Sketches, solve_level
+from ecoflap_exp.allocation.base import BASE_SCORES, Allocation, Groups, Sketches
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.seam import Plan
 
 
 class GlobalRanking(Allocation):
-    name = "global"
-
-    def __init__(self, quantiles: int = 4096):
+    def __init__(self, base_score: str = "wanda", use_id: bool = True, quantiles: int = 4096):
+        if base_score not in BASE_SCORES:
+            raise UserError(f"allocation.base_score={base_score!r} is unknown; use one of {', '.join(BASE_SCORES)}")
         if quantiles < 2:
             raise UserError(f"allocation.quantiles={quantiles} must be >= 2 (order statistics per matrix)")
+        self.name = f"global-{base_score}"
+        self.sketch_score = base_score
         self.sketch_quantiles = quantiles
+        self.use_id = self.reads_scores = use_id
 
     def plan(self, scores: dict[str, float], groups: Groups, sparsity: float, max_sparsity: float,
              sketches: Sketches | None = None) -> Plan:
         if sketches is None:
-            raise ValueError("global ranking plans from the scoring step's sketches of |W| ||X||")
-        scaled = {m: q * (scores[m] if m in scores else scores[groups.block_of[m]]) for m, q in sketches.items()}
-        sizes = {m: groups.sizes[m] for m in scaled}
-
-        def fractions(threshold: float) -> dict[str, float]:
-            return {m: min(float(np.interp(threshold, q, np.linspace(0, 1, len(q)))), max_sparsity)
-                    for m, q in scaled.items()}
-
-        total = sum(sizes.values())
-        low = min(float(q[0]) for q in scaled.values())
-        high = max(float(q[-1]) for q in scaled.values())
-        plan = fractions(solve_level(lambda t: sum(f * sizes[m] for m, f in fractions(t).items()),
-                                     sparsity * total, low, high))
-        # the bisection's last step leaves a sliver off the exact total: spread it evenly
-        excess = (sum(f * sizes[m] for m, f in plan.items()) - sparsity * total) / total
-        return {m: min(max(f - excess, 0.0), max_sparsity) for m, f in plan.items()}
+            raise ValueError("global ranking plans from the scoring step's sketches")
+        names = list(sketches)
+        values, counts, owner = [], [], []
+        for i, m in enumerate(names):
+            group = m if m in scores else groups.block_of[m]
+            density = scores[group] / groups.sizes[group] if self.use_id else 1.0
+            values.append(sketches[m].values * density)
+            counts.append(sketches[m].counts)
+            owner.append(np.full(len(sketches[m].values), i))
+        order = np.argsort(np.concatenate(values), kind="stable")
+        point_counts = np.concatenate(counts)[order].tolist()
+        point_owner = np.concatenate(owner)[order].tolist()
+        sizes = [groups.sizes[m] for m in names]
+        caps = [math.floor(max_sparsity * n + 1e-9) for n in sizes]
+        remaining = round(sparsity * sum(sizes))
+        taken = [0] * len(names)
+        for count, i in zip(point_counts, point_owner, strict=True):  # lowest scores first
+            take = min(count, caps[i] - taken[i], remaining)
+            taken[i] += take
+            remaining -= take
+            if remaining == 0:
+                break
+        return {m: t / n for m, t, n in zip(names, taken, sizes, strict=True)}

@@ -37,18 +37,22 @@ class CalibrationSource(ABC):
         self.seed = seed
 
     @abstractmethod
-    def samples(self, adapter: ModelAdapter) -> list[Any]:
-        """Exactly num_samples raw samples (raise UserError if the source has fewer)."""
+    def samples(self, adapter: ModelAdapter, count: int | None = None) -> list[Any]:
+        """The first `count` raw samples (default num_samples; raise UserError if the source has
+        fewer). The first num_samples are the same whatever `count` is."""
 
-    def batches(self, adapter: ModelAdapter) -> list[Batch]:
-        samples = self.samples(adapter)
-        if len(samples) < self.num_samples:
+    def batches(self, adapter: ModelAdapter, count: int | None = None) -> list[Batch]:
+        """The first `count` samples (default num_samples; more when a scorer needs more, as the
+        ID paper's 2000) in batches of batch_size."""
+        count = max(count or 0, self.num_samples)
+        samples = self.samples(adapter, count)
+        if len(samples) < count:
             raise UserError(
-                f"calibration source {type(self).__name__} gave {len(samples)} samples, fewer than "
-                f"calib.num_samples={self.num_samples}; lower calib.num_samples or add data"
+                f"calibration source {type(self).__name__} gave {len(samples)} samples, fewer than the {count} asked "
+                f"for (calib.num_samples={self.num_samples}, or the scorer's num_samples); lower them or add data"
             )
         bs = self.batch_size
-        chunks = [samples[i : i + bs] for i in range(0, self.num_samples, bs)]
+        chunks = [samples[i : i + bs] for i in range(0, count, bs)]
         if self.augment != "train":
             return [adapter.collate(chunk) for chunk in chunks]
         # torchvision's random transforms draw from torch's global generator: seed it for these

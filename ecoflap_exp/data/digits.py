@@ -42,8 +42,14 @@ class DigitsCalibration(CalibrationSource):
 
     kind = "image_captions"
 
-    def samples(self, adapter: ModelAdapter) -> list[tuple[Image.Image, str]]:
+    def samples(self, adapter: ModelAdapter, count: int | None = None) -> list[tuple[Image.Image, str]]:
         images, labels = digits_split()["train"]
         rng = random.Random(self.seed)
         picked = rng.sample(range(len(images)), self.num_samples)
-        return [(images[i], rng.choice(captions_of(labels[i]))) for i in picked]
+        pairs = [(images[i], rng.choice(captions_of(labels[i]))) for i in picked]
+        if count is not None and count > self.num_samples:  # more, drawn after (the first stay the same)
+            extra = random.Random(self.seed + 1)
+            taken = set(picked)
+            rest = extra.sample([i for i in range(len(images)) if i not in taken], count - self.num_samples)
+            pairs += [(images[i], extra.choice(captions_of(labels[i]))) for i in rest]
+        return pairs[: count or self.num_samples]

@@ -113,8 +113,8 @@ class LocalImageCalibration(CalibrationSource):
             random.Random(self.seed).shuffle(items)
         return items
 
-    def samples(self, adapter: ModelAdapter) -> list[tuple[Image.Image, Any]]:
-        return decode_images(self.candidates(), self.max_bad_fraction, self.num_samples)
+    def samples(self, adapter: ModelAdapter, count: int | None = None) -> list[tuple[Image.Image, Any]]:
+        return decode_images(self.candidates(), self.max_bad_fraction, count or self.num_samples)
 
 
 class ImageFolderCalibration(LocalImageCalibration):
@@ -139,8 +139,11 @@ class SyntheticImageCalibration(CalibrationSource):
         self.image_size = image_size
         self.num_classes = num_classes
 
-    def samples(self, adapter: ModelAdapter) -> list[tuple[Image.Image, int]]:
+    def samples(self, adapter: ModelAdapter, count: int | None = None) -> list[tuple[Image.Image, int]]:
         generator = torch.Generator().manual_seed(self.seed)
-        pixels = torch.randint(0, 256, (self.num_samples, self.image_size, self.image_size, 3), generator=generator)
-        labels = torch.randint(0, self.num_classes, (self.num_samples,), generator=generator)
-        return [(Image.fromarray(p.to(torch.uint8).numpy()), int(y)) for p, y in zip(pixels, labels, strict=True)]
+        out = []
+        for _ in range(count or self.num_samples):  # one sample after another: the first do not depend on count
+            pixels = torch.randint(0, 256, (self.image_size, self.image_size, 3), generator=generator)
+            label = int(torch.randint(0, self.num_classes, (1,), generator=generator))
+            out.append((Image.fromarray(pixels.to(torch.uint8).numpy()), label))
+        return out

@@ -143,7 +143,7 @@ class TextCalibration(CalibrationSource):
         self.special_tokens = special_tokens
         self.how_to_get = how_to_get
 
-    def samples(self, adapter: ModelAdapter) -> list[torch.Tensor]:
+    def samples(self, adapter: ModelAdapter, count: int | None = None) -> list[torch.Tensor]:
         docs = read_documents(self.source, self.how_to_get)
         rng = random.Random(self.seed)
         windows: list[torch.Tensor] = []
@@ -152,7 +152,7 @@ class TextCalibration(CalibrationSource):
             if len(ids) > self.seqlen:
                 start = rng.randrange(len(ids) - self.seqlen)
                 windows.append(ids[start : start + self.seqlen])
-                if len(windows) == self.num_samples:
+                if len(windows) == (count or self.num_samples):
                     return windows
         raise UserError(
             f"calibration text {self.source!r}: found only {len(windows)} documents longer than "

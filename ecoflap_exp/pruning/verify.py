@@ -25,6 +25,8 @@ def verify(adapter: ModelAdapter, plan: Plan, nm: NM | None, reports: list[Matri
     per_matrix: dict[str, float] = {}
     block_zeros: dict[str, int] = defaultdict(int)
     block_sizes: dict[str, int] = defaultdict(int)
+    tower_zeros: dict[str, int] = defaultdict(int)
+    tower_sizes: dict[str, int] = defaultdict(int)
     problems = []
     for tower in adapter.towers():
         for block in tower.blocks:
@@ -47,6 +49,8 @@ def verify(adapter: ModelAdapter, plan: Plan, nm: NM | None, reports: list[Matri
                 per_matrix[m.name] = zeros / weight.numel()
                 block_zeros[block.name] += zeros
                 block_sizes[block.name] += weight.numel()
+                tower_zeros[tower.name] += zeros
+                tower_sizes[tower.name] += weight.numel()
     if problems:
         raise RuntimeError("pruned model does not match the plan:\n  " + "\n  ".join(problems[:20]))
     bad_params = [n for n, p in adapter.model.named_parameters() if not torch.isfinite(p).all()]
@@ -57,6 +61,7 @@ def verify(adapter: ModelAdapter, plan: Plan, nm: NM | None, reports: list[Matri
     return {
         "overall": sum(block_zeros.values()) / total if total else 0.0,
         "prunable_params": total,
+        "per_tower": {t: tower_zeros[t] / tower_sizes[t] for t in tower_sizes},
         "per_block": {b: block_zeros[b] / block_sizes[b] for b in block_sizes},
         "per_matrix": per_matrix,
     }

@@ -84,6 +84,7 @@ class Layout:
     columns: tuple[tuple[str, str], ...] = ()  # (metric, the paper's column label), in the paper's order
     rows: tuple[str, ...] = ()                 # methods in the paper's order (others follow, sorted)
     row_keys: tuple[str, ...] = ()             # config keys that split one method into rows (ablations)
+    per_tower: bool = False                    # add each tower's achieved sparsity and mean ID as metrics
     paper_label: str = "paper"
     note: str = ""
 
@@ -112,11 +113,12 @@ LAYOUTS: dict[str, Layout] = {
         rows=("dense", "wanda", "sparsegpt", "ecoflap-zeroth+wanda", "ecoflap-zeroth+sparsegpt"),
         note="ECoFLaP Table 2: CLIP ViT-B/16 zero-shot top-1 at 40% sparsity, each dataset pruned with its own "
              "train split. Avg. = mean of the 11 datasets."),
-    "id_asymmetry": Layout(row_keys=("model.prune_towers",),
-                           note="Vision vs language prunability (ID paper): the same pruner on one tower "
-                                "group at a time; sparsity is of the pruned towers' weights."),
-    "id_asymmetry_clip": Layout(row_keys=("model.prune_towers",),
-                                note="Vision vs language prunability (ID paper) on CLIP."),
+    "id_asymmetry": Layout(row_keys=("model.prune_towers",), per_tower=True,
+                           note="Vision vs language prunability (ID paper): each method on one tower group at a "
+                                "time or on all; sparsity is of the pruned towers' weights. sparsity/<tower>: the "
+                                "sparsity the method gave each tower; mean_id/<tower>: its mean per-matrix ID."),
+    "id_asymmetry_clip": Layout(row_keys=("model.prune_towers",), per_tower=True,
+                                note="Vision vs language prunability (ID paper) on CLIP; columns as id_asymmetry."),
     "zeroth_ablation": Layout(row_keys=("scorer.eps", "scorer.num_samples"),
                               note="Zeroth-order hyperparameters: perturbation size eps x number of samples."),
 }

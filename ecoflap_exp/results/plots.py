@@ -1,5 +1,6 @@
-"""Plots of an experiment: metric vs sparsity per method (with the papers' curves), and the
-sparsity of each group of each plan (and ID scores), coloured by tower."""
+"""Plots of an experiment: metric vs sparsity per method (with the papers' curves), the sparsity
+of each group of each plan coloured by tower, and the measured intrinsic dimensions over relative
+depth with the towers shaded (the ID paper's figure)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def paper_points(experiment: str, metric: str) -> dict[str, dict[float, float]]:
 
 def plot_experiment(records: list[dict[str, Any]], df: pd.DataFrame, experiment: str, plot_dir: Path) -> None:
     """metric vs sparsity per method (sweeps over two or more sparsities); sparsity per group of
-    each plan (and ID scores) coloured by tower."""
+    each plan coloured by tower; the IDs per matrix (or block) over relative depth."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,12 +70,9 @@ def plot_experiment(records: list[dict[str, Any]], df: pd.DataFrame, experiment:
         if len(set(plan.values())) > 1 and plan not in seen_plans:
             seen_plans.append(plan)
             plans.append((r, plan, "sparsity"))
-    ids = [(r, r["scores"], "intrinsic dimension") for r in mine if r.get("scorer") == "id" and r.get("scores")]
-    for suffix, panels in (("plans", plans), ("id", ids)):
-        if not panels:
-            continue
-        fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.5 * len(panels)), squeeze=False)
-        for ax, (r, group_values, label) in zip(axes[:, 0], panels, strict=True):
+    if plans:
+        fig, axes = plt.subplots(len(plans), 1, figsize=(10, 2.5 * len(plans)), squeeze=False)
+        for ax, (r, group_values, label) in zip(axes[:, 0], plans, strict=True):
             tower_of = towers_of(r)
             towers = sorted(set(tower_of.values()))
             groups = list(group_values)
@@ -84,5 +82,57 @@ def plot_experiment(records: list[dict[str, Any]], df: pd.DataFrame, experiment:
             ax.set_title(f"{r['model']} {method_name(r)} {point_name(r)} per group, colour = tower "
                          f"({', '.join(towers)})", fontsize=8)
         fig.tight_layout()
-        fig.savefig(plot_dir / f"{experiment}_{suffix}.png", dpi=100)
+        fig.savefig(plot_dir / f"{experiment}_plans.png", dpi=100)
         plt.close(fig)
+    curves = id_curves(mine)
+    if curves:
+        plot_id_curves(plt, curves, plot_dir / f"{experiment}_id.png")
+
+
+def measured_ids(record: dict[str, Any]) -> dict[str, float]:
+    return record.get("scorer_info", {}).get("intrinsic_dim") or {}
+
+
+def id_curves(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per model and set of measured groups, leaving out those whose IDs another of the
+    same model covers (a run that pruned every tower covers the ones that pruned one)."""
+    keep: list[dict[str, Any]] = []
+    for r in sorted((r for r in records if measured_ids(r)), key=lambda r: -len(measured_ids(r))):
+        if not any(k["model"] == r["model"] and set(measured_ids(r)) <= set(measured_ids(k)) for k in keep):
+            keep.append(r)
+    return keep
+
+
+def plot_id_curves(plt: Any, records: list[dict[str, Any]], path: Path) -> None:
+    """The ID paper's figure: the ID of each measured group (matrix or block) over relative depth,
+    the towers' regions shaded and named, one panel per curve."""
+    fig, axes = plt.subplots(len(records), 1, figsize=(10, 3 * len(records)), squeeze=False)
+    for ax, r in zip(axes[:, 0], records, strict=True):
+        ids = measured_ids(r)
+        tower_of = towers_of(r)
+        names = list(ids)
+        depth = [i / max(len(names) - 1, 1) for i in range(len(names))]
+        ax.plot(depth, [ids[n] for n in names], marker=".", linewidth=1, color="k")
+        spans: list[tuple[str, int, int]] = []
+        for i, name in enumerate(names):
+            tower = tower_of.get(name, "?")
+            if spans and spans[-1][0] == tower:
+                spans[-1] = (tower, spans[-1][1], i)
+            else:
+                spans.append((tower, i, i))
+        step = 1 / max(len(names) - 1, 1)
+        for k, (tower, first, last) in enumerate(spans):
+            ax.axvspan(depth[first] - step / 2, depth[last] + step / 2, color=f"C{k}", alpha=0.15, linewidth=0)
+            mean = sum(ids[n] for n in names[first : last + 1]) / (last - first + 1)
+            ax.text((depth[first] + depth[last]) / 2, 0.98, f"{tower} (mean {mean:.1f})", ha="center", va="top",
+                    fontsize=8, transform=ax.get_xaxis_transform())
+        ax.set_xlim(-step / 2, 1 + step / 2)
+        ax.set_ylim(0, 1.15 * max(ids.values()))  # room for the tower names
+        ax.set_xlabel("relative depth")
+        ax.set_ylabel("intrinsic dimension")
+        scorer = r["config"].get("scorer", {})
+        ax.set_title(f"{r['model']}: ID per {scorer.get('granularity', 'group')} ({scorer.get('estimator', '?')}, "
+                     f"{scorer.get('num_samples') or 'the calibration'} samples)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -36,13 +36,16 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in records:
         experiment = r["config"].get("experiment_name", "default")
-        base = {"experiment": experiment, "model": r["model"],
-                "method": method_name(r, LAYOUTS.get(experiment, Layout()).row_keys),
+        layout = LAYOUTS.get(experiment, Layout())
+        base = {"experiment": experiment, "model": r["model"], "method": method_name(r, layout.row_keys),
                 "point": point_name(r), "status": r.get("status", "?"), "id": r.get("id")}
         if r.get("status") == "ok":
             for metric, value in r.get("metrics", {}).items():
                 rows.append({**base, "metric": metric, "value": value})
             rows.append({**base, "metric": "achieved_sparsity", "value": r["achieved"]["overall"]})
+            if layout.per_tower:
+                for metric, value in tower_metrics(r).items():
+                    rows.append({**base, "metric": metric, "value": value})
             if (memory := pruning_peak_gpu_gb(r)) is not None:
                 rows.append({**base, "metric": "prune_peak_gpu_gb", "value": memory})
         else:
@@ -50,6 +53,14 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             rows.append({**base, "metric": None, "value": None, "error": r.get("error", ""),
                          "evals": tuple(evals) if isinstance(evals, dict) and evals else None})
     return pd.DataFrame(rows)
+
+
+def tower_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """`sparsity/<tower>`: the achieved sparsity of each pruned tower; `mean_id/<tower>`: the mean
+    intrinsic dimension the scorer measured in it."""
+    out = {f"sparsity/{t}": v for t, v in record["achieved"].get("per_tower", {}).items()}
+    out.update({f"mean_id/{t}": v for t, v in record.get("scorer_info", {}).get("tower_mean_id", {}).items()})
+    return out
 
 
 def derive(values: dict[str, float]) -> dict[str, float]:

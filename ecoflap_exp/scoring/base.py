@@ -32,9 +32,17 @@ class BlockScorer(ABC):
     #: `scorer_info`); a scorer that reports something assigns its own dict
     info: Mapping[str, Any] = MappingProxyType({})
 
+    @property
+    def samples_needed(self) -> int | None:
+        """Calibration samples this scorer reads, when more than the pruner's (None: the pruner's)."""
+        return None
+
     @abstractmethod
-    def scores(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
-        """Group name -> score, for every group of adapter.towers()."""
+    def scores(self, adapter: ModelAdapter, batches: list[Batch],
+               extended: list[Batch] | None = None) -> dict[str, float]:
+        """Group name -> score, for every group of adapter.towers(). `batches`: the pruner's
+        calibration; `extended`: the calibration drawn on to `samples_needed` samples (its first
+        ones are `batches`), for a scorer that asked for more."""
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

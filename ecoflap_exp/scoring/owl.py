@@ -23,7 +23,8 @@ class OutlierRatioScorer(BlockScorer):
         self.outlier_factor = outlier_factor
 
     @torch.no_grad()
-    def scores(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
+    def scores(self, adapter: ModelAdapter, batches: list[Batch],
+               extended: list[Batch] | None = None) -> dict[str, float]:
         adapter.model.eval()
         ratios = {}
         for tower in adapter.towers():

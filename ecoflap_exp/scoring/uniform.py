@@ -14,5 +14,6 @@ from ecoflap_exp.scoring.base import BlockScorer
 class UniformScorer(BlockScorer):
     non_uniform = False
 
-    def scores(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
+    def scores(self, adapter: ModelAdapter, batches: list[Batch],
+               extended: list[Batch] | None = None) -> dict[str, float]:
         return {block.name: float(block.numel) for block in adapter.blocks()}

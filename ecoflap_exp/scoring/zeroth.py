@@ -48,7 +48,8 @@ class ZerothOrderScorer(BlockScorer):
         self.seed = seed
         self.reuse_prefix = reuse_prefix
 
-    def scores(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
+    def scores(self, adapter: ModelAdapter, batches: list[Batch],
+               extended: list[Batch] | None = None) -> dict[str, float]:
         batches = first_samples(batches, self.num_samples)
         with torch.no_grad():
             adapter.model.eval()

@@ -26,8 +26,8 @@ from ecoflap_exp.tracking.store import NON_IDENTITY_KEYS
 #: stages of the pruning job (load, calibrate, score, allocate, prune), i.e. not the evaluation
 PRUNING_STAGES = ("load", "calibrate", "score", "allocate", "prune")
 #: summary keys that hold record fields verbatim
-RECORD_FIELDS = ("status", "error", "model", "method", "scorer", "target", "plan", "scores", "eval_info", "timings_s",
-                 "peak_gpu_gb", "peak_rss_gb", "started", "finished", "git_commit", "versions")
+RECORD_FIELDS = ("status", "error", "model", "method", "scorer", "target", "plan", "scores", "scorer_info", "eval_info",
+                 "timings_s", "peak_gpu_gb", "peak_rss_gb", "started", "finished", "git_commit", "versions")
 
 
 def pruning_peak_gpu_gb(record: dict[str, Any]) -> float | None:
@@ -123,9 +123,11 @@ class WandbLogger:
         run.log(scalars)
         summary = {k: record[k] for k in RECORD_FIELDS if k in record}
         if "achieved" in record:
-            summary["achieved"] = {k: record["achieved"][k] for k in ("overall", "prunable_params", "per_block")}
-        summary["towers"] = {block: tower for block, tower in towers_of(record).items()
-                             if block in summary.get("achieved", {}).get("per_block", {})}
+            summary["achieved"] = {k: record["achieved"][k] for k in ("overall", "prunable_params", "per_tower",
+                                                                       "per_block") if k in record["achieved"]}
+        named = {*summary.get("achieved", {}).get("per_block", {}),
+                 *record.get("scorer_info", {}).get("intrinsic_dim", {})}  # the ID plot's matrices
+        summary["towers"] = {group: tower for group, tower in towers_of(record).items() if group in named}
         run.summary.update(summary)
         run.finish()
 
