@@ -11,6 +11,7 @@ import math
 import platform
 import resource
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
@@ -27,14 +28,17 @@ from rich.table import Table
 
 import ecoflap_exp
 from ecoflap_exp.allocation.base import Allocation, Groups
+from ecoflap_exp.config_keys import check_keys
 from ecoflap_exp.data.base import CalibrationSource
-from ecoflap_exp.errors import UserError
+from ecoflap_exp.errors import ConfigError, UserError
 from ecoflap_exp.evals.base import Evaluation
 from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.loading import check_checkpoint
 from ecoflap_exp.pruning.base import LocalPruner
 from ecoflap_exp.pruning.engine import MatrixReport, SequentialEngine
 from ecoflap_exp.pruning.masks import NM, parse_nm
 from ecoflap_exp.pruning.verify import verify
+from ecoflap_exp.results.records import LOADED_SPARSE
 from ecoflap_exp.scoring.base import BlockScorer, first_samples
 from ecoflap_exp.scoring.sketches import weight_sketches
 from ecoflap_exp.tracking.store import ResultsStore, run_id
@@ -53,11 +57,15 @@ class Target:
 
 
 def validate(cfg: DictConfig) -> Target:
-    """Every check that needs no weights, so bad values fail before anything heavy loads."""
+    """Every check of the config's own values, so bad values fail before anything is built."""
+    check_keys(cfg)
     nm = parse_nm(cfg.nm)
-    sparsity = nm.sparsity if nm is not None else cfg.sparsity
-    if not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
+    sparsity = cfg.sparsity
+    if isinstance(sparsity, bool) or not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
         raise UserError(f"sparsity={cfg.sparsity} is outside [0, 1); pass a fraction such as sparsity=0.5")
+    if nm is not None and not math.isclose(sparsity, nm.sparsity):
+        raise UserError(f"nm={nm} fixes the sparsity at {nm.sparsity:g}, but sparsity={sparsity:g}; leave sparsity "
+                        f"out with nm (it follows the pattern)")
     max_sparsity = cfg.max_sparsity
     if max_sparsity is None:
         max_sparsity = min(sparsity + cfg.max_sparsity_delta, 1.0)
@@ -144,51 +152,138 @@ def check_finite(metrics: dict[str, float]) -> None:
         raise UserError(f"evaluation gave non-finite metrics {bad}; the pruned model is broken")
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one configured experiment point and return its record (already in the store)."""
-    target = validate(cfg)
-    try:
-        config = OmegaConf.to_container(cfg, resolve=True)
-    except OmegaConfBaseException as err:
-        raise UserError(f"the config does not resolve at {getattr(err, 'full_key', '?')}: {str(err).splitlines()[0]} "
-                        f"(do the chosen model, calib and suite fit together?)") from None
-    store = ResultsStore(cfg.paths.results_dir)
-    rid = run_id(config)
-    if not cfg.force and (done := store.finished(rid)):
-        console.print(f"[green]run {rid} already finished[/] ({store.path(rid)}); skipped (force=true reruns it)")
-        return done
-    record: dict[str, Any] = {"id": rid, "status": "running", "model": cfg.model.name, "config": config,
-                              "started": dt.datetime.now().isoformat(timespec="seconds"),
-                              "versions": versions(), "git_commit": git_commit()}
-    try:
+def run(cfg: DictConfig) -> dict[str, Any] | None:
+    """Run one configured experiment point and return its record (already in the store), or None
+    when another live process holds the point. Every check that needs no weights comes first; a
+    UserError before the run's work (a bad value, a missing file or checkpoint, a model that does
+    not fit its calib or suite) is a config error and leaves no record."""
+    with config_errors():
+        target = validate(cfg)
+        try:
+            config = OmegaConf.to_container(cfg, resolve=True)
+        except OmegaConfBaseException as err:
+            where, why = getattr(err, "full_key", "?"), str(err).splitlines()[0]
+            raise UserError(f"the config does not resolve at {where}: {why} (do the chosen model, calib and suite "
+                            f"fit together?)") from None
+        store = ResultsStore(cfg.paths.results_dir)
+        store.check_writable()
+        rid = run_id(config)
+        if not cfg.force and (done := store.finished(rid)):
+            console.print(f"[green]run {rid} already finished[/] ({store.path(rid)}); skipped (force=true reruns it)")
+            return done
         plugins = Plugins.build(cfg)
-        record.update(method=plugins.method(target), scorer=plugins.scorer.name)
-        record.update(execute(cfg, target, rid, plugins))
-        record["status"] = "ok"
-    except BaseException as err:
-        record.update(status="failed", error=f"{type(err).__name__}: {err}")
-        raise
-    finally:
-        record["finished"] = dt.datetime.now().isoformat(timespec="seconds")
-        record["peak_rss_gb"] = peak_rss_gb()
-        store.write(record)
-        if cfg.get("logger"):
-            log_externally(cfg.logger, record)
+        preflight(cfg, target, plugins)
+    with store.claim(rid) as holder:
+        if holder is not None:
+            console.print(f"[yellow]run {rid} is being run by process {holder.get('pid')} on {holder.get('host')} "
+                          f"(since {holder.get('since')})[/]; skipped here, its record will be in {store.path(rid)}")
+            return None
+        if not cfg.force and (done := store.finished(rid)):  # finished while this process was starting
+            console.print(f"[green]run {rid} already finished[/] ({store.path(rid)}); skipped")
+            return done
+        timer = StageTimer()
+        with config_errors():
+            adapter = load(cfg, plugins, timer)
+        record: dict[str, Any] = {"id": rid, "status": "running", "model": cfg.model.name, "config": config,
+                                  "method": plugins.method(target), "scorer": plugins.scorer.name,
+                                  "started": dt.datetime.now().isoformat(timespec="seconds"),
+                                  "versions": versions(), "git_commit": git_commit()}
+        try:
+            record.update(execute(cfg, target, rid, plugins, adapter, timer))
+            if target.sparsity == 0 and record["achieved"]["overall"] >= LOADED_SPARSE:
+                record["method"] = "as-loaded"  # a pruned checkpoint evaluated as it is: not dense
+            record["status"] = "ok"
+        except KeyboardInterrupt:
+            record.update(status="interrupted", error="KeyboardInterrupt")
+            raise
+        except BaseException as err:
+            record.update(status="failed", error=f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            record["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+            record["peak_rss_gb"] = peak_rss_gb()
+            unwritten = write_record(store, record)
+    if cfg.get("logger"):
+        log_externally(cfg.logger, record)
     print_summary(record)
+    if unwritten is not None:
+        print(json.dumps({"id": rid, "metrics": record["metrics"], "achieved": record["achieved"]["overall"]}),
+              file=sys.stderr)
+        raise UserError(f"the run finished but its record could not be written to {store.path(rid)} ({unwritten}); "
+                        f"its metrics are printed above; free the disk (or fix the folder) and rerun to record it")
     return record
 
 
-def check_fit(adapter: ModelAdapter, calib: CalibrationSource, evals: dict[str, Evaluation]) -> None:
-    """The calibration samples and every eval work with this kind of model (before heavy work)."""
-    if calib.kind not in adapter.sample_kinds:
-        raise UserError(f"calib ({type(calib).__name__}) gives {calib.kind} but {type(adapter).__name__} calibrates "
-                        f"on {', '.join(adapter.sample_kinds)}; choose a calib made for this model")
-    if calib.augment == "train" and not adapter.has_train_augmentation:
-        raise UserError(f"calib.augment=train but {type(adapter).__name__} defines no training augmentation of its "
-                        f"images; use calib.augment=eval")
+@contextlib.contextmanager
+def config_errors() -> Iterator[None]:
+    """A UserError raised inside is a ConfigError: it came before the run's work."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except UserError as err:
+        raise ConfigError(str(err)) from None
+
+
+def write_record(store: ResultsStore, record: dict[str, Any]) -> str | None:
+    """Write the record; on failure say where it could not go and return why (None: written). A
+    failure to write never hides the run's own error."""
+    try:
+        store.write(record)
+    except OSError as err:
+        reason = f"{type(err).__name__}: {err.strerror or err}"
+        log.error("could not write the record of run %s to %s (%s)", record["id"], store.path(record["id"]), reason)
+        return reason
+    return None
+
+
+def preflight(cfg: DictConfig, target: Target, plugins: Plugins) -> None:
+    """Every check the built plugins allow before any model loads: the method fits the target, the
+    model class has what the calib and evals need, every checkpoint and dataset can be had."""
+    scorer, calib = plugins.scorer, plugins.calib
+    if target.nm is not None and scorer.non_uniform:
+        raise UserError(f"nm={target.nm} fixes every matrix at {target.sparsity}; use scorer=uniform with N:M")
+    if scorer.non_uniform and not plugins.allocation.reads_scores:
+        raise UserError(f"allocation={plugins.allocation.name} plans without block scores (use_id=false); use "
+                        f"scorer=uniform for the plain global baseline, or allocation.use_id=true")
+    for key, count in scorer.sample_counts().items():
+        if count < calib.batch_size or count % calib.batch_size:
+            raise UserError(f"{key}={count} is not a whole number of calibration batches (calib.batch_size="
+                            f"{calib.batch_size}); use a multiple of {calib.batch_size}")
+    model_class = get_class(cfg.model._target_)
+    check_fit(model_class, calib, plugins.evals)
+    for name in model_class.checkpoints(cfg.model):
+        check_checkpoint(name)
+    for ev in plugins.evals.values():
+        ev.check_checkpoints()
+    for ev in plugins.evals.values():
+        ev.check_data()  # a missing or malformed benchmark file stops the run here
+
+
+def load(cfg: DictConfig, plugins: Plugins, timer: StageTimer) -> ModelAdapter:
+    """The model, on its device, with finite weights and towers that fit model.prune_towers."""
+    with timer("load"):
+        adapter: ModelAdapter = build(cfg.model)
+        if not cfg.offload:
+            adapter.to(resolve_device(cfg.device))
+    bad = [name for name, p in adapter.model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise UserError(f"the loaded model holds NaN/inf weights in {len(bad)} parameters ({', '.join(bad[:3])}"
+                        f"{', ...' if len(bad) > 3 else ''}): the checkpoint is broken; re-download or re-save it")
     adapter.towers()  # checks model.prune_towers
+    return adapter
+
+
+def check_fit(model_class: type[ModelAdapter], calib: CalibrationSource, evals: dict[str, Evaluation]) -> None:
+    """The calibration samples and every eval work with this kind of model (checked on its class)."""
+    if calib.kind not in model_class.sample_kinds:
+        raise UserError(f"calib ({type(calib).__name__}) gives {calib.kind} but {model_class.__name__} calibrates "
+                        f"on {', '.join(model_class.sample_kinds)}; choose a calib made for this model")
+    if calib.augment == "train" and not model_class.has_train_augmentation:
+        raise UserError(f"calib.augment=train but {model_class.__name__} defines no training augmentation of its "
+                        f"images; use calib.augment=eval")
     for name, ev in evals.items():
-        model, missing = ev.missing(adapter)
+        model, missing = ev.missing(model_class)
         if missing:
             raise UserError(f"evals.{name} ({type(ev).__name__}) needs a model with {' and '.join(missing)}, which "
                             f"{model} lacks; choose a suite made for this model")
@@ -249,24 +344,12 @@ class Plugins:
         return f"{choice}+{self.pruner.name}" if choice else self.pruner.name
 
 
-def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins) -> dict[str, Any]:
-    timer = StageTimer()
+def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter: ModelAdapter,
+            timer: StageTimer) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     calib, scorer, allocation, pruner, evals = (plugins.calib, plugins.scorer, plugins.allocation, plugins.pruner,
                                                 plugins.evals)
-    if target.nm is not None and scorer.non_uniform:
-        raise UserError(f"nm={target.nm} fixes every matrix at {target.sparsity}; use scorer=uniform with N:M")
-    if scorer.non_uniform and not allocation.reads_scores:
-        raise UserError(f"allocation={allocation.name} plans without block scores (use_id=false); use scorer=uniform "
-                        f"for the plain global baseline, or allocation.use_id=true")
-    for ev in evals.values():
-        ev.check_data()  # a missing or malformed benchmark file stops the run before anything heavy
-    with timer("load"):
-        adapter: ModelAdapter = build(cfg.model)
-        if not cfg.offload:
-            adapter.to(device)
-    check_fit(adapter, calib, evals)
     plan: dict[str, float] = {}
     scores: dict[str, float] = {}
     reports = []
@@ -300,6 +383,7 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins) -> dict
                    "nm": str(target.nm) if target.nm else None},
         "scores": scores,
         "scorer_info": dict(scorer.info),
+        "calibration": {**calib.identity, "pruner_samples": calib.num_samples} if calib.identity else {},
         "plan": plan,
         "achieved": achieved,
         "matrices": [r.as_dict() for r in reports],

@@ -43,5 +43,5 @@ def test_a_missing_capability_is_named_with_its_methods():
         def text_features(self, texts):
             return texts
 
-    assert NeedsMatching().missing(EmbeddingsOnly()) == (
+    assert NeedsMatching().missing(EmbeddingsOnly) == (
         "EmbeddingsOnly", ["ImageTextMatching (image_states, features_from_states, text_features, itm_scores)"])

@@ -236,7 +236,8 @@ def test_clip_paper_suite_end_to_end_with_coop_calibration(tmp_path):
     for dataset in DATASETS:
         write_coop(tmp_path / "data", dataset)
     record = run(config(tmp_path, "model=clip_tiny", "calib=coop_train", "calib.dataset=dtd", "calib.num_samples=6",
-                        "calib.batch_size=3", "scorer=zeroth", "suite=clip_paper", "sparsity=0.4"))
+                        "calib.batch_size=3", "scorer=zeroth", "scorer.num_samples=6", "suite=clip_paper",
+                        "sparsity=0.4"))
     assert record["achieved"]["overall"] == pytest.approx(0.4, abs=1e-3)
     assert len(set(record["plan"].values())) > 1  # zeroth-order scores from the contrastive loss on the prompts
     assert set(record["metrics"]) == {f"{d}/top1" for d in DATASETS}

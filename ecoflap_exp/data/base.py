@@ -7,7 +7,11 @@ batches of `batch_size`.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -23,6 +27,9 @@ class CalibrationSource(ABC):
     #: "train": images get the model's training augmentation, drawn from the seed (sources of
     #: images set it from their config)
     augment: str = "eval"
+    #: what the last `batches()` drew, for the run record: source, samples, seed, the files read
+    #: (with their sizes) and a SHA-1 of the collated batches' contents
+    identity: Mapping[str, Any] = MappingProxyType({})
 
     def __init__(self, num_samples: int = 128, batch_size: int = 8, seed: int = 0):
         if num_samples < 1 or batch_size < 1:
@@ -35,6 +42,10 @@ class CalibrationSource(ABC):
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
+
+    def files(self) -> list[str]:
+        """The files (or folders) the samples come from (none for generated samples)."""
+        return []
 
     @abstractmethod
     def samples(self, adapter: ModelAdapter, count: int | None = None) -> list[Any]:
@@ -54,9 +65,30 @@ class CalibrationSource(ABC):
         bs = self.batch_size
         chunks = [samples[i : i + bs] for i in range(0, count, bs)]
         if self.augment != "train":
-            return [adapter.collate(chunk) for chunk in chunks]
-        # torchvision's random transforms draw from torch's global generator: seed it for these
-        # draws only, so the same seed gives the same views and the rest of the run is unaffected
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            return [adapter.collate(chunk, augment=True) for chunk in chunks]
+            batches = [adapter.collate(chunk) for chunk in chunks]
+        else:
+            # torchvision's random transforms draw from torch's global generator: seed it for these
+            # draws only, so the same seed gives the same views and the rest of the run is unaffected
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                batches = [adapter.collate(chunk, augment=True) for chunk in chunks]
+        self.identity = {"source": type(self).__name__, "samples": count, "batch_size": bs, "seed": self.seed,
+                         "files": {f: os.path.getsize(f) if os.path.isfile(f) else None for f in self.files()},
+                         "sha1": batches_sha1(batches)}
+        return batches
+
+
+def batches_sha1(batches: list[Batch]) -> str:
+    """A SHA-1 of what the model is fed: every batch's tensors (bytes, dtype, shape) and other values."""
+    digest = hashlib.sha1()
+    for batch in batches:
+        for key in sorted(batch):
+            value = batch[key]
+            digest.update(key.encode())
+            if isinstance(value, torch.Tensor):
+                tensor = value.detach().cpu().contiguous()
+                digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+                digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            else:
+                digest.update(repr(value).encode())
+    return digest.hexdigest()

@@ -190,6 +190,9 @@ class ImageCaptionCalibration(LocalImageCalibration):
         self.annotations = annotations
         self.image_root = image_root
 
+    def files(self) -> list[str]:
+        return [str(self.annotations)]
+
     def items(self) -> list[tuple[Path, str]]:
         return read_pairs(self.annotations, self.image_root)
 

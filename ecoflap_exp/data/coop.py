@@ -236,6 +236,9 @@ class CoOpCalibration(LocalImageCalibration):
         self.dataset = dataset
         self.root = root
 
+    def files(self) -> list[str]:
+        return [str(self.root)]
+
     def items(self) -> list[tuple[Path, str]]:
         split = read_coop_split(self.dataset, self.root, "train")
         prompts = split.prompts()

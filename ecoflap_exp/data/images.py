@@ -125,6 +125,9 @@ class ImageFolderCalibration(LocalImageCalibration):
         super().__init__(num_samples, batch_size, seed, shuffle, max_bad_fraction, augment)
         self.root = root
 
+    def files(self) -> list[str]:
+        return [str(self.root)]
+
     def items(self) -> list[tuple[Path, int]]:
         return image_folder(self.root)
 

@@ -143,6 +143,9 @@ class TextCalibration(CalibrationSource):
         self.special_tokens = special_tokens
         self.how_to_get = how_to_get
 
+    def files(self) -> list[str]:
+        return [str(self.source)]
+
     def samples(self, adapter: ModelAdapter, count: int | None = None) -> list[torch.Tensor]:
         docs = read_documents(self.source, self.how_to_get)
         rng = random.Random(self.seed)

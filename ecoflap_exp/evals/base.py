@@ -18,6 +18,7 @@ import torch
 
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import describe
+from ecoflap_exp.models.loading import check_checkpoint
 
 
 class Evaluation(ABC):
@@ -35,14 +36,20 @@ class Evaluation(ABC):
         malformed data stops the run before pruning (evaluations that read files implement it)."""
         return None
 
+    def check_checkpoints(self) -> None:
+        """Check that every checkpoint this evaluation loads can be had (a companion model's), so a
+        missing one stops the run before any model loads."""
+        return None
+
     @abstractmethod
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
         """Metric name -> value. Raise UserError for missing/malformed data, and for a NaN/inf
         loss or score (never report it as a number)."""
 
-    def missing(self, adapter: ModelAdapter) -> tuple[str, list[str]]:
-        """The model this evaluation runs on, and the capabilities it needs that the model lacks."""
-        return type(adapter).__name__, [describe(need) for need in self.needs if not isinstance(adapter, need)]
+    def missing(self, model_class: type[ModelAdapter]) -> tuple[str, list[str]]:
+        """The model class this evaluation runs on (given the pruned model's), and the capabilities
+        it needs that the class lacks; checked on the class, so before any model loads."""
+        return model_class.__name__, [describe(need) for need in self.needs if not issubclass(model_class, need)]
 
 
 class ReadsSplit(Evaluation):
@@ -82,13 +89,17 @@ class OnCompanion(Evaluation):
     def name(self) -> str:
         return self.evaluation.name
 
+    def check_checkpoints(self) -> None:
+        for name in self.companion_class().checkpoints(getattr(self.companion, "keywords", {})):
+            check_checkpoint(name)
+
     def check_data(self) -> None:
         self.evaluation.check_data()
 
     def companion_class(self) -> type[ModelAdapter]:
         return getattr(self.companion, "func", self.companion)
 
-    def missing(self, adapter: ModelAdapter) -> tuple[str, list[str]]:
+    def missing(self, model_class: type[ModelAdapter]) -> tuple[str, list[str]]:
         cls = self.companion_class()
         return cls.__name__, [describe(need) for need in self.evaluation.needs if not issubclass(cls, need)]
 

@@ -9,7 +9,7 @@ having its methods, never a base-class method.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,17 @@ class ModelAdapter(ABC):
     #: the weights (name prefixes) this model receives from a pruned model when it serves as a
     #: companion of an evaluation (evals.base.OnCompanion), as the official evaluation copies them
     transfer_prefixes: tuple[str, ...] = ()
+    #: tokenizer names that need no files (model.tokenizer=bytes: ByT5's byte tokenizer)
+    builtin_tokenizers: tuple[str, ...] = ("bytes",)
+
+    @classmethod
+    def checkpoints(cls, config: Mapping[str, Any]) -> list[str]:
+        """The checkpoints and tokenizers (hub names, local folders) a model built from `config`
+        loads; the run resolves each before any model loads. By default `checkpoint` (when
+        pretrained) and `tokenizer`."""
+        names = [config.get("checkpoint")] if config.get("init", "pretrained") == "pretrained" else []
+        names.append(config.get("tokenizer"))
+        return [n for n in names if isinstance(n, str) and n not in cls.builtin_tokenizers]
 
     @abstractmethod
     def all_towers(self) -> list[Tower]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -325,6 +326,11 @@ class Blip2ITMAdapter(Blip2ModelAdapter):
     BLIP-2 whose ViT replaces this model's, as ECoFLaP evaluates Flickr30k."""
 
     TEMPERATURE = 0.07
+
+    @classmethod
+    def checkpoints(cls, config: Mapping[str, Any]) -> list[str]:
+        vision_from = config.get("vision_from")
+        return super().checkpoints(config) + ([vision_from] if isinstance(vision_from, str) else [])
 
     def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
                  dtype: str = "float32", tokenizer: str | None = None, max_text_tokens: int = 35,

@@ -23,6 +23,8 @@ class HFCLIPAdapter(ModelAdapter):
 
     sample_kinds = ("image_captions",)
 
+    builtin_tokenizers = ("open_clip",)
+
     def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
                  dtype: str = "float32", tokenizer: str | None = None, seed: int = 0,
                  prune_towers: list[str] | None = None, name: str = ""):

@@ -106,6 +106,21 @@ def resolve_checkpoint(checkpoint: str) -> str:
     return checkpoint
 
 
+def check_checkpoint(name: str) -> None:
+    """UserError now, before anything loads, when `name` cannot be had: a local path that does not
+    exist, or a hub name missing from the local cache while the hub is offline (HF_HUB_OFFLINE=1)."""
+    if name.startswith(SHIPPED_PREFIX):
+        return
+    source = resolve_checkpoint(name)
+    if Path(source).exists():
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(source, "config.json"), str):
+        raise UserError(f"checkpoint {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; download "
+                        f"it first (`hf download {name}`), unset HF_HUB_OFFLINE, or point the config at a local copy")
+
+
 def hub_load_error(checkpoint: str, err: Exception) -> UserError:
     return UserError(
         f"could not load {checkpoint!r} ({type(err).__name__}: {str(err).splitlines()[0]}). "

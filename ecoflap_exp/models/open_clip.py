@@ -15,6 +15,7 @@ matrices, as transformers' CLIP has them (per-row Wanda is the same either way).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,15 @@ class OpenCLIPAdapter(ModelAdapter):
     in_proj's q, k, v as three matrices instead of one (the official code's unit)."""
 
     sample_kinds = ("image_captions",)
+
+    @classmethod
+    def checkpoints(cls, config: Mapping[str, Any]) -> list[str]:
+        """A local checkpoint file (open_clip tags and hf-hub: names are open_clip's to resolve)."""
+        pretrained = config.get("pretrained")
+        if config.get("init", "pretrained") != "pretrained" or not isinstance(pretrained, str):
+            return []
+        local = not pretrained.startswith(("hf-hub:", SHIPPED_PREFIX)) and ("/" in pretrained or "." in pretrained)
+        return [pretrained] if local else []
 
     def __init__(self, model_name: str, pretrained: str | None = None, init: str = "pretrained",
                  dtype: str = "float32", seed: int = 0, prune_towers: list[str] | None = None,

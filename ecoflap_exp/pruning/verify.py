@@ -8,9 +8,11 @@ on the data (ties at the threshold), so the pruner's own count stands in for the
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
 import torch
 
 from ecoflap_exp.errors import UserError
@@ -28,13 +30,17 @@ def verify(adapter: ModelAdapter, plan: Plan, nm: NM | None, reports: list[Matri
     tower_zeros: dict[str, int] = defaultdict(int)
     tower_sizes: dict[str, int] = defaultdict(int)
     problems = []
+    masks = hashlib.sha1()  # of every matrix's zero pattern, in pruning order: same seed, same masks
     for tower in adapter.towers():
         for block in tower.blocks:
             for m in block.matrices:
                 weight = m.weight
                 rows, cols = weight.shape
                 planned = planned_prune_count(rows, cols, planned_sparsity(plan, block, m), nm)
-                zeros = int((weight == 0).sum())
+                is_zero = weight == 0
+                zeros = int(is_zero.sum())
+                masks.update(m.name.encode())
+                masks.update(np.packbits(is_zero.flatten().cpu().numpy()).tobytes())
                 report = by_name.get(m.name)
                 if report is None:
                     if planned:
@@ -64,4 +70,5 @@ def verify(adapter: ModelAdapter, plan: Plan, nm: NM | None, reports: list[Matri
         "per_tower": {t: tower_zeros[t] / tower_sizes[t] for t in tower_sizes},
         "per_block": {b: block_zeros[b] / block_sizes[b] for b in block_sizes},
         "per_matrix": per_matrix,
+        "masks_sha1": masks.hexdigest(),
     }

@@ -37,9 +37,20 @@ def format_setting(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+#: a run that pruned nothing but whose weights hold at least this fraction of zeros (a reloaded
+#: pruned checkpoint) is named by what its weights hold, not as dense
+LOADED_SPARSE = 0.01
+
+
 def point_name(record: dict[str, Any]) -> str:
+    """`nm2:4`, `p0.5`; a point that pruned nothing but loaded sparse weights: their sparsity (`p0.5`)."""
     cfg = record["config"]
-    return f"nm{cfg['nm']}" if cfg.get("nm") else f"p{cfg['sparsity']:g}"
+    if cfg.get("nm"):
+        return f"nm{cfg['nm']}"
+    held = (record.get("achieved") or {}).get("overall", 0.0)
+    if cfg["sparsity"] == 0 and held >= LOADED_SPARSE:
+        return f"p{round(held, 2):g}"
+    return f"p{cfg['sparsity']:g}"
 
 
 def check_record(record: dict[str, Any]) -> None:

@@ -7,7 +7,9 @@ reference, which is folded into the same columns) is a methods x metrics table l
 Tables 1 and 2; one that sweeps sparsity has sparsity x metric columns and its markdown shows one
 methods x sparsity table per metric (like a figure's curves).
 
-Cells: a point with no record shows as "-", a failed run as "failed"; never as 0. Derived columns
+Cells: a point with no record shows as "-", a failed run as "failed"; never as 0. Records of one
+method and point that differ in their seed are that cell's runs: it shows their mean ± sample
+standard deviation and their count, `96.11 ± 0.20 (n=2)`. Derived columns
 (results.paper's DERIVED, e.g. Table 1's macro average) are computed where every input exists.
 Where the papers report the same cell (results.paper's PAPER), a "(paper)" row and an
 "(ours - paper)" row follow.
@@ -19,7 +21,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 from typing import Any
 
 import pandas as pd
@@ -63,6 +65,18 @@ def tower_metrics(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def cell_text(values: list[float]) -> str:
+    """One run: its value; several (seeds of one setting): mean ± sample std (n=...)."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{mean(values):.2f} ± {stdev(values):.2f} (n={len(values)})"
+
+
+def cell_value(text: str) -> float:
+    """The number a cell shows (its mean for several seeds)."""
+    return float(text.split()[0])
+
+
 def derive(values: dict[str, float]) -> dict[str, float]:
     """The DERIVED metrics whose inputs are all in `values`."""
     return {name: mean(mean(values[m] for m in task) for task in tasks) for name, tasks in DERIVED.items()
@@ -85,20 +99,24 @@ def experiment_table(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
     def column(point: str, metric: str) -> str:
         return metric if folded else f"{point}/{metric}"
 
-    values: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    runs: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in sub[sub["status"] == "ok"].itertuples():
         if row.metric != "achieved_sparsity":
-            values[(row.method, row.point)][row.metric] = row.value
-    for cell in values.values():
-        cell.update(derive(cell))
+            runs[(row.method, row.point)][row.metric].append(row.value)
+    values: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for key, cell in runs.items():  # derived metrics per run (the runs of a cell are its seeds)
+        count = max(len(v) for v in cell.values())
+        per_run = [{m: v[i] for m, v in cell.items() if len(v) == count} for i in range(count)]
+        derived = [derive(run) for run in per_run]
+        values[key] = {**cell, **{m: [d[m] for d in derived] for m in derived[0]}}
     paper_metrics = [m for m, _ in layout.columns]
     metrics = paper_metrics + sorted({m for cell in values.values() for m in cell} - set(paper_metrics))
     columns = list(dict.fromkeys(column(p, m) for p in points for m in metrics))
     methods = sorted(sub["method"].unique(), key=layout.row_order)
     table = pd.DataFrame("-", index=methods, columns=columns, dtype=object)
     for (method, point), cell in values.items():
-        for metric, value in cell.items():
-            table.loc[method, column(point, metric)] = f"{value:.2f}"
+        for metric, runs_of_cell in cell.items():
+            table.loc[method, column(point, metric)] = cell_text(runs_of_cell)
     for row in sub[sub["status"] != "ok"].itertuples():  # a failure never hides a finished run's number
         evals = getattr(row, "evals", None)
         for metric in metrics:
@@ -124,7 +142,7 @@ def add_paper_rows(table: pd.DataFrame, experiment: str, folded: bool, only_poin
             paper[col] = f"{value:.2f}"
             ours = table.loc[method, col] if method in table.index else "-"
             if ours not in ("-", "failed"):
-                diff[col] = f"{float(ours) - value:+.2f}"
+                diff[col] = f"{cell_value(ours) - value:+.2f}"
         if (paper != "-").any():
             rows.setdefault(method, []).append((f"{method} ({layout.paper_label})", paper))
             if (diff != "-").any():

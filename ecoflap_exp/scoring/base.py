@@ -31,11 +31,26 @@ class BlockScorer(ABC):
     #: what the run record keeps about the last scores() call beside the scores (the record's
     #: `scorer_info`); a scorer that reports something assigns its own dict
     info: Mapping[str, Any] = MappingProxyType({})
+    #: the calibration samples this scorer reads (None: the pruner's calib.num_samples); more than
+    #: the pruner's are drawn from the same source after them
+    num_samples: int | None = None
 
     @property
     def samples_needed(self) -> int | None:
-        """Calibration samples this scorer reads, when more than the pruner's (None: the pruner's)."""
-        return None
+        """Calibration samples this scorer reads (None: the pruner's)."""
+        return self.num_samples
+
+    def sample_counts(self) -> dict[str, int]:
+        """The config key -> value of every sample count this scorer sets itself (the runner checks
+        each is a whole number of calibration batches)."""
+        return {} if self.num_samples is None else {"scorer.num_samples": self.num_samples}
+
+    def reads(self, batches: list[Batch], extended: list[Batch] | None) -> list[Batch]:
+        """The batches this scorer reads: its first num_samples, drawn from `extended` when the
+        pruner's calibration holds fewer."""
+        if self.num_samples is None:
+            return batches
+        return first_samples(extended if extended is not None else batches, self.num_samples)
 
     @abstractmethod
     def scores(self, adapter: ModelAdapter, batches: list[Batch],

@@ -39,6 +39,10 @@ class ProductScorer(BlockScorer):
     def samples_needed(self) -> int | None:
         return max((f.samples_needed or 0 for f in self.factors), default=0) or None
 
+    def sample_counts(self) -> dict[str, int]:
+        return {key.replace("scorer.", f"scorer.factors.{i}.", 1): n
+                for i, f in enumerate(self.factors) for key, n in f.sample_counts().items()}
+
     def scores(self, adapter: ModelAdapter, batches: list[Batch],
                extended: list[Batch] | None = None) -> dict[str, float]:
         groups = Groups.of(adapter)

@@ -18,7 +18,7 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, PrunableMatrix
 from ecoflap_exp.progress import track
-from ecoflap_exp.scoring.base import BlockScorer, aggregate, check_grouping, first_samples
+from ecoflap_exp.scoring.base import BlockScorer, aggregate, check_grouping
 
 
 class FirstOrderScorer(BlockScorer):
@@ -30,7 +30,7 @@ class FirstOrderScorer(BlockScorer):
 
     def scores(self, adapter: ModelAdapter, batches: list[Batch],
                extended: list[Batch] | None = None) -> dict[str, float]:
-        batches = first_samples(batches, self.num_samples)
+        batches = self.reads(batches, extended)
         per_matrix = first_order_matrix_scores(adapter, batches)
         return aggregate(adapter, per_matrix, self.granularity, self.aggregate)
 

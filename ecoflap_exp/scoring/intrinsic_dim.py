@@ -39,7 +39,7 @@ from ecoflap_exp.allocation.base import Groups
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, Tower
-from ecoflap_exp.scoring.base import BlockScorer, check_choice, check_granularity, first_samples
+from ecoflap_exp.scoring.base import BlockScorer, check_choice, check_granularity
 from ecoflap_exp.walk import walk_tower
 
 ESTIMATORS = ("twonn", "mle", "twonn_blocks")
@@ -281,10 +281,6 @@ class IntrinsicDimensionScorer(BlockScorer):
         self.store_dir = Path(store_dir) if store_dir else None
         self.seed = seed
 
-    @property
-    def samples_needed(self) -> int | None:
-        return self.num_samples
-
     def estimate(self, store: VectorStore, where: str) -> float:
         D = store.distinct_distances()
         if self.estimator == "mle":
@@ -365,7 +361,7 @@ class IntrinsicDimensionScorer(BlockScorer):
     @torch.no_grad()
     def scores(self, adapter: ModelAdapter, batches: list[Batch],
                extended: list[Batch] | None = None) -> dict[str, float]:
-        batches = first_samples(extended if extended is not None else batches, self.num_samples)
+        batches = self.reads(batches, extended)
         adapter.model.eval()
         ids = self.matrix_ids(adapter, batches) if self.granularity == "matrix" else self.block_ids(adapter, batches)
         groups = Groups.of(adapter)

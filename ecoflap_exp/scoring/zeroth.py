@@ -29,7 +29,7 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, Tower
 from ecoflap_exp.progress import track
-from ecoflap_exp.scoring.base import BlockScorer, aggregate, check_grouping, first_samples
+from ecoflap_exp.scoring.base import BlockScorer, aggregate, check_grouping
 from ecoflap_exp.walk import walk_tower
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class ZerothOrderScorer(BlockScorer):
 
     def scores(self, adapter: ModelAdapter, batches: list[Batch],
                extended: list[Batch] | None = None) -> dict[str, float]:
-        batches = first_samples(batches, self.num_samples)
+        batches = self.reads(batches, extended)
         with torch.no_grad():
             adapter.model.eval()
             per_matrix = self._with_prefix(adapter, batches) if self.reuse_prefix else self._naive(adapter, batches)

@@ -2,17 +2,26 @@
 
 A run's id is a hash of the config that determines its result (paths, `force` and the like are
 left out), so an identical rerun finds its finished record and is skipped. Records are written to
-a temporary file and renamed into place, so a crash never leaves a half-written record.
+a temporary file and renamed into place, so a crash never leaves a half-written record (and a
+failed write leaves no temporary file). A process claims a run id before running it (an
+exclusively created `<id>.claim`), so two sweeps into one store run each point once; a claim whose
+process is gone (same host) is stale and taken over.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import hashlib
 import json
 import os
+import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from ecoflap_exp.errors import UserError
 
 #: config keys that do not change a run's result (offload moves blocks, with the same weights as a
 #: result); the one list both the store's run ids and W&B's run names use
@@ -50,6 +59,48 @@ class ResultsStore:
             return None
         return record if record.get("status") == "ok" else None
 
+    def check_writable(self) -> None:
+        """UserError unless a record can be written here (checked before any work)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".tmp-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise UserError(f"the results folder {self.root} is not writable ({err.strerror or err}); free it, or "
+                            f"set paths.results_dir (or ECOFLAP_ROOT) to a writable folder") from None
+
+    @contextlib.contextmanager
+    def claim(self, rid: str) -> Iterator[dict[str, Any] | None]:
+        """Hold run `rid` for this process: yields None when claimed (released on exit), else the
+        claim of the live process that holds it."""
+        path = self.root / f"{rid}.claim"
+        mine = {"pid": os.getpid(), "host": socket.gethostname(),
+                "since": dt.datetime.now().isoformat(timespec="seconds")}
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-claim-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(mine, f)
+        try:
+            for _ in range(2):
+                try:
+                    os.link(tmp, path)  # atomic: the claim appears whole or not at all
+                except FileExistsError:
+                    holder = read_claim(path)
+                    if holder is not None and not stale(holder):
+                        yield holder
+                        return
+                    path.unlink(missing_ok=True)  # its process is gone: take it over
+                    continue
+                try:
+                    yield None
+                finally:
+                    path.unlink(missing_ok=True)
+                return
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"could not claim run {rid} in {self.root}: another process keeps re-creating {path.name}")
+
     def write(self, record: dict[str, Any]) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         target = self.path(record["id"])
@@ -64,3 +115,23 @@ class ResultsStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return target
+
+
+def read_claim(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # released meanwhile
+
+
+def stale(claim: dict[str, Any]) -> bool:
+    """A claim of this host whose process no longer runs (a claim of another host never is)."""
+    if claim.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(claim["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    return False

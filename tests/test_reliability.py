@@ -1,0 +1,296 @@
+"""Bad input and faults (issue 14): every option is checked before any work, nothing is silently
+accepted or ignored, the store survives a full disk, a read-only folder and concurrent sweeps, and
+a config error leaves no record."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from transformers import AutoModelForCausalLM
+
+from ecoflap_exp.config_keys import TOP_LEVEL_KEYS, check_keys
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.results.tables import experiment_table, frame
+from ecoflap_exp.runner import Plugins, preflight, run, validate
+from ecoflap_exp.tracking import store as store_module
+from ecoflap_exp.tracking.store import ResultsStore
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+
+def config(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose("config", [f"paths.root={tmp_path}", "device=cpu", *overrides])
+
+
+def records(tmp_path):
+    return [json.loads(p.read_text()) for p in sorted((tmp_path / "results" / "runs").glob("*.json"))]
+
+
+def checked(cfg):
+    """What run() checks before any model loads."""
+    target = validate(cfg)
+    preflight(cfg, target, Plugins.build(cfg))
+
+
+def cli(tmp_path, *args, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args, f"paths.root={tmp_path}", "device=cpu"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=timeout, env=ENV)
+
+
+#: every enumerated option of every plugin, with a wrong value, and the allowed values' message
+WRONG_CHOICES = [
+    (["scorer=zeroth", "scorer.granularity=blok"], "scorer.granularity='blok' is unknown; use one of block, matrix"),
+    (["scorer=zeroth", "scorer.aggregate=mean"], "scorer.aggregate='mean' is unknown; use one of sum, avg"),
+    (["scorer=first", "scorer.granularity=blok"], "scorer.granularity='blok' is unknown"),
+    (["scorer=first", "scorer.aggregate=mean"], "scorer.aggregate='mean' is unknown"),
+    (["scorer=id", "scorer.granularity=blok"], "scorer.granularity='blok' is unknown"),
+    (["scorer=id", "scorer.estimator=levina"], "scorer.estimator='levina' is unknown; use one of"),
+    (["scorer=id", "scorer.representation=max"], "scorer.representation='max' is unknown; use one of"),
+    (["scorer=id_zeroth", "scorer.normalise=max"], "scorer.normalise='max' is unknown; use one of none, tower_mean"),
+    (["allocation=waterfill", "allocation.scope=tower"], "allocation.scope='tower' is unknown; use one of"),
+    (["allocation=global", "allocation.base_score=snip"], "allocation.base_score='snip' is unknown; use one of"),
+    (["pruner=wanda", "pruner.group=col"], "pruner.group='col' is unknown; use one of"),
+    (["pruner=wanda", "pruner.count=approx"], "pruner.count='approx' is unknown; use one of"),
+    (["pruner=magnitude", "pruner.group=col"], "pruner.group='col' is unknown; use one of"),
+    (["pruner=sparsegpt", "pruner.count=approx"], "pruner.count='approx' is unknown; use one of"),
+    (["model=clip_tiny", "calib=image_folder", "calib.augment=flip"], "calib.augment='flip' is unknown; use one of"),
+    (["calib=coop_train", "calib.dataset=mnist"], "CoOp dataset 'mnist' is unknown; use one of"),
+    (["model=llama_tiny", "calib=shipped_text", "suite=shipped_text", "device=tpu"], "device='tpu' is unknown"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), WRONG_CHOICES, ids=lambda v: " ".join(v) if isinstance(v, list)
+                         else None)
+def test_every_enumerated_option_fails_before_any_model_loads(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        checked(config(tmp_path, *overrides))
+
+
+def test_a_wrong_model_option_fails_as_the_model_is_built_and_leaves_no_record(tmp_path):
+    for override, message in (("model.dtype=float64", "model.dtype='float64' is unknown; use one of"),
+                              ("model.init=zeros", "model.init='zeros' is unknown")):
+        with pytest.raises(UserError, match=message):
+            run(config(tmp_path, "model=llama_tiny", "calib=shipped_text", "suite=shipped_text", override))
+    assert records(tmp_path) == []
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["+foo=1"], "foo is not a key anything reads; known keys: allocation, calib"),
+    (["+sparsty=0.3"], "sparsty is not a key anything reads; did you mean sparsity?"),
+    (["scorer=zeroth", "+scorer.epz=0.001"], "scorer.epz is not a key anything reads; did you mean eps?"),
+    (["scorer=id_zeroth", "+scorer.factors.0.epz=0.001"], "scorer.factors.0.epz is not a key .* did you mean eps?"),
+    (["+pruner.blocksize=64"], "pruner.blocksize is not a key anything reads"),  # wanda has no blocksize
+    (["+evals.digits.batchsize=4"], "evals.digits.batchsize is not a key .* did you mean batch_size?"),
+    (["+paths.result_dir=x"], "paths.result_dir is not a key .* did you mean results_dir?"),
+])
+def test_a_key_nothing_reads_is_an_error_naming_the_nearest(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        validate(config(tmp_path, *overrides))
+
+
+def test_the_known_top_level_keys_are_the_primary_configs():
+    cfg = config(Path("/tmp"))
+    assert tuple(cfg.keys()) == TOP_LEVEL_KEYS
+    for experiment in (ROOT / "configs" / "experiment").glob("*.yaml"):
+        check_keys(config(Path("/tmp"), f"experiment={experiment.stem}"))  # every shipped experiment passes
+
+
+def test_nm_sets_the_sparsity_and_a_different_explicit_one_is_an_error(tmp_path):
+    assert validate(config(tmp_path, "nm=1:4")).sparsity == 0.75
+    assert validate(config(tmp_path, "nm=2:4", "sparsity=0.5")).sparsity == 0.5
+    with pytest.raises(UserError, match="nm=2:4 fixes the sparsity at 0.5, but sparsity=0.3"):
+        validate(config(tmp_path, "nm=2:4", "sparsity=0.3"))
+
+
+@pytest.mark.parametrize(("count", "message"), [(0, "scorer.num_samples=0 is not a whole number"),
+                                                (1, "scorer.num_samples=1 is not a whole number"),
+                                                (12, r"scorer.num_samples=12 is not a whole number .*batch_size=8")])
+def test_a_scorer_sample_count_below_or_between_batches_is_refused(tmp_path, count, message):
+    with pytest.raises(UserError, match=message):
+        checked(config(tmp_path, "scorer=zeroth", f"scorer.num_samples={count}"))
+    with pytest.raises(UserError, match=message.replace("scorer.", "scorer.factors.0.", 1)):
+        checked(config(tmp_path, "scorer=id_zeroth", f"scorer.factors.0.num_samples={count}"))
+
+
+def test_a_scorer_asking_more_samples_than_the_pruner_gets_them_and_the_record_says_so(tmp_path):
+    record = run(config(tmp_path, "model=llama_tiny", "calib=shipped_text", "suite=shipped_text", "scorer=zeroth",
+                        "scorer.num_samples=32", "calib.num_samples=16", "model.arch_overrides={num_hidden_layers: 1}"))
+    calibration = record["calibration"]
+    assert (calibration["samples"], calibration["pruner_samples"], calibration["batch_size"]) == (32, 16, 4)
+    with pytest.raises(UserError, match="holds 1437 images, fewer than the 5000 asked for"):
+        run(config(tmp_path, "calib.num_samples=5000", "force=true"))
+
+
+def test_an_unwritable_results_folder_fails_at_start(tmp_path):
+    (tmp_path / "results").write_text("a file where the results folder should be")
+    with pytest.raises(UserError, match="results folder .* is not writable .*set paths.results_dir"):
+        run(config(tmp_path))
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_failed_final_write_names_the_path_prints_the_metrics_and_leaves_no_temporary(tmp_path, monkeypatch,
+                                                                                        capsys, code):
+    def full(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(store_module.os, "replace", full)
+    with pytest.raises(UserError, match=r"could not be written to .*results/runs/\w+\.json \(OSError: "
+                       + os.strerror(code)):
+        run(config(tmp_path, "sparsity=0.3", "model=llama_tiny", "calib=shipped_text", "suite=shipped_text"))
+    printed = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert printed["metrics"]["text/ppl"] > 1 and printed["achieved"] == pytest.approx(0.3, abs=1e-3)
+    assert list((tmp_path / "results" / "runs").iterdir()) == []  # no record, no temporary, no claim
+
+
+def test_a_claim_of_a_live_process_holds_and_one_of_a_dead_process_is_taken_over(tmp_path):
+    store = ResultsStore(tmp_path)
+    with store.claim("abc") as holder:
+        assert holder is None
+        with store.claim("abc") as other:  # this process itself is alive: the second claim waits its turn
+            assert other["pid"] == os.getpid()
+    assert not (tmp_path / "abc.claim").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "abc.claim").write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename}))
+    with store.claim("abc") as holder:
+        assert holder is None and json.loads((tmp_path / "abc.claim").read_text())["pid"] == os.getpid()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_two_identical_sweeps_run_each_point_once_each_with_its_own_log(tmp_path):
+    args = [sys.executable, str(ROOT / "run.py"), "--multirun", "sparsity=0.3,0.5,0.7", f"paths.root={tmp_path}",
+            "device=cpu", "evals.digits.limit=50"]
+    both = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=ENV)
+            for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in both]
+    assert [p.returncode for p in both] == [0, 0], outputs
+    text = "".join(out + err for out, err in outputs)
+    assert len(records(tmp_path)) == 3
+    assert text.count("achieved sparsity") == 3  # executions: each point once
+    # the other process's points: held by it, or already finished by it
+    assert text.count("is being run by process") + text.count("already finished") == 3
+    logs = sorted((tmp_path / "multirun").glob("*/*/*/run.log"))
+    assert len(logs) == 6 and len({log.parent.parent for log in logs}) == 2  # one sweep folder per process
+    assert not list((tmp_path / "results" / "runs").glob("*.claim"))
+
+
+def test_a_config_error_leaves_no_record_and_a_failure_in_the_work_keeps_one(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="prune_towers"):
+        run(config(tmp_path, "model.prune_towers=[nope]"))
+    with pytest.raises(UserError, match="needs a model with"):
+        run(config(tmp_path, "suite=vqa"))
+    assert records(tmp_path) == []
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("the scorer broke")
+
+    monkeypatch.setattr("ecoflap_exp.scoring.zeroth.ZerothOrderScorer.scores", broken)
+    with pytest.raises(RuntimeError, match="the scorer broke"):
+        run(config(tmp_path, "scorer=zeroth"))
+    [record] = records(tmp_path)
+    assert record["status"] == "failed" and record["error"] == "RuntimeError: the scorer broke"
+
+
+def test_capabilities_are_checked_before_the_data_and_checkpoints_before_any_model_loads(tmp_path):
+    with pytest.raises(UserError, match="evals.vqav2 .* needs a model with GeneratesFromImages"):
+        checked(config(tmp_path, "suite=blip2_paper"))  # the digits CLIP: not the missing VQAv2 files
+
+    with pytest.raises(UserError, match="checkpoint 'Salesforce/blip2-flan-t5-xl-coco' is not in the local Hugging "
+                                        "Face cache and HF_HUB_OFFLINE=1"):  # NoCaps' companion, before any VQA file
+        checked(config(tmp_path, "model=blip2_t5_tiny", "suite=blip2_paper"))
+    with pytest.raises(UserError, match="model checkpoint path '/nowhere/model' does not exist"):
+        checked(config(tmp_path, "model=llama_tiny", "calib=shipped_text", "suite=shipped_text",
+                       "model.init=pretrained", "model.checkpoint=/nowhere/model"))
+
+
+def test_a_checkpoint_with_nan_weights_is_named_as_broken(tmp_path):
+    from ecoflap_exp.models.causal_lm import CausalLMAdapter
+
+    model = CausalLMAdapter(arch="llama_tiny", init="random", tokenizer="bytes").model
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "broken")
+    assert torch.isnan(AutoModelForCausalLM.from_pretrained(tmp_path / "broken").model.layers[0].mlp.up_proj.weight
+                       ).any()
+    with pytest.raises(UserError, match=r"NaN/inf weights in 1 parameters \(model.layers.0.mlp.up_proj.weight\): "
+                                        "the checkpoint is broken"):
+        run(config(tmp_path, "model=llama_tiny", "calib=shipped_text", "suite=shipped_text", "model.init=pretrained",
+                   f"model.checkpoint={tmp_path / 'broken'}", "sparsity=0"))
+    assert records(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_in_one_line_and_the_rerun_resumes(tmp_path):
+    args = [sys.executable, str(ROOT / "run.py"), "--multirun", "sparsity=0.3,0.5", "scorer=zeroth",
+            f"paths.root={tmp_path}", "device=cpu"]
+    done = subprocess.run(args[:3] + ["sparsity=0.3"] + args[4:], capture_output=True, text=True, cwd=tmp_path,
+                          env=ENV, timeout=300)
+    assert done.returncode == 0, done.stderr
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=ENV)
+    deadline = time.time() + 120
+    while not list((tmp_path / "results" / "runs").glob("*.claim")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)  # into the second point's work
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; finished points are kept, rerun resumes" in err and "Traceback" not in err
+    statuses = sorted(r["status"] for r in records(tmp_path))
+    assert statuses in (["interrupted", "ok"], ["ok"])  # the finished point is kept; the other resumes
+    again = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=600)
+    assert again.returncode == 0 and sorted(r["status"] for r in records(tmp_path)) == ["ok", "ok"]
+
+
+def test_a_sweep_whose_points_fail_exits_non_zero_with_the_count(tmp_path):
+    result = cli(tmp_path, "--multirun", "model.prune_towers=[nope],[text]", "sparsity=0.3", "suite=none")
+    assert result.returncode == 1
+    assert "2 points: 1 ok, 0 skipped, 1 config_error, 0 failed" in result.stderr
+    assert "config_error: model.prune_towers=[nope]" in result.stderr and "must name some of" in result.stderr
+    assert len(records(tmp_path)) == 1  # the config error left none
+
+
+def record_of(method, sparsity, seed, value, achieved=None):
+    return {"id": f"{method}{sparsity}{seed}", "status": "ok", "model": "m", "method": method,
+            "config": {"sparsity": sparsity, "seed": seed, "nm": None, "experiment_name": "e"},
+            "achieved": {"overall": sparsity if achieved is None else achieved}, "metrics": {"acc": value}}
+
+
+def test_seeds_are_aggregated_and_a_sparse_checkpoint_is_not_dense():
+    rows = [record_of("wanda", 0.5, 0, 90.0), record_of("wanda", 0.5, 1, 92.0),
+            record_of("dense", 0, 0, 96.0), record_of("as-loaded", 0, 0, 91.0, achieved=0.5)]
+    table = experiment_table(frame(rows), "e")  # one pruned point: dense and pruned folded into one column
+    assert table.loc["wanda", "acc"] == "91.00 ± 1.41 (n=2)"
+    assert (table.loc["as-loaded", "acc"], table.loc["dense", "acc"]) == ("91.00", "96.00")
+    swept = experiment_table(frame([*rows, record_of("wanda", 0.7, 0, 50.0)]), "e")
+    assert swept.loc["as-loaded", "p0.5/acc"] == "91.00" and swept.loc["as-loaded", "p0/acc"] == "-"
+
+
+def test_a_reloaded_pruned_checkpoint_run_at_sparsity_zero_is_labelled_by_its_weights(tmp_path):
+    pruned = run(config(tmp_path, "model=llama_tiny", "calib=shipped_text", "suite=shipped_text", "sparsity=0.5",
+                        "save_model=true"))
+    loaded = run(config(tmp_path, "model=llama_tiny", "calib=shipped_text", "suite=shipped_text", "sparsity=0",
+                        "model.init=pretrained", f"model.checkpoint={pruned['saved_model']}"))
+    assert loaded["method"] == "as-loaded" and loaded["achieved"]["overall"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_same_seed_same_masks_and_a_new_seed_a_new_calibration_draw(tmp_path):
+    first = run(config(tmp_path, "sparsity=0.5", "suite=none"))
+    again = run(config(tmp_path, "sparsity=0.5", "suite=none", "force=true"))
+    other = run(config(tmp_path, "sparsity=0.5", "suite=none", "seed=1"))
+    assert first["achieved"]["masks_sha1"] == again["achieved"]["masks_sha1"] != other["achieved"]["masks_sha1"]
+    assert first["calibration"]["sha1"] == again["calibration"]["sha1"] != other["calibration"]["sha1"]
+    source = tmp_path / "calibration.txt"
+    source.write_text("\n".join(f"document {i}: " + "words of text " * 20 for i in range(8)))
+    text = run(config(tmp_path, "model=llama_tiny", "calib=c4", f"calib.source={source}", "calib.num_samples=4",
+                      "calib.batch_size=4", "suite=none"))
+    assert text["calibration"]["files"] == {str(source): source.stat().st_size}
