@@ -1,5 +1,5 @@
 """One run, start to end: validate, load, calibrate, score, allocate, prune, verify, evaluate,
-record (DESIGN.md, "The run")."""
+record (docs/ARCHITECTURE.md has the layout)."""
 
 from __future__ import annotations
 
@@ -246,6 +246,8 @@ def preflight(cfg: DictConfig, target: Target, plugins: Plugins) -> None:
     if scorer.non_uniform and not plugins.allocation.reads_scores:
         raise UserError(f"allocation={plugins.allocation.name} plans without block scores (use_id=false); use "
                         f"scorer=uniform for the plain global baseline, or allocation.use_id=true")
+    scorer.check_samples(calib.num_samples)
+    calib.check_count(max(scorer.samples_needed or 0, calib.num_samples))
     for key, count in scorer.sample_counts().items():
         if count < calib.batch_size or count % calib.batch_size:
             raise UserError(f"{key}={count} is not a whole number of calibration batches (calib.batch_size="
@@ -406,6 +408,10 @@ def print_summary(record: dict[str, Any]) -> None:
     table.add_row("target sparsity", f"{target['sparsity']:.4f}" + (f" ({target['nm']})" if target["nm"] else ""))
     table.add_row("achieved sparsity", f"{record['achieved']['overall']:.4f} of "
                   f"{record['achieved']['prunable_params']:,} prunable weights")
+    if calibration := record.get("calibration"):
+        extra = calibration["samples"] - calibration["pruner_samples"]
+        table.add_row("calibration", f"{calibration['pruner_samples']} samples" + (
+            f" (+{extra} more for the scorer)" if extra > 0 else "") + f", SHA-1 {calibration['sha1'][:12]}")
     if record["plan"]:
         values = list(record["plan"].values())
         table.add_row("group sparsity range", f"{min(values):.4f} .. {max(values):.4f}")

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
 from ecoflap_exp.config_keys import TOP_LEVEL_KEYS, check_keys
-from ecoflap_exp.errors import UserError
+from ecoflap_exp.errors import ConfigError, UserError
 from ecoflap_exp.results.tables import experiment_table, frame
 from ecoflap_exp.runner import Plugins, preflight, run, validate
 from ecoflap_exp.tracking import store as store_module
@@ -127,8 +127,11 @@ def test_a_scorer_asking_more_samples_than_the_pruner_gets_them_and_the_record_s
                         "scorer.num_samples=32", "calib.num_samples=16", "model.arch_overrides={num_hidden_layers: 1}"))
     calibration = record["calibration"]
     assert (calibration["samples"], calibration["pruner_samples"], calibration["batch_size"]) == (32, 16, 4)
-    with pytest.raises(UserError, match="holds 1437 images, fewer than the 5000 asked for"):
-        run(config(tmp_path, "calib.num_samples=5000", "force=true"))
+    with pytest.raises(ConfigError, match="DigitsCalibration holds 1437 samples, fewer than the 5000 asked for"):
+        run(config(tmp_path, "calib.num_samples=5000"))
+    with pytest.raises(ConfigError, match="twonn_blocks .* needs at least 100 samples \\(got 16\\)"):
+        run(config(tmp_path, "scorer=id", "scorer.estimator=twonn_blocks", "calib.num_samples=16"))
+    assert len(records(tmp_path)) == 1  # the first run's only
 
 
 def test_an_unwritable_results_folder_fails_at_start(tmp_path):
@@ -294,3 +297,36 @@ def test_same_seed_same_masks_and_a_new_seed_a_new_calibration_draw(tmp_path):
     text = run(config(tmp_path, "model=llama_tiny", "calib=c4", f"calib.source={source}", "calib.num_samples=4",
                       "calib.batch_size=4", "suite=none"))
     assert text["calibration"]["files"] == {str(source): source.stat().st_size}
+
+
+def readme_commands():
+    """The run.py command lines of README.md's code blocks (the overrides after run.py)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    return [line.split("run.py", 1)[1].split("#")[0].split() for line in lines
+            if line.startswith("    ") and "run.py" in line and "python" in line]
+
+
+@pytest.mark.parametrize("overrides", readme_commands(), ids=" ".join)
+def test_every_readme_command_composes_and_passes_the_checks_that_need_no_files(tmp_path, overrides):
+    """A sweep's first point; Hydra's own settings (launchers) are left to Hydra."""
+    single = [o.split(",")[0] for o in overrides if o != "--multirun" and not o.startswith("hydra")]
+    validate(config(tmp_path, *single))
+
+
+def test_the_readme_cites_only_files_the_repo_has_and_generated_outputs_are_ignored():
+    readme = (ROOT / "README.md").read_text()
+    assert "DESIGN.md" not in readme and (ROOT / "docs" / "ARCHITECTURE.md").is_file()
+    ignored = subprocess.run(["git", "check-ignore", "results/tables/default.md", "results/plots/default.png",
+                              "results/runs/x.json"], cwd=ROOT, capture_output=True, text=True)
+    assert ignored.stdout.split() == ["results/tables/default.md", "results/plots/default.png", "results/runs/x.json"]
+
+
+def test_the_shipped_digits_clip_does_not_claim_random_weights(caplog):
+    from ecoflap_exp.models.open_clip import OpenCLIPAdapter
+
+    with caplog.at_level("WARNING"):
+        OpenCLIPAdapter("digits_clip", pretrained="shipped:digits_clip")
+    assert "No pretrained weights loaded" not in caplog.text
+    with caplog.at_level("WARNING"):
+        OpenCLIPAdapter("digits_clip", init="random")
+    assert "No pretrained weights loaded" in caplog.text  # a truly random model still says so

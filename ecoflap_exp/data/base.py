@@ -43,6 +43,18 @@ class CalibrationSource(ABC):
         self.batch_size = batch_size
         self.seed = seed
 
+    def available(self) -> int | None:
+        """How many samples the source holds, where that is known without reading it (else None)."""
+        return None
+
+    def check_count(self, count: int) -> None:
+        """UserError now when the source is known to hold fewer than `count` samples."""
+        held = self.available()
+        if held is not None and held < count:
+            raise UserError(f"calibration source {type(self).__name__} holds {held} samples, fewer than the {count} "
+                            f"asked for (calib.num_samples={self.num_samples}, or the scorer's num_samples); lower "
+                            f"them")
+
     def files(self) -> list[str]:
         """The files (or folders) the samples come from (none for generated samples)."""
         return []

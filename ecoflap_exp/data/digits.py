@@ -11,7 +11,6 @@ import numpy as np
 from PIL import Image
 
 from ecoflap_exp.data.base import CalibrationSource
-from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
 
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -43,12 +42,11 @@ class DigitsCalibration(CalibrationSource):
 
     kind = "image_captions"
 
+    def available(self) -> int:
+        return len(digits_split()["train"][0])
+
     def samples(self, adapter: ModelAdapter, count: int | None = None) -> list[tuple[Image.Image, str]]:
         images, labels = digits_split()["train"]
-        if max(count or 0, self.num_samples) > len(images):
-            raise UserError(f"the digits train split holds {len(images)} images, fewer than the "
-                            f"{max(count or 0, self.num_samples)} asked for (calib.num_samples={self.num_samples}, or "
-                            f"the scorer's num_samples); lower them")
         rng = random.Random(self.seed)
         picked = rng.sample(range(len(images)), self.num_samples)
         pairs = [(images[i], rng.choice(captions_of(labels[i]))) for i in picked]

@@ -14,8 +14,10 @@ matrices, as transformers' CLIP has them (per-row Wanda is the same either way).
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,24 @@ def register_shipped_configs() -> None:
     open_clip.add_model_config(Path(str(folder)))
 
 
+class DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_random_init_notice(shipped: bool) -> Iterator[None]:
+    """open_clip warns that a model built without `pretrained` is randomly initialised; shipped
+    weights are loaded right after, so the warning would be false there."""
+    notice = DropRandomInitNotice()
+    if shipped:
+        logging.getLogger().addFilter(notice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(notice)
+
+
 class OpenCLIPAdapter(ModelAdapter):
     """`model_name` is any open_clip model name (ViT-B-16, ...) or a config shipped in
     models/arch/open_clip/; `pretrained` an open_clip tag (openai, laion2b_...), a local
@@ -112,8 +132,9 @@ class OpenCLIPAdapter(ModelAdapter):
         torch.manual_seed(seed)
         shipped = init == "pretrained" and str(pretrained).startswith(SHIPPED_PREFIX)
         try:
-            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained if init == "pretrained" and not shipped else None)
+            with quiet_random_init_notice(shipped):
+                self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=pretrained if init == "pretrained" and not shipped else None)
         except RuntimeError as err:
             raise hub_load_error(f"{model_name}:{pretrained}", err) from err
         if shipped:

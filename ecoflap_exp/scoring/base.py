@@ -45,6 +45,11 @@ class BlockScorer(ABC):
         each is a whole number of calibration batches)."""
         return {} if self.num_samples is None else {"scorer.num_samples": self.num_samples}
 
+    def check_samples(self, pruner_samples: int) -> None:
+        """UserError now when the samples this scorer will read (its num_samples, else the
+        pruner's) are too few for it; checked before any model loads."""
+        return None
+
     def reads(self, batches: list[Batch], extended: list[Batch] | None) -> list[Batch]:
         """The batches this scorer reads: its first num_samples, drawn from `extended` when the
         pruner's calibration holds fewer."""

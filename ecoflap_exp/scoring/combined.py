@@ -39,6 +39,10 @@ class ProductScorer(BlockScorer):
     def samples_needed(self) -> int | None:
         return max((f.samples_needed or 0 for f in self.factors), default=0) or None
 
+    def check_samples(self, pruner_samples: int) -> None:
+        for factor in self.factors:
+            factor.check_samples(pruner_samples)
+
     def sample_counts(self) -> dict[str, int]:
         return {key.replace("scorer.", f"scorer.factors.{i}.", 1): n
                 for i, f in enumerate(self.factors) for key, n in f.sample_counts().items()}

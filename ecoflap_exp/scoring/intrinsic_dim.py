@@ -178,13 +178,17 @@ def mle_of_distances(D: torch.Tensor) -> float:
     return float((r1.numel() - 1) / torch.log(r2 / r1).sum())
 
 
+def check_block_samples(n: int, max_blocks: int = 20, what: str = "distinct ones") -> None:
+    if n // max_blocks < 5:
+        raise UserError(f"estimator twonn_blocks splits the samples into up to {max_blocks} blocks and needs at least "
+                        f"{5 * max_blocks} {what} (got {n}); raise scorer.num_samples (the paper: 2000) or use "
+                        f"scorer.estimator=twonn")
+
+
 def twonn_blocks_of_distances(D: torch.Tensor, max_blocks: int = 20, seed: int = 0) -> float:
     """Mean over b = 1..max_blocks of the mean TwoNN of b random disjoint equal subsets."""
     n = D.shape[0]
-    if n // max_blocks < 5:
-        raise UserError(f"estimator twonn_blocks splits the samples into up to {max_blocks} blocks and needs at least "
-                        f"{5 * max_blocks} distinct ones (got {n}); raise scorer.num_samples (the paper: 2000) or use "
-                        f"scorer.estimator=twonn")
+    check_block_samples(n, max_blocks)
     generator = torch.Generator().manual_seed(seed)
     means = []
     for b in range(1, max_blocks + 1):
@@ -280,6 +284,10 @@ class IntrinsicDimensionScorer(BlockScorer):
         self.num_samples = num_samples
         self.store_dir = Path(store_dir) if store_dir else None
         self.seed = seed
+
+    def check_samples(self, pruner_samples: int) -> None:
+        if self.estimator == "twonn_blocks":
+            check_block_samples(self.num_samples or pruner_samples, what="samples")
 
     def estimate(self, store: VectorStore, where: str) -> float:
         D = store.distinct_distances()
