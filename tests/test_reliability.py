@@ -330,3 +330,27 @@ def test_the_shipped_digits_clip_does_not_claim_random_weights(caplog):
     with caplog.at_level("WARNING"):
         OpenCLIPAdapter("digits_clip", init="random")
     assert "No pretrained weights loaded" in caplog.text  # a truly random model still says so
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 64 KiB tmpfs at tmp_path/disk where this machine lets the test mount one (root), else skip."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_real_full_disk_and_a_read_only_folder(tmp_path, tiny_tmpfs, capsys):
+    (tiny_tmpfs / "filler").write_bytes(b"x" * (60 * 1024))  # the record (tens of KiB) no longer fits
+    with pytest.raises(UserError, match=r"could not be written to .*disk/runs/\w+\.json \(OSError: No space left"):
+        run(config(tmp_path, "sparsity=0.3", f"paths.results_dir={tiny_tmpfs / 'runs'}"))
+    printed = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert printed["achieved"] == pytest.approx(0.3, abs=1e-3) and "digits/acc" in printed["metrics"]
+    assert list((tiny_tmpfs / "runs").iterdir()) == []  # no partial record, no temporary, no claim
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
+    with pytest.raises(ConfigError, match="results folder .*disk/runs is not writable \\(Read-only file system\\)"):
+        run(config(tmp_path, "sparsity=0.3", f"paths.results_dir={tiny_tmpfs / 'runs'}"))
