@@ -176,7 +176,8 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     with store.claim(rid) as holder:
         if holder is not None:
             console.print(f"[yellow]run {rid} is being run by process {holder.get('pid')} on {holder.get('host')} "
-                          f"(since {holder.get('since')})[/]; skipped here, its record will be in {store.path(rid)}")
+                          f"(since {holder.get('since')})[/]; skipped here, its record will be in {store.path(rid)} "
+                          f"(if that process is gone from another host, delete {store.root / (rid + '.claim')})")
             return None
         if not cfg.force and (done := store.finished(rid)):  # finished while this process was starting
             console.print(f"[green]run {rid} already finished[/] ({store.path(rid)}); skipped")

@@ -242,9 +242,8 @@ def test_ctrl_c_ends_in_one_line_and_the_rerun_resumes(tmp_path):
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=ENV)
     deadline = time.time() + 120
     while not list((tmp_path / "results" / "runs").glob("*.claim")) and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(2)  # into the second point's work
-    proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # the second point has claimed its id: it is loading or working
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted; finished points are kept, rerun resumes" in err and "Traceback" not in err
