@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
 import ecoflap_exp
-from ecoflap_exp.allocation.base import Allocation, Groups
+from ecoflap_exp.allocation.base import Allocation
+from ecoflap_exp.api import build, method_name, plan_for
 from ecoflap_exp.config_keys import check_keys
 from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import ConfigError, UserError
@@ -40,7 +40,6 @@ from ecoflap_exp.pruning.masks import NM, parse_nm
 from ecoflap_exp.pruning.verify import verify
 from ecoflap_exp.results.records import LOADED_SPARSE
 from ecoflap_exp.scoring.base import BlockScorer, first_samples
-from ecoflap_exp.scoring.sketches import weight_sketches
 from ecoflap_exp.tracking.store import ResultsStore, run_id
 
 log = logging.getLogger(__name__)
@@ -79,20 +78,6 @@ def validate(cfg: DictConfig) -> Target:
     if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={cfg.device} but no CUDA device is available; use device=cpu")
     return Target(float(sparsity), float(max_sparsity), nm)
-
-
-def build(node: DictConfig) -> Any:
-    """hydra.utils.instantiate, letting a plugin's UserError through as itself (Hydra wraps every
-    error of a constructor in its own exception type, which would bury the message)."""
-    try:
-        return instantiate(node)
-    except InstantiationException as err:
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, UserError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
 
 
 def resolve_device(name: str) -> torch.device:
@@ -339,12 +324,9 @@ class Plugins:
                    {name: build(ev) for name, ev in cfg.evals.items()})
 
     def method(self, target: Target) -> str:
-        """The method as the papers name it: `wanda`, `ecoflap-zeroth+wanda`, `id-global-wanda+wanda`,
-        `owl+sparsegpt`; `dense` for an unpruned point."""
-        if target.sparsity == 0:
-            return "dense"
-        choice = "-".join(part for part in (self.scorer.name, self.allocation.name) if part)
-        return f"{choice}+{self.pruner.name}" if choice else self.pruner.name
+        """The method as the papers name it (`wanda`, `ecoflap-zeroth+wanda`, `owl+sparsegpt`);
+        `dense` for an unpruned point."""
+        return "dense" if target.sparsity == 0 else method_name(self.scorer, self.allocation, self.pruner)
 
 
 def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter: ModelAdapter,
@@ -361,14 +343,10 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
             extended = calib.batches(adapter, scorer.samples_needed)  # the ID paper's 2000, say
             batches = first_samples(extended, calib.num_samples)
         with timer("score"):
-            scores = scorer.scores(adapter, batches, extended)
-            sketches = (weight_sketches(adapter, batches, allocation.sketch_score, allocation.sketch_quantiles)
-                        if allocation.sketch_quantiles else None)
-        with timer("allocate"):
-            plan = allocation.plan(scores, Groups.of(adapter), target.sparsity, target.max_sparsity, sketches)
+            scores, plan = plan_for(adapter, batches, extended, scorer, allocation, target.sparsity,
+                                    target.max_sparsity)
         with timer("prune"):
-            engine = SequentialEngine(adapter, pruner, plan, target.nm, device, cfg.offload)
-            reports = engine.run(batches)
+            reports = SequentialEngine(adapter, pruner, plan, target.nm, device, cfg.offload).run(batches)
         del batches, extended
     with timer("verify"):
         achieved = verify(adapter, plan or dict.fromkeys(plan_keys(adapter), 0.0), target.nm, reports,

@@ -64,6 +64,16 @@ class ModelAdapter(ABC):
     builtin_tokenizers: tuple[str, ...] = ("bytes",)
 
     @classmethod
+    def wraps(cls, model: nn.Module) -> bool:
+        """Whether `wrapping` takes this already-loaded model (the Python API finds the adapter so)."""
+        return False
+
+    @classmethod
+    def wrapping(cls, model: nn.Module, **settings: Any) -> ModelAdapter:
+        """An adapter around an already-loaded model, loading nothing (the Python API's path)."""
+        raise UserError(f"{cls.__name__} cannot wrap an already-loaded model; build it from its config instead")
+
+    @classmethod
     def checkpoints(cls, config: Mapping[str, Any]) -> list[str]:
         """The checkpoints and tokenizers (hub names, local folders) a model built from `config`
         loads; the run resolves each before any model loads. By default `checkpoint` (when

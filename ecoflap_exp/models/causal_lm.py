@@ -22,6 +22,13 @@ def get_submodule(model: nn.Module, path: str) -> nn.Module:
         raise UserError(f"model has no module {path!r}; set model.blocks_path to its block list") from err
 
 
+def getattr_path(model: nn.Module, path: str) -> Any:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
 class CausalLMAdapter(ModelAdapter):
     """LlamaForCausalLM, OPTForCausalLM and their kin: one tower of decoder blocks.
 
@@ -52,6 +59,27 @@ class CausalLMAdapter(ModelAdapter):
         vocab = self.model.get_input_embeddings().num_embeddings
         if len(self.tokenizer) > vocab:
             raise UserError(f"tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary is {vocab}")
+
+    @classmethod
+    def wraps(cls, model: nn.Module) -> bool:
+        return type(model).__name__.endswith("ForCausalLM")
+
+    @classmethod
+    def wrapping(cls, model: nn.Module, tokenizer: Any = None, blocks_path: str | None = None,
+                 name: str = "") -> CausalLMAdapter:
+        """`tokenizer` is needed only to tokenize text (calibration given as token ids needs none);
+        `blocks_path` defaults to model.layers (LLaMA, Mistral, Qwen2) or model.decoder.layers (OPT)."""
+        adapter = cls.__new__(cls)
+        adapter.name = name or type(model).__name__
+        adapter.model = model.eval()
+        adapter.tokenizer = tokenizer
+        candidates = [blocks_path] if blocks_path else ["model.layers", "model.decoder.layers"]
+        found = [path for path in candidates if isinstance(getattr_path(model, path), nn.ModuleList)]
+        if not found:
+            raise UserError(f"{type(model).__name__} has no block list at {' or '.join(candidates)}; pass "
+                            f"blocks_path=<the ModuleList of its decoder blocks>")
+        adapter.blocks_path = found[0]
+        return adapter
 
     def all_towers(self) -> list[Tower]:
         return [Tower("decoder", blocks_of(self.blocks_path, get_submodule(self.model, self.blocks_path)))]

@@ -118,6 +118,23 @@ class OpenCLIPAdapter(ModelAdapter):
         local = not pretrained.startswith(("hf-hub:", SHIPPED_PREFIX)) and ("/" in pretrained or "." in pretrained)
         return [pretrained] if local else []
 
+    @classmethod
+    def wraps(cls, model: nn.Module) -> bool:
+        return type(model).__module__.startswith("open_clip")
+
+    @classmethod
+    def wrapping(cls, model: nn.Module, preprocess: Any = None, tokenizer: Any = None, model_name: str | None = None,
+                 split_qkv: bool = False, name: str = "") -> OpenCLIPAdapter:
+        """`preprocess` and `tokenizer` (open_clip's, from create_model_and_transforms and
+        get_tokenizer) are needed only to collate raw (image, caption) pairs; `model_name` only to save."""
+        adapter = cls.__new__(cls)
+        adapter.name = name or model_name or type(model).__name__
+        adapter.model = model.eval()
+        adapter.preprocess, adapter.tokenizer = preprocess, tokenizer
+        adapter.construction = {"model_name": model_name}
+        adapter.split_qkv = split_qkv
+        return adapter
+
     def __init__(self, model_name: str, pretrained: str | None = None, init: str = "pretrained",
                  dtype: str = "float32", seed: int = 0, prune_towers: list[str] | None = None,
                  split_qkv: bool = False, name: str = ""):
@@ -157,6 +174,9 @@ class OpenCLIPAdapter(ModelAdapter):
         return towers
 
     def collate(self, samples: list[tuple[Image.Image, str]]) -> Batch:
+        if self.preprocess is None or self.tokenizer is None:
+            raise UserError("this wrapped open_clip model has no preprocess or tokenizer to collate raw (image, "
+                            "caption) pairs; pass preprocess= and tokenizer= (open_clip's), or collated batches")
         dtype = next(self.model.parameters()).dtype
         images = torch.stack([self.preprocess(image.convert("RGB")) for image, _ in samples])
         return {"image": images.to(self.device, dtype), "text": self.tokenizer([c for _, c in samples]).to(self.device)}

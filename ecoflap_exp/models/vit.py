@@ -11,6 +11,7 @@ import torch
 import transformers
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from torch import nn
 from torchvision import transforms
 
 from ecoflap_exp.errors import UserError
@@ -60,6 +61,19 @@ class HFViTAdapter(ImageClassifierAdapter):
         self.model = load_transformers_model(transformers.AutoModelForImageClassification, arch, checkpoint, init,
                                              dtype, seed)
 
+    @classmethod
+    def wraps(cls, model: nn.Module) -> bool:
+        return type(model).__name__ == "ViTForImageClassification"
+
+    @classmethod
+    def wrapping(cls, model: nn.Module, mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+                 std: tuple[float, ...] = (0.5, 0.5, 0.5), name: str = "") -> HFViTAdapter:
+        adapter = cls.__new__(cls)
+        ImageClassifierAdapter.__init__(adapter, model.config.image_size, None, list(mean), list(std))
+        adapter.name = name or type(model).__name__
+        adapter.model = model.eval()
+        return adapter
+
     def logits(self, batch: Batch) -> torch.Tensor:
         return self.model(pixel_values=batch["pixel_values"]).logits
 
@@ -95,6 +109,24 @@ class TimmViTAdapter(ImageClassifierAdapter):
             state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu")
             self.model.load_state_dict(state)
         self.model.to(torch_dtype(dtype)).eval()
+
+    @classmethod
+    def wraps(cls, model: nn.Module) -> bool:
+        return type(model).__module__.startswith("timm.") and type(model).__name__ == "VisionTransformer"
+
+    @classmethod
+    def wrapping(cls, model: nn.Module, name: str = "") -> TimmViTAdapter:
+        """Preprocessing from the model's patch embedding (input size) and pretrained_cfg (crop,
+        mean, std)."""
+        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+        size = int(model.patch_embed.img_size[-1])
+        adapter = cls.__new__(cls)
+        ImageClassifierAdapter.__init__(adapter, size, round(size / cfg.get("crop_pct", 1.0)),
+                                        list(cfg.get("mean", (0.5, 0.5, 0.5))), list(cfg.get("std", (0.5, 0.5, 0.5))))
+        adapter.name = name or cfg.get("architecture") or type(model).__name__
+        adapter.model = model.eval()
+        adapter.construction = {"model_name": cfg.get("architecture"), "model_kwargs": {}}
+        return adapter
 
     def logits(self, batch: Batch) -> torch.Tensor:
         return self.model(batch["pixel_values"])
