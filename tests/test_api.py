@@ -2,6 +2,8 @@
 the model's class, builds the shipped plugins, prunes in place and reports; its masks are the
 command line's on the same weights, and its Wanda mask is the reference rule's."""
 
+import json
+
 import numpy as np
 import pytest
 import timm
@@ -136,3 +138,46 @@ def test_bad_calls_end_in_one_message():
         prune(tiny_llama(), token_samples(), sparsity=1.2)
     with pytest.raises(UserError, match="the scorer reads 32 calibration samples but 16 were given"):
         prune(tiny_llama(), token_samples(), scorer="zeroth")
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_configs_and_its_ecoflap_command_runs_outside_the_repo(tmp_path):
+    """The wheel (built without the clone's files), installed into its own folder and run from an
+    unrelated directory: the `ecoflap` command and `python -m ecoflap_exp` run a tiny point, and a
+    user config folder joins the shipped ones through hydra.searchpath."""
+    import os
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(root)], check=True, capture_output=True)
+    [wheel] = (tmp_path / "dist").glob("*.whl")
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("ecoflap_exp/configs/")}
+    assert {p.relative_to(root).as_posix().replace("configs/", "ecoflap_exp/configs/", 1)
+            for p in (root / "configs").rglob("*.yaml")} <= shipped
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"),
+                    str(wheel)], check=True, capture_output=True)
+    mine = tmp_path / "my_configs" / "model"
+    mine.mkdir(parents=True)
+    (mine / "my_llama.yaml").write_text("defaults:\n  - llama_tiny\n  - _self_\n\nname: my_llama\n")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
+           "OMP_NUM_THREADS": "1"}
+    common = ["sparsity=0.5", f"paths.root={work}", "device=cpu"]
+    where = subprocess.run([sys.executable, "-c", "import ecoflap_exp; print(ecoflap_exp.__file__)"], cwd=work, env=env,
+                           capture_output=True, text=True, check=True)
+    assert where.stdout.startswith(str(tmp_path / "site"))  # the installed copy, not the clone
+    command = subprocess.run([str(tmp_path / "site" / "bin" / "ecoflap"), "model=llama_tiny", *common], cwd=work,
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert command.returncode == 0, command.stderr
+    module = subprocess.run([sys.executable, "-m", "ecoflap_exp", "--multirun", "model=my_llama", "sparsity=0.3,0.6",
+                             f"hydra.searchpath=[file://{tmp_path / 'my_configs'}]", *common[1:]], cwd=work, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert module.returncode == 0, module.stderr
+    assert "2 points: 2 ok" in module.stderr
+    models = sorted(json.loads(p.read_text())["model"] for p in (work / "results" / "runs").glob("*.json"))
+    assert models == ["llama_tiny", "my_llama", "my_llama"]

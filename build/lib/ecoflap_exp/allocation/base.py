@@ -1,0 +1,78 @@
+"""The allocation contract: scores (and, for global ranking, per-matrix sketches of |W| ||X||) ->
+a plan, group name -> sparsity, whose parameter-weighted mean is the target and in which no group
+passes `max_sparsity`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.seam import Plan
+
+
+@dataclass(frozen=True)
+class Groups:
+    """What an allocation knows of the model: the parameter count and tower of every block and
+    every matrix, and the block each matrix belongs to."""
+
+    sizes: dict[str, int]
+    towers: dict[str, str]
+    block_of: dict[str, str]
+
+    @classmethod
+    def of(cls, adapter: ModelAdapter) -> Groups:
+        """The groups of the towers the adapter prunes."""
+        sizes, towers, block_of = {}, {}, {}
+        for tower in adapter.towers():
+            for block in tower.blocks:
+                sizes[block.name], towers[block.name] = block.numel, tower.name
+                for m in block.matrices:
+                    sizes[m.name], towers[m.name], block_of[m.name] = m.numel, tower.name, block.name
+        return cls(sizes, towers, block_of)
+
+
+#: the per-weight scores the scoring step can sketch (scoring/sketches.py)
+BASE_SCORES = ("magnitude", "taylor", "wanda")
+
+
+@dataclass(frozen=True)
+class Sketch:
+    """Ascending order statistics of one matrix's per-weight scores and, for each, how many of its
+    weights it stands for (those ranked after the previous one, up to it): the counts sum to the
+    matrix's size. From the scoring step (scoring/sketches.py)."""
+
+    values: np.ndarray
+    counts: np.ndarray
+
+
+Sketches = dict[str, Sketch]
+
+
+class Allocation(ABC):
+    #: the allocation's part of a method's name ("" for the allocations a scorer implies)
+    name: str = ""
+    #: order statistics per matrix the scoring step must sketch for it (0: none), of this score
+    sketch_quantiles: int = 0
+    sketch_score: str = "wanda"
+    #: False for an allocation that plans without the scorer's scores (so scorer=uniform)
+    reads_scores: bool = True
+
+    @abstractmethod
+    def plan(self, scores: dict[str, float], groups: Groups, sparsity: float, max_sparsity: float,
+             sketches: Sketches | None = None) -> Plan:
+        """Group (block or matrix) name -> sparsity, averaging `sparsity` over all prunable weights,
+        none above `max_sparsity`."""
+
+
+def solve_level(total_at: Callable[[float], float], target: float, low: float, high: float,
+                iterations: int = 100) -> float:
+    """The level in [low, high] at which the non-decreasing `total_at(level)` reaches `target`
+    (bisection; the returned level gives at least the target)."""
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        low, high = (mid, high) if total_at(mid) < target else (low, mid)
+    return high

@@ -1,0 +1,51 @@
+"""The command line: `ecoflap model=llama_tiny scorer=uniform pruner=wanda sparsity=0.5` (also
+`python -m ecoflap_exp ...` and, in a clone, `python run.py ...`), Hydra over the configs shipped in
+the package (ecoflap_exp/configs); `hydra.searchpath=[file:///my/configs]` adds a folder of your own
+configs (same group layout) beside them.
+
+A bad value, a missing file or an unusable model ends in one message naming the fix (exit 2) and
+leaves no record. In a multirun, a failed point is recorded as failed in the results store and
+the sweep goes on; at its end the failed points are listed and the exit status is 1. Ctrl-C ends
+in one line (exit 130): finished points are kept and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from ecoflap_exp.errors import ConfigError, UserError
+from ecoflap_exp.runner import run
+from ecoflap_exp.sweep import write_outcome
+
+log = logging.getLogger("run")
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+def main(cfg: DictConfig) -> None:
+    """One run (or, with --multirun, one point of a sweep) of the composed config."""
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        record = run(cfg)
+    except UserError as err:  # a config error (no record), or one the run's record keeps
+        print(f"error: {err}", file=sys.stderr)
+        if not multirun:
+            sys.exit(2)
+        write_outcome("config_error" if isinstance(err, ConfigError) else "failed", str(err))
+    except KeyboardInterrupt:
+        print("interrupted; finished points are kept, rerun resumes", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:
+        if not multirun:
+            raise
+        log.exception("run failed; recorded as failed, the sweep goes on")
+        write_outcome("failed", f"{type(err).__name__}: {err}")
+    else:
+        if multirun:
+            write_outcome("ok" if record is not None else "skipped")
+

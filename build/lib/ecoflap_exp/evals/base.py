@@ -1,0 +1,117 @@
+"""An evaluation: one benchmark's reader + protocol + metric, run on the in-memory model.
+
+`OnCompanion` runs an evaluation on another model that first receives the pruned model's weights:
+ECoFLaP prunes the pretrained BLIP-2 once and scores NoCaps with the COCO-finetuned captioner and
+Flickr30k with the COCO-finetuned retrieval model, each carrying the pruned ViT (and FlanT5).
+"""
+
+from __future__ import annotations
+
+import gc
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from functools import cached_property
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.capabilities import describe
+from ecoflap_exp.models.loading import check_checkpoint
+
+
+class Evaluation(ABC):
+    #: the prefix of this evaluation's metrics in the record ("" for its suite entry's name)
+    name: str = ""
+    #: the capabilities (models.capabilities Protocols) this evaluation needs of a model, checked
+    #: before any pruning
+    needs: tuple[type, ...] = ()
+    #: what the run record keeps beside the metrics (the normaliser or lemmatiser used, files
+    #: written); an evaluation that reports something assigns its own dict
+    info: Mapping[str, str] = MappingProxyType({})
+
+    def check_data(self) -> None:
+        """Read the benchmark's annotations and check that its images exist, so missing or
+        malformed data stops the run before pruning (evaluations that read files implement it)."""
+        return None
+
+    def check_checkpoints(self) -> None:
+        """Check that every checkpoint this evaluation loads can be had (a companion model's), so a
+        missing one stops the run before any model loads."""
+        return None
+
+    @abstractmethod
+    def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
+        """Metric name -> value. Raise UserError for missing/malformed data, and for a NaN/inf
+        loss or score (never report it as a number)."""
+
+    def missing(self, model_class: type[ModelAdapter]) -> tuple[str, list[str]]:
+        """The model class this evaluation runs on (given the pruned model's), and the capabilities
+        it needs that the class lacks; checked on the class, so before any model loads."""
+        return model_class.__name__, [describe(need) for need in self.needs if not issubclass(model_class, need)]
+
+
+class ReadsSplit(Evaluation):
+    """An evaluation of a split it reads from files: `read()` reads it (the first `limit` samples)
+    and checks it (annotations well formed, images present); `evaluated` holds it, read once, and
+    the run reads it before any pruning."""
+
+    @abstractmethod
+    def read(self) -> Any:
+        """The evaluated samples, read and checked."""
+
+    @cached_property
+    def evaluated(self) -> Any:
+        return self.read()
+
+    def check_data(self) -> None:
+        self.evaluated  # noqa: B018 - reads and checks the split once
+
+
+class OnCompanion(Evaluation):
+    """`evaluation` run on `companion` (a model config built with `_partial_: true`, so it loads
+    only when this evaluation runs, after pruning) after copying into it the pruned model's
+    weights whose names start with one of `transfer`; by default (None) the companion's own
+    `transfer_prefixes`, the key set the official evaluation transfers."""
+
+    def __init__(self, evaluation: Evaluation, companion: Callable[[], ModelAdapter],
+                 transfer: list[str] | None = None):
+        self.evaluation = evaluation
+        self.companion = companion
+        self.transfer = list(transfer) if transfer is not None else None
+
+    @property
+    def info(self) -> Mapping[str, str]:
+        return self.evaluation.info
+
+    @property
+    def name(self) -> str:
+        return self.evaluation.name
+
+    def check_checkpoints(self) -> None:
+        for name in self.companion_class().checkpoints(getattr(self.companion, "keywords", {})):
+            check_checkpoint(name)
+
+    def check_data(self) -> None:
+        self.evaluation.check_data()
+
+    def companion_class(self) -> type[ModelAdapter]:
+        return getattr(self.companion, "func", self.companion)
+
+    def missing(self, model_class: type[ModelAdapter]) -> tuple[str, list[str]]:
+        cls = self.companion_class()
+        return cls.__name__, [describe(need) for need in self.evaluation.needs if not issubclass(cls, need)]
+
+    def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
+        companion = self.companion()
+        prefixes = self.transfer if self.transfer is not None else companion.transfer_prefixes
+        companion.load_weights(adapter.model.state_dict(), prefixes, f"the pruned {type(adapter).__name__}")
+        companion.to(adapter.device)
+        try:
+            return self.evaluation.evaluate(companion)
+        finally:
+            del companion
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

@@ -1,0 +1,205 @@
+"""CLIP through open_clip: a vision tower and a text tower, pruned in that order.
+
+open_clip's attention is nn.MultiheadAttention: q, k and v live in one `in_proj_weight` and the
+fused kernel reads `out_proj.weight` directly, so hooks on `out_proj` never fire. The prunable
+matrices are therefore `in_proj_weight` (input: the attention module's query input) and
+`out_proj.weight`, whose input (the per-head attention context) is recomputed from the attention
+module's own input; plus the MLP's c_fc and c_proj.
+
+`in_proj_weight` is ONE matrix by default (`split_qkv=false`), as ECoFLaP's CoOp pruner scores and
+prunes it: one zeroth-order perturbation over all 3d rows, SparseGPT's mask chosen over all of
+them, one group for the allocation. `split_qkv=true` makes its q, k and v row slices three
+matrices, as transformers' CLIP has them (per-row Wanda is the same either way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.models.adapter import LossTerm, ModelAdapter, contrastive_terms
+from ecoflap_exp.models.loading import SHIPPED_PREFIX, hub_load_error, torch_dtype
+from ecoflap_exp.models.seam import Batch, Block, PrunableMatrix, Tower
+
+
+def attention_context(mha: nn.MultiheadAttention, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The input of `mha.out_proj` for a self-attention call mha(x, x, x, attn_mask=...)."""
+    x = args[0] if mha.batch_first else args[0].transpose(0, 1)
+    batch, tokens, width = x.shape
+    heads = mha.num_heads
+    qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
+    q, k, v = (t.reshape(batch, tokens, heads, width // heads).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+    mask = kwargs.get("attn_mask", args[4] if len(args) > 4 else None)
+    if mask is not None and mask.dtype == torch.bool:  # MHA: True = masked out; SDPA: True = attend
+        mask = torch.zeros_like(mask, dtype=q.dtype).masked_fill(mask, float("-inf"))
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    context = context.transpose(1, 2).reshape(batch, tokens, width)
+    return context if mha.batch_first else context.transpose(0, 1)
+
+
+def resblock_matrices(name: str, block: nn.Module, split_qkv: bool) -> list[PrunableMatrix]:
+    attn: nn.MultiheadAttention = block.attn
+    width = attn.embed_dim
+    if split_qkv:
+        matrices = [PrunableMatrix(f"{name}.attn.in_proj.{part}", attn.in_proj_weight, attn,
+                                   slice(i * width, (i + 1) * width)) for i, part in enumerate("qkv")]
+    else:
+        matrices = [PrunableMatrix(f"{name}.attn.in_proj", attn.in_proj_weight, attn)]
+    matrices.append(PrunableMatrix(f"{name}.attn.out_proj", attn.out_proj.weight, attn,
+                                   input_of=lambda args, kwargs: attention_context(attn, args, kwargs)))
+    for linear in ("c_fc", "c_proj"):
+        module = getattr(block.mlp, linear)
+        matrices.append(PrunableMatrix(f"{name}.mlp.{linear}", module.weight, module))
+    return matrices
+
+
+def shipped_weights(name: str) -> dict[str, torch.Tensor]:
+    """Weights trained by this project's scripts and shipped in models/weights/ (stored in fp16)."""
+    path = resources.files("ecoflap_exp.models") / "weights" / f"{name}.safetensors"
+    if not path.is_file():
+        raise UserError(f"no shipped weights named {name!r} (models/weights/{name}.safetensors); "
+                        f"scripts/train_{name}.py trains them")
+    return {k: v.float() for k, v in load_file(str(path)).items()}
+
+
+def register_shipped_configs() -> None:
+    """Make the open_clip model configs shipped in ecoflap_exp/models/arch/open_clip/ known by name."""
+    import open_clip
+
+    folder = resources.files("ecoflap_exp.models") / "arch" / "open_clip"
+    open_clip.add_model_config(Path(str(folder)))
+
+
+class DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_random_init_notice(shipped: bool) -> Iterator[None]:
+    """open_clip warns that a model built without `pretrained` is randomly initialised; shipped
+    weights are loaded right after, so the warning would be false there."""
+    notice = DropRandomInitNotice()
+    if shipped:
+        logging.getLogger().addFilter(notice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(notice)
+
+
+class OpenCLIPAdapter(ModelAdapter):
+    """`model_name` is any open_clip model name (ViT-B-16, ...) or a config shipped in
+    models/arch/open_clip/; `pretrained` an open_clip tag (openai, laion2b_...), a local
+    checkpoint file, or `shipped:<name>` for weights in models/weights/; `init=random` builds the
+    architecture with no weights. Towers: vision, text (`prune_towers` picks some). `split_qkv`:
+    in_proj's q, k, v as three matrices instead of one (the official code's unit)."""
+
+    sample_kinds = ("image_captions",)
+
+    @classmethod
+    def checkpoints(cls, config: Mapping[str, Any]) -> list[str]:
+        """A local checkpoint file (open_clip tags and hf-hub: names are open_clip's to resolve)."""
+        pretrained = config.get("pretrained")
+        if config.get("init", "pretrained") != "pretrained" or not isinstance(pretrained, str):
+            return []
+        local = not pretrained.startswith(("hf-hub:", SHIPPED_PREFIX)) and ("/" in pretrained or "." in pretrained)
+        return [pretrained] if local else []
+
+    @classmethod
+    def wraps(cls, model: nn.Module) -> bool:
+        return type(model).__module__.startswith("open_clip")
+
+    @classmethod
+    def wrapping(cls, model: nn.Module, preprocess: Any = None, tokenizer: Any = None, model_name: str | None = None,
+                 split_qkv: bool = False, name: str = "") -> OpenCLIPAdapter:
+        """`preprocess` and `tokenizer` (open_clip's, from create_model_and_transforms and
+        get_tokenizer) are needed only to collate raw (image, caption) pairs; `model_name` only to save."""
+        adapter = cls.__new__(cls)
+        adapter.name = name or model_name or type(model).__name__
+        adapter.model = model.eval()
+        adapter.preprocess, adapter.tokenizer = preprocess, tokenizer
+        adapter.construction = {"model_name": model_name}
+        adapter.split_qkv = split_qkv
+        return adapter
+
+    def __init__(self, model_name: str, pretrained: str | None = None, init: str = "pretrained",
+                 dtype: str = "float32", seed: int = 0, prune_towers: list[str] | None = None,
+                 split_qkv: bool = False, name: str = ""):
+        import open_clip
+
+        self.name = name
+        register_shipped_configs()
+        if init not in ("pretrained", "random"):
+            raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")
+        if init == "pretrained" and not pretrained:
+            raise UserError("model.init=pretrained needs model.pretrained (an open_clip tag or a checkpoint path)")
+        torch.manual_seed(seed)
+        shipped = init == "pretrained" and str(pretrained).startswith(SHIPPED_PREFIX)
+        try:
+            with quiet_random_init_notice(shipped):
+                self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=pretrained if init == "pretrained" and not shipped else None)
+        except RuntimeError as err:
+            raise hub_load_error(f"{model_name}:{pretrained}", err) from err
+        if shipped:
+            self.model.load_state_dict(shipped_weights(str(pretrained).removeprefix(SHIPPED_PREFIX)))
+        self.model.to(torch_dtype(dtype)).eval()
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.construction = {"model_name": model_name}
+        self.prune_towers = prune_towers
+        self.split_qkv = split_qkv
+
+    def all_towers(self) -> list[Tower]:
+        """Vision, then text; the text's padding to the context length enters the statistics, as in
+        ECoFLaP's CoOp pruner, which hooks every position of CLIP's 77-token sequences."""
+        towers = []
+        for tower_name, path in (("vision", "visual.transformer.resblocks"), ("text", "transformer.resblocks")):
+            blocks = self.model.get_submodule(path)
+            towers.append(Tower(tower_name, [Block(f"{path}.{i}", b, resblock_matrices(f"{path}.{i}", b,
+                                                                                        self.split_qkv))
+                                             for i, b in enumerate(blocks)]))
+        return towers
+
+    def collate(self, samples: list[tuple[Image.Image, str]]) -> Batch:
+        if self.preprocess is None or self.tokenizer is None:
+            raise UserError("this wrapped open_clip model has no preprocess or tokenizer to collate raw (image, "
+                            "caption) pairs; pass preprocess= and tokenizer= (open_clip's), or collated batches")
+        dtype = next(self.model.parameters()).dtype
+        images = torch.stack([self.preprocess(image.convert("RGB")) for image, _ in samples])
+        return {"image": images.to(self.device, dtype), "text": self.tokenizer([c for _, c in samples]).to(self.device)}
+
+    def forward(self, batch: Batch) -> Any:
+        return self.model(batch["image"], batch["text"])
+
+    def loss_terms(self, batch: Batch) -> list[LossTerm]:
+        """Symmetric CLIP contrastive loss with in-batch negatives (ECoFLaP's CLIP calibration loss)."""
+        image, text, scale = self.forward(batch)[:3]
+        return contrastive_terms(scale * image.float() @ text.float().t())
+
+    @torch.no_grad()
+    def image_features(self, images: list[Image.Image]) -> torch.Tensor:
+        dtype = next(self.model.parameters()).dtype
+        pixels = torch.stack([self.preprocess(image.convert("RGB")) for image in images]).to(self.device, dtype)
+        return F.normalize(self.model.encode_image(pixels).float(), dim=-1)
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        return F.normalize(self.model.encode_text(self.tokenizer(texts).to(self.device)).float(), dim=-1)
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, path / "open_clip_model.safetensors")
+        (path / "open_clip_model.json").write_text(json.dumps(self.construction))

@@ -1,0 +1,137 @@
+"""Vision transformers for image classification: transformers' ViTForImageClassification and timm's
+VisionTransformer. One tower ("vision"); calibration loss = cross-entropy of the class logits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torchvision import transforms
+
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.models.adapter import LossTerm, ModelAdapter
+from ecoflap_exp.models.loading import hub_load_error, load_transformers_model, resolve_checkpoint, torch_dtype
+from ecoflap_exp.models.seam import Batch, Tower, blocks_of, find_block_list
+
+
+class ImageClassifierAdapter(ModelAdapter):
+    """Shared by both backends: preprocessing, batches of (image, label), loss, logits."""
+
+    sample_kinds = ("labelled_images",)
+
+    def __init__(self, image_size: int, resize_size: int | None, mean: list[float], std: list[float]):
+        self.preprocess = transforms.Compose([
+            transforms.Resize(resize_size or image_size, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(list(mean), list(std)),
+        ])
+
+    def all_towers(self) -> list[Tower]:
+        """One tower; Wanda compares whole matrices, as ECoFLaP's ViT pruner (vit_wanda_pruner) does."""
+        path, layers = find_block_list(self.model)
+        return [Tower("vision", blocks_of(path, layers), wanda_group="matrix")]
+
+    def collate(self, samples: list[tuple[Image.Image, int]]) -> Batch:
+        dtype = next(self.model.parameters()).dtype
+        pixels = torch.stack([self.preprocess(image.convert("RGB")) for image, _ in samples])
+        labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+        return {"pixel_values": pixels.to(self.device, dtype), "labels": labels.to(self.device)}
+
+    def loss_terms(self, batch: Batch) -> list[LossTerm]:
+        return [LossTerm(self.logits(batch), batch["labels"])]
+
+    def forward(self, batch: Batch) -> Any:
+        return self.logits(batch)
+
+
+class HFViTAdapter(ImageClassifierAdapter):
+    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
+                 dtype: str = "float32", image_size: int = 224, resize_size: int | None = None,
+                 mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5), seed: int = 0,
+                 name: str = ""):
+        super().__init__(image_size, resize_size, list(mean), list(std))
+        self.name = name
+        self.model = load_transformers_model(transformers.AutoModelForImageClassification, arch, checkpoint, init,
+                                             dtype, seed)
+
+    @classmethod
+    def wraps(cls, model: nn.Module) -> bool:
+        return type(model).__name__ == "ViTForImageClassification"
+
+    @classmethod
+    def wrapping(cls, model: nn.Module, mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+                 std: tuple[float, ...] = (0.5, 0.5, 0.5), name: str = "") -> HFViTAdapter:
+        adapter = cls.__new__(cls)
+        ImageClassifierAdapter.__init__(adapter, model.config.image_size, None, list(mean), list(std))
+        adapter.name = name or type(model).__name__
+        adapter.model = model.eval()
+        return adapter
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        return self.model(pixel_values=batch["pixel_values"]).logits
+
+    def save(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+
+
+class TimmViTAdapter(ImageClassifierAdapter):
+    """timm.create_model(model_name, **model_kwargs); `checkpoint` is a local state dict
+    (.safetensors or .pth), or `timm` for timm's own pretrained weights from the hub."""
+
+    def __init__(self, model_name: str, checkpoint: str | None = None, init: str = "pretrained",
+                 dtype: str = "float32", model_kwargs: dict[str, Any] | None = None, image_size: int = 224,
+                 resize_size: int | None = None, mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+                 std: tuple[float, ...] = (0.5, 0.5, 0.5), seed: int = 0, name: str = ""):
+        import timm
+
+        super().__init__(image_size, resize_size, list(mean), list(std))
+        self.name = name
+        self.construction = {"model_name": model_name, "model_kwargs": dict(model_kwargs or {})}
+        if init not in ("pretrained", "random"):
+            raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")
+        torch.manual_seed(seed)
+        from_hub = init == "pretrained" and checkpoint == "timm"
+        try:
+            self.model = timm.create_model(model_name, pretrained=from_hub, **self.construction["model_kwargs"])
+        except (OSError, RuntimeError) as err:
+            raise hub_load_error(model_name, err) from err
+        if init == "pretrained" and not from_hub:
+            if checkpoint is None:
+                raise UserError("model.init=pretrained needs model.checkpoint (a state-dict file, or 'timm')")
+            path = Path(resolve_checkpoint(checkpoint))
+            state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu")
+            self.model.load_state_dict(state)
+        self.model.to(torch_dtype(dtype)).eval()
+
+    @classmethod
+    def wraps(cls, model: nn.Module) -> bool:
+        return type(model).__module__.startswith("timm.") and type(model).__name__ == "VisionTransformer"
+
+    @classmethod
+    def wrapping(cls, model: nn.Module, name: str = "") -> TimmViTAdapter:
+        """Preprocessing from the model's patch embedding (input size) and pretrained_cfg (crop,
+        mean, std)."""
+        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+        size = int(model.patch_embed.img_size[-1])
+        adapter = cls.__new__(cls)
+        ImageClassifierAdapter.__init__(adapter, size, round(size / cfg.get("crop_pct", 1.0)),
+                                        list(cfg.get("mean", (0.5, 0.5, 0.5))), list(cfg.get("std", (0.5, 0.5, 0.5))))
+        adapter.name = name or cfg.get("architecture") or type(model).__name__
+        adapter.model = model.eval()
+        adapter.construction = {"model_name": cfg.get("architecture"), "model_kwargs": {}}
+        return adapter
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        return self.model(batch["pixel_values"])
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, path / "model.safetensors")
+        (path / "timm_model.json").write_text(json.dumps(self.construction, indent=1))

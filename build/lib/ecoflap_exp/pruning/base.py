@@ -1,0 +1,59 @@
+"""The local-pruner contract the sequential engine drives."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.input_stats import InputStats
+from ecoflap_exp.models.seam import Group, Tower
+from ecoflap_exp.pruning.masks import COUNTS, GROUPS, NM
+
+
+class LocalPruner(ABC):
+    """Prunes one matrix at a time to its planned sparsity, from its weights and input statistics.
+
+    `count`: `exact` (default) prunes round(rows x cols x sparsity) weights of every matrix
+    (N:M: its pattern); `reference` counts as the reference codes do (Wanda per row: int(cols x p)
+    per row; a threshold over a whole matrix or SparseGPT block: every weight <= the value at
+    index int(n x p), so at least one more), to reproduce their masks bit for bit.
+    """
+
+    #: the name the record uses for this pruner's settings (e.g. `wanda_group`)
+    name: str = ""
+    #: False for pruners that need no calibration inputs (the engine then skips the stats pass).
+    needs_inputs: bool = True
+
+    def __init__(self, count: str = "exact"):
+        if count not in COUNTS:
+            raise UserError(f"pruner.count={count!r} is unknown; use one of {', '.join(COUNTS)}")
+        self.count = count
+
+    def new_stats(self, cols: int, device: torch.device) -> InputStats:
+        """Empty statistics of a matrix with `cols` input columns (pruners that need inputs)."""
+        raise NotImplementedError(f"{type(self).__name__} needs no input statistics")
+
+    def group_for(self, tower: Tower) -> Group | None:
+        """The comparison group this pruner uses in `tower` (None: it has no groups)."""
+        return None
+
+    def prepare(self, weight: torch.Tensor, stats: InputStats | None) -> None:
+        """Changes to the weights that come before any mask is chosen (SparseGPT zeroes the
+        weights of input columns that are always zero); the engine counts zeros after it. Most
+        pruners change nothing here."""
+        return None
+
+    @abstractmethod
+    def prune(self, weight: torch.Tensor, stats: InputStats | None, sparsity: float, nm: NM | None,
+              group: Group | None) -> torch.Tensor:
+        """Zero the weights the plan's `sparsity` (or the N:M pattern) asks for, in place, and
+        return the mask (True = pruned). Pruners that compensate (SparseGPT) also update the kept
+        weights."""
+
+
+def check_group(group: str | None) -> None:
+    if group is not None and group not in GROUPS:
+        raise UserError(f"pruner.group={group!r} is unknown; use one of {', '.join(GROUPS)}, or null for each "
+                        f"tower's default (the official code's choice)")

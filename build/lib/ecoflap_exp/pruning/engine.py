@@ -1,0 +1,92 @@
+"""The sequential block-by-block pruning engine.
+
+Per tower, along the shared walker (ecoflap_exp.walk): block by block, collect the local pruner's
+input statistics from real tokens only, prune every matrix to its planned sparsity, and let the
+walker re-run the pruned block to produce the inputs of the next block. Beyond the model, memory
+holds one block's inputs and one block's statistics. With `offload`, the model stays where it is
+(CPU) and each block visits `device` in turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.seam import Batch, Block, BlockInput, Group, Plan, PrunableMatrix, Tower
+from ecoflap_exp.pruning.base import LocalPruner
+from ecoflap_exp.pruning.masks import NM, check_nm_fits
+from ecoflap_exp.walk import collect_stats, walk_tower
+
+
+@dataclass
+class MatrixReport:
+    name: str
+    block: str
+    tower: str
+    rows: int
+    cols: int
+    planned_sparsity: float
+    pruned: int
+    zeros_before: int
+    group: Group | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def planned_sparsity(plan: Plan, block: Block, matrix: PrunableMatrix) -> float:
+    """A plan maps block names to sparsities; a matrix name in the plan overrides its block."""
+    return plan[matrix.name] if matrix.name in plan else plan[block.name]
+
+
+class SequentialEngine:
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        pruner: LocalPruner,
+        plan: Plan,
+        nm: NM | None = None,
+        device: torch.device | str | None = None,
+        offload: bool = False,
+    ):
+        self.adapter = adapter
+        self.pruner = pruner
+        self.plan = plan
+        self.nm = nm
+        self.device = torch.device(device) if device is not None else adapter.device
+        self.offload = offload
+
+    @torch.no_grad()
+    def run(self, batches: list[Batch]) -> list[MatrixReport]:
+        self.adapter.model.eval()
+        towers = self.adapter.towers()
+        for tower in towers:
+            for block in tower.blocks:
+                for m in block.matrices:
+                    check_nm_fits(m.name, m.shape[1], self.nm)
+        reports: list[MatrixReport] = []
+        for tower in towers:
+            for block, inputs in walk_tower(self.adapter, tower, batches, self.device, self.offload,
+                                            f"pruning {tower.name}"):
+                reports += self.prune_block(tower, block, inputs)
+        return reports
+
+    def prune_block(self, tower: Tower, block: Block, inputs: list[BlockInput]) -> list[MatrixReport]:
+        stats = (collect_stats(tower, block, inputs, self.pruner.new_stats, self.device) if self.pruner.needs_inputs
+                 else dict.fromkeys(block.matrices))
+        group = self.pruner.group_for(tower)
+        reports = []
+        for m in block.matrices:
+            sparsity = planned_sparsity(self.plan, block, m)
+            rows, cols = m.shape
+            weight = m.weight
+            self.pruner.prepare(weight, stats[m])
+            zeros_before = int((weight == 0).sum())
+            mask = self.pruner.prune(weight, stats[m], sparsity, self.nm, group)
+            reports.append(MatrixReport(m.name, block.name, tower.name, rows, cols, sparsity, int(mask.sum()),
+                                        zeros_before, group))
+            stats[m] = None  # drop this matrix's reference (shared statistics live until their last user)
+        return reports

@@ -1,0 +1,38 @@
+"""Wanda (Sun et al. 2024): metric |W_ij| * ||X_j||_2, compared per output row or per whole matrix.
+
+`group=null` (the default) takes each tower's own choice, the official code's: BLIP-2's EVA ViT
+and the ViT classifiers per whole matrix, T5, CLIP and LLaMA per output row; `row` or `matrix`
+overrides every tower.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ecoflap_exp.input_stats import ColumnNorms, InputStats, wanda_metric
+from ecoflap_exp.models.seam import Group, Tower
+from ecoflap_exp.pruning.base import LocalPruner, check_group
+from ecoflap_exp.pruning.masks import NM, select_mask
+
+
+class WandaPruner(LocalPruner):
+    name = "wanda"
+
+    def __init__(self, group: Group | None = None, count: str = "exact"):
+        super().__init__(count)
+        check_group(group)
+        self.group = group
+
+    def new_stats(self, cols: int, device: torch.device) -> ColumnNorms:
+        return ColumnNorms(cols, device)
+
+    def group_for(self, tower: Tower) -> Group:
+        return self.group or tower.wanda_group
+
+    def prune(self, weight: torch.Tensor, stats: InputStats | None, sparsity: float, nm: NM | None,
+              group: Group | None) -> torch.Tensor:
+        assert stats is not None
+        metric = wanda_metric(weight, stats)
+        mask = select_mask(metric, sparsity, group or "row", nm, self.count)
+        weight[mask] = 0
+        return mask

@@ -1,0 +1,1 @@
+"""Run records -> paper-style tables (markdown, CSV, LaTeX) and plots."""

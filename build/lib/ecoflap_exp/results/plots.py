@@ -1,0 +1,138 @@
+"""Plots of an experiment: metric vs sparsity per method (with the papers' curves), the sparsity
+of each group of each plan coloured by tower, and the measured intrinsic dimensions over relative
+depth with the towers shaded (the ID paper's figure)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ecoflap_exp.results.paper import PAPER
+from ecoflap_exp.results.records import experiment_rows, method_name, point_name
+from ecoflap_exp.tracking.wandb_logger import towers_of
+
+
+def paper_points(experiment: str, metric: str) -> dict[str, dict[float, float]]:
+    """method -> sparsity -> the paper's value of `metric` (for the curves of a plot)."""
+    curves: dict[str, dict[float, float]] = defaultdict(dict)
+    for method, cells in PAPER.get(experiment, {}).items():
+        for key, value in cells.items():
+            point, _, name = key.partition("/")
+            if name == metric and point.startswith("p"):
+                curves[method][float(point[1:])] = value
+    return curves
+
+
+def plot_experiment(records: list[dict[str, Any]], df: pd.DataFrame, experiment: str, plot_dir: Path) -> None:
+    """metric vs sparsity per method (sweeps over two or more sparsities); sparsity per group of
+    each plan coloured by tower; the IDs per matrix (or block) over relative depth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    rows = experiment_rows(df, experiment)
+    ok = rows[(rows["status"] == "ok") & rows["point"].str.startswith("p")]
+    metrics = [m for m in ok["metric"].dropna().unique() if m != "achieved_sparsity"]
+    if metrics and ok.loc[ok["point"] != "p0", "point"].nunique() > 1:
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+        for ax, metric in zip(axes[0], metrics, strict=True):
+            colours = {}
+            for method, group in ok[ok["metric"] == metric].groupby("method"):
+                if method == "dense":  # one point: a reference line for every curve
+                    ax.axhline(group["value"].iloc[0], color="k", linestyle="--", linewidth=1, label="dense")
+                    continue
+                xs = group["point"].str[1:].astype(float)
+                order = xs.argsort()
+                (line,) = ax.plot(xs.iloc[order], group["value"].iloc[order], marker="o", label=method)
+                colours[method] = line.get_color()
+            for method, curve_points in paper_points(experiment, metric).items():
+                if method in colours:  # the paper's curve of a method we ran, in its colour
+                    xs = sorted(curve_points)
+                    ax.plot(xs, [curve_points[x] for x in xs], linestyle=":", marker="x", color=colours[method],
+                            label=f"{method} (paper)")
+            ax.set_xlabel("sparsity")
+            ax.set_ylabel(metric)
+            ax.legend(fontsize=7)
+        fig.suptitle(experiment)
+        fig.tight_layout()
+        fig.savefig(plot_dir / f"{experiment}.png", dpi=100)
+        plt.close(fig)
+    mine = [r for r in records
+            if r.get("status") == "ok" and r["config"].get("experiment_name", "default") == experiment]
+    plans, seen_plans = [], []
+    for r in mine:  # one panel per distinct plan (the local pruner does not change it)
+        plan = r.get("plan") or {}
+        if len(set(plan.values())) > 1 and plan not in seen_plans:
+            seen_plans.append(plan)
+            plans.append((r, plan, "sparsity"))
+    if plans:
+        fig, axes = plt.subplots(len(plans), 1, figsize=(10, 2.5 * len(plans)), squeeze=False)
+        for ax, (r, group_values, label) in zip(axes[:, 0], plans, strict=True):
+            tower_of = towers_of(r)
+            towers = sorted(set(tower_of.values()))
+            groups = list(group_values)
+            colors = [f"C{towers.index(tower_of[g]) if g in tower_of else 9}" for g in groups]
+            ax.bar(range(len(groups)), [group_values[g] for g in groups], color=colors)
+            ax.set_ylabel(label)
+            ax.set_title(f"{r['model']} {method_name(r)} {point_name(r)} per group, colour = tower "
+                         f"({', '.join(towers)})", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(plot_dir / f"{experiment}_plans.png", dpi=100)
+        plt.close(fig)
+    curves = id_curves(mine)
+    if curves:
+        plot_id_curves(plt, curves, plot_dir / f"{experiment}_id.png")
+
+
+def measured_ids(record: dict[str, Any]) -> dict[str, float]:
+    return record.get("scorer_info", {}).get("intrinsic_dim") or {}
+
+
+def id_curves(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per model and set of measured groups, leaving out those whose IDs another of the
+    same model covers (a run that pruned every tower covers the ones that pruned one)."""
+    keep: list[dict[str, Any]] = []
+    for r in sorted((r for r in records if measured_ids(r)), key=lambda r: -len(measured_ids(r))):
+        if not any(k["model"] == r["model"] and set(measured_ids(r)) <= set(measured_ids(k)) for k in keep):
+            keep.append(r)
+    return keep
+
+
+def plot_id_curves(plt: Any, records: list[dict[str, Any]], path: Path) -> None:
+    """The ID paper's figure: the ID of each measured group (matrix or block) over relative depth,
+    the towers' regions shaded and named, one panel per curve."""
+    fig, axes = plt.subplots(len(records), 1, figsize=(10, 3 * len(records)), squeeze=False)
+    for ax, r in zip(axes[:, 0], records, strict=True):
+        ids = measured_ids(r)
+        tower_of = towers_of(r)
+        names = list(ids)
+        depth = [i / max(len(names) - 1, 1) for i in range(len(names))]
+        ax.plot(depth, [ids[n] for n in names], marker=".", linewidth=1, color="k")
+        spans: list[tuple[str, int, int]] = []
+        for i, name in enumerate(names):
+            tower = tower_of.get(name, "?")
+            if spans and spans[-1][0] == tower:
+                spans[-1] = (tower, spans[-1][1], i)
+            else:
+                spans.append((tower, i, i))
+        step = 1 / max(len(names) - 1, 1)
+        for k, (tower, first, last) in enumerate(spans):
+            ax.axvspan(depth[first] - step / 2, depth[last] + step / 2, color=f"C{k}", alpha=0.15, linewidth=0)
+            mean = sum(ids[n] for n in names[first : last + 1]) / (last - first + 1)
+            ax.text((depth[first] + depth[last]) / 2, 0.98, f"{tower} (mean {mean:.1f})", ha="center", va="top",
+                    fontsize=8, transform=ax.get_xaxis_transform())
+        ax.set_xlim(-step / 2, 1 + step / 2)
+        ax.set_ylim(0, 1.15 * max(ids.values()))  # room for the tower names
+        ax.set_xlabel("relative depth")
+        ax.set_ylabel("intrinsic dimension")
+        scorer = r["config"].get("scorer", {})
+        ax.set_title(f"{r['model']}: ID per {scorer.get('granularity', 'group')} ({scorer.get('estimator', '?')}, "
+                     f"{scorer.get('num_samples') or 'the calibration'} samples)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

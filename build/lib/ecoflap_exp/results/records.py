@@ -1,0 +1,107 @@
+"""Reading run records: the local store (the source of truth) and, optionally, W&B projects; how a
+record is named in tables (its method, its sparsity point)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+POINT = re.compile(r"^(p\d[\d.e-]*|nm\d+:\d+)/")
+
+
+def config_value(cfg: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        cfg = cfg.get(key) if isinstance(cfg, dict) else None
+    return cfg
+
+
+def method_name(record: dict[str, Any], row_keys: tuple[str, ...] = ()) -> str:
+    """The record's method (as the runner named it: wanda, ecoflap-zeroth+wanda, dense, ...); with
+    row_keys, plus those settings, e.g. `ecoflap-zeroth+wanda (eps=0.001, num_samples=32)`."""
+    name = record["method"]
+    if row_keys:
+        settings = ", ".join(f"{key.rsplit('.', 1)[-1]}={format_setting(config_value(record['config'], key))}"
+                             for key in row_keys)
+        name += f" ({settings})"
+    return name
+
+
+def format_setting(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ",".join(map(str, value)) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+#: a run that pruned nothing but whose weights hold at least this fraction of zeros (a reloaded
+#: pruned checkpoint) is named by what its weights hold, not as dense
+LOADED_SPARSE = 0.01
+
+
+def point_name(record: dict[str, Any]) -> str:
+    """`nm2:4`, `p0.5`; a point that pruned nothing but loaded sparse weights: their sparsity (`p0.5`)."""
+    cfg = record["config"]
+    if cfg.get("nm"):
+        return f"nm{cfg['nm']}"
+    held = (record.get("achieved") or {}).get("overall", 0.0)
+    if cfg["sparsity"] == 0 and held >= LOADED_SPARSE:
+        return f"p{round(held, 2):g}"
+    return f"p{cfg['sparsity']:g}"
+
+
+def check_record(record: dict[str, Any]) -> None:
+    """KeyError/TypeError for a record without what every table needs (a run that failed before its
+    plugins were built has no method: it has no cell to show)."""
+    record["model"], record["method"], record["config"]["sparsity"]  # noqa: B018
+    if record["status"] == "ok":
+        record["achieved"]["overall"]  # noqa: B018
+
+
+def load_records(results_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every readable record of the local store, and a message for each one that is not."""
+    records, problems = [], []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            check_record(record)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            problems.append(f"{path}: unreadable record ({type(err).__name__}: {err}); skipped")
+            continue
+        records.append(record)
+    return records, problems
+
+
+def collect_records(results_dir: Path, wandb_projects: Iterable[str] = (),
+                    api: Any = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The local store's records plus those of each W&B project (`entity/project`) that the store
+    lacks (same run id = same run; the store is the source of truth)."""
+    records, problems = load_records(results_dir)
+    seen = {r.get("id") for r in records}
+    for project in wandb_projects:
+        from ecoflap_exp.tracking.wandb_logger import records_from_project
+
+        remote, remote_problems = records_from_project(project, api)
+        problems += remote_problems
+        for record in remote:
+            try:
+                check_record(record)
+            except (KeyError, TypeError) as err:
+                problems.append(f"{record.get('source')}: incomplete record ({type(err).__name__}: {err}); skipped")
+                continue
+            if record["id"] not in seen:
+                seen.add(record["id"])
+                records.append(record)
+    return records, problems
+
+
+def experiment_rows(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    """The experiment's rows; where it ran more than one model, each method is labelled with its
+    model (`llama_tiny: wanda`), so the models' runs never share a cell."""
+    sub = df[df["experiment"] == experiment]
+    if sub["model"].nunique() > 1:
+        sub = sub.assign(method=sub["model"] + ": " + sub["method"])
+    return sub

@@ -1,0 +1,404 @@
+"""One run, start to end: validate, load, calibrate, score, allocate, prune, verify, evaluate,
+record (docs/ARCHITECTURE.md has the layout)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import math
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.table import Table
+
+import ecoflap_exp
+from ecoflap_exp.allocation.base import Allocation
+from ecoflap_exp.api import build, method_name, plan_for
+from ecoflap_exp.config_keys import check_keys
+from ecoflap_exp.data.base import CalibrationSource
+from ecoflap_exp.errors import ConfigError, UserError
+from ecoflap_exp.evals.base import Evaluation
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.loading import check_checkpoint
+from ecoflap_exp.pruning.base import LocalPruner
+from ecoflap_exp.pruning.engine import MatrixReport, SequentialEngine
+from ecoflap_exp.pruning.masks import NM, parse_nm
+from ecoflap_exp.pruning.verify import verify
+from ecoflap_exp.results.records import LOADED_SPARSE
+from ecoflap_exp.scoring.base import BlockScorer, first_samples
+from ecoflap_exp.tracking.store import ResultsStore, run_id
+
+log = logging.getLogger(__name__)
+console = Console()
+
+
+@dataclass
+class Target:
+    """The validated pruning target of a run."""
+
+    sparsity: float
+    max_sparsity: float
+    nm: NM | None
+
+
+def validate(cfg: DictConfig) -> Target:
+    """Every check of the config's own values, so bad values fail before anything is built."""
+    check_keys(cfg)
+    nm = parse_nm(cfg.nm)
+    sparsity = cfg.sparsity
+    if isinstance(sparsity, bool) or not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
+        raise UserError(f"sparsity={cfg.sparsity} is outside [0, 1); pass a fraction such as sparsity=0.5")
+    if nm is not None and not math.isclose(sparsity, nm.sparsity):
+        raise UserError(f"nm={nm} fixes the sparsity at {nm.sparsity:g}, but sparsity={sparsity:g}; leave sparsity "
+                        f"out with nm (it follows the pattern)")
+    max_sparsity = cfg.max_sparsity
+    if max_sparsity is None:
+        max_sparsity = min(sparsity + cfg.max_sparsity_delta, 1.0)
+    if not sparsity <= max_sparsity <= 1:
+        raise UserError(f"max_sparsity={max_sparsity} must lie in [sparsity={sparsity}, 1]")
+    if not cfg.model.get("name"):
+        raise UserError("the model config has no `name` (the short name records and tables use, e.g. name: my_llama); "
+                        "add one to it")
+    if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
+        raise UserError(f"device={cfg.device!r} is unknown; use auto, cpu or cuda[:N]")
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={cfg.device} but no CUDA device is available; use device=cpu")
+    return Target(float(sparsity), float(max_sparsity), nm)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class StageTimer:
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_gpu_gb: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        yield
+        self.seconds[stage] = round(time.perf_counter() - start, 3)
+        if torch.cuda.is_available():
+            self.peak_gpu_gb[stage] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+
+
+def peak_rss_gb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+
+
+def versions() -> dict[str, str]:
+    import hydra
+    import transformers
+
+    return {
+        "ecoflap_exp": ecoflap_exp.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "hydra": hydra.__version__,
+    }
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def check_finite(metrics: dict[str, float]) -> None:
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:
+        raise UserError(f"evaluation gave non-finite metrics {bad}; the pruned model is broken")
+
+
+def run(cfg: DictConfig) -> dict[str, Any] | None:
+    """Run one configured experiment point and return its record (already in the store), or None
+    when another live process holds the point. Every check that needs no weights comes first; a
+    UserError before the run's work (a bad value, a missing file or checkpoint, a model that does
+    not fit its calib or suite) is a config error and leaves no record."""
+    with config_errors():
+        target = validate(cfg)
+        try:
+            config = OmegaConf.to_container(cfg, resolve=True)
+        except OmegaConfBaseException as err:
+            where, why = getattr(err, "full_key", "?"), str(err).splitlines()[0]
+            raise UserError(f"the config does not resolve at {where}: {why} (do the chosen model, calib and suite "
+                            f"fit together?)") from None
+        store = ResultsStore(cfg.paths.results_dir)
+        store.check_writable()
+        rid = run_id(config)
+        if not cfg.force and (done := store.finished(rid)):
+            console.print(f"[green]run {rid} already finished[/] ({store.path(rid)}); skipped (force=true reruns it)")
+            return done
+        plugins = Plugins.build(cfg)
+        preflight(cfg, target, plugins)
+    with store.claim(rid) as holder:
+        if holder is not None:
+            console.print(f"[yellow]run {rid} is being run by process {holder.get('pid')} on {holder.get('host')} "
+                          f"(since {holder.get('since')})[/]; skipped here, its record will be in {store.path(rid)} "
+                          f"(if that process is gone from another host, delete {store.root / (rid + '.claim')})")
+            return None
+        if not cfg.force and (done := store.finished(rid)):  # finished while this process was starting
+            console.print(f"[green]run {rid} already finished[/] ({store.path(rid)}); skipped")
+            return done
+        timer = StageTimer()
+        with config_errors():
+            adapter = load(cfg, plugins, timer)
+        record: dict[str, Any] = {"id": rid, "status": "running", "model": cfg.model.name, "config": config,
+                                  "method": plugins.method(target), "scorer": plugins.scorer.name,
+                                  "started": dt.datetime.now().isoformat(timespec="seconds"),
+                                  "versions": versions(), "git_commit": git_commit()}
+        try:
+            record.update(execute(cfg, target, rid, plugins, adapter, timer))
+            if target.sparsity == 0 and record["achieved"]["overall"] >= LOADED_SPARSE:
+                record["method"] = "as-loaded"  # a pruned checkpoint evaluated as it is: not dense
+            record["status"] = "ok"
+        except KeyboardInterrupt:
+            record.update(status="interrupted", error="KeyboardInterrupt")
+            raise
+        except BaseException as err:
+            record.update(status="failed", error=f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            record["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+            record["peak_rss_gb"] = peak_rss_gb()
+            unwritten = write_record(store, record)
+    if cfg.get("logger"):
+        log_externally(cfg.logger, record)
+    print_summary(record)
+    if unwritten is not None:
+        print(json.dumps({"id": rid, "metrics": record["metrics"], "achieved": record["achieved"]["overall"]}),
+              file=sys.stderr)
+        raise UserError(f"the run finished but its record could not be written to {store.path(rid)} ({unwritten}); "
+                        f"its metrics are printed above; free the disk (or fix the folder) and rerun to record it")
+    return record
+
+
+@contextlib.contextmanager
+def config_errors() -> Iterator[None]:
+    """A UserError raised inside is a ConfigError: it came before the run's work."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except UserError as err:
+        raise ConfigError(str(err)) from None
+
+
+def write_record(store: ResultsStore, record: dict[str, Any]) -> str | None:
+    """Write the record; on failure say where it could not go and return why (None: written). A
+    failure to write never hides the run's own error."""
+    try:
+        store.write(record)
+    except OSError as err:
+        reason = f"{type(err).__name__}: {err.strerror or err}"
+        log.error("could not write the record of run %s to %s (%s)", record["id"], store.path(record["id"]), reason)
+        return reason
+    return None
+
+
+def preflight(cfg: DictConfig, target: Target, plugins: Plugins) -> None:
+    """Every check the built plugins allow before any model loads: the method fits the target, the
+    model class has what the calib and evals need, every checkpoint and dataset can be had."""
+    scorer, calib = plugins.scorer, plugins.calib
+    if target.nm is not None and scorer.non_uniform:
+        raise UserError(f"nm={target.nm} fixes every matrix at {target.sparsity}; use scorer=uniform with N:M")
+    if scorer.non_uniform and not plugins.allocation.reads_scores:
+        raise UserError(f"allocation={plugins.allocation.name} plans without block scores (use_id=false); use "
+                        f"scorer=uniform for the plain global baseline, or allocation.use_id=true")
+    scorer.check_samples(calib.num_samples)
+    calib.check_count(max(scorer.samples_needed or 0, calib.num_samples))
+    for key, count in scorer.sample_counts().items():
+        if count < calib.batch_size or count % calib.batch_size:
+            raise UserError(f"{key}={count} is not a whole number of calibration batches (calib.batch_size="
+                            f"{calib.batch_size}); use a multiple of {calib.batch_size}")
+    model_class = get_class(cfg.model._target_)
+    check_fit(model_class, calib, plugins.evals)
+    for name in model_class.checkpoints(cfg.model):
+        check_checkpoint(name)
+    for ev in plugins.evals.values():
+        ev.check_checkpoints()
+    for ev in plugins.evals.values():
+        ev.check_data()  # a missing or malformed benchmark file stops the run here
+
+
+def load(cfg: DictConfig, plugins: Plugins, timer: StageTimer) -> ModelAdapter:
+    """The model, on its device, with finite weights and towers that fit model.prune_towers."""
+    with timer("load"):
+        adapter: ModelAdapter = build(cfg.model)
+        if not cfg.offload:
+            adapter.to(resolve_device(cfg.device))
+    bad = [name for name, p in adapter.model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise UserError(f"the loaded model holds NaN/inf weights in {len(bad)} parameters ({', '.join(bad[:3])}"
+                        f"{', ...' if len(bad) > 3 else ''}): the checkpoint is broken; re-download or re-save it")
+    adapter.towers()  # checks model.prune_towers
+    return adapter
+
+
+def check_fit(model_class: type[ModelAdapter], calib: CalibrationSource, evals: dict[str, Evaluation]) -> None:
+    """The calibration samples and every eval work with this kind of model (checked on its class)."""
+    if calib.kind not in model_class.sample_kinds:
+        raise UserError(f"calib ({type(calib).__name__}) gives {calib.kind} but {model_class.__name__} calibrates "
+                        f"on {', '.join(model_class.sample_kinds)}; choose a calib made for this model")
+    if calib.augment == "train" and not model_class.has_train_augmentation:
+        raise UserError(f"calib.augment=train but {model_class.__name__} defines no training augmentation of its "
+                        f"images; use calib.augment=eval")
+    for name, ev in evals.items():
+        model, missing = ev.missing(model_class)
+        if missing:
+            raise UserError(f"evals.{name} ({type(ev).__name__}) needs a model with {' and '.join(missing)}, which "
+                            f"{model} lacks; choose a suite made for this model")
+
+
+def plan_keys(adapter: ModelAdapter) -> list[str]:
+    return [block.name for block in adapter.blocks()]
+
+
+def comparison_groups(pruner: LocalPruner, reports: list[MatrixReport]) -> dict[str, dict[str, str]]:
+    """`<pruner>_group`: the comparison group each pruned tower used (e.g. wanda_group), for
+    pruners that compare within groups."""
+    groups = {r.tower: r.group for r in reports if r.group is not None}
+    return {f"{pruner.name}_group": groups} if groups else {}
+
+
+def save(adapter: ModelAdapter, folder: Path, record: dict[str, Any]) -> str:
+    """The pruned model in its library's own format plus a JSON of the plan and what was reached."""
+    folder.mkdir(parents=True, exist_ok=True)
+    adapter.save(folder)
+    keys = ("target", "scores", "plan", "achieved")
+    (folder / "pruning.json").write_text(json.dumps({k: record[k] for k in keys}, indent=1))
+    return str(folder)
+
+
+def log_externally(logger_cfg: DictConfig, record: dict[str, Any]) -> None:
+    """Hand the record to the configured logger; its failure never costs the run (the record is
+    already in the store)."""
+    try:
+        build(logger_cfg).log(record)
+    except Exception as err:  # noqa: BLE001 - any logger failure is reported, never fatal
+        log.warning("logging run %s externally failed (%s: %s); its record is in the store",
+                    record["id"], type(err).__name__, err)
+
+
+@dataclass
+class Plugins:
+    """Everything a run is configured with but the model, built (and so checked) before any
+    weights load."""
+
+    calib: CalibrationSource
+    scorer: BlockScorer
+    allocation: Allocation
+    pruner: LocalPruner
+    evals: dict[str, Evaluation]
+
+    @classmethod
+    def build(cls, cfg: DictConfig) -> Plugins:
+        return cls(build(cfg.calib), build(cfg.scorer), build(cfg.allocation), build(cfg.pruner),
+                   {name: build(ev) for name, ev in cfg.evals.items()})
+
+    def method(self, target: Target) -> str:
+        """The method as the papers name it (`wanda`, `ecoflap-zeroth+wanda`, `owl+sparsegpt`);
+        `dense` for an unpruned point."""
+        return "dense" if target.sparsity == 0 else method_name(self.scorer, self.allocation, self.pruner)
+
+
+def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter: ModelAdapter,
+            timer: StageTimer) -> dict[str, Any]:
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    calib, scorer, allocation, pruner, evals = (plugins.calib, plugins.scorer, plugins.allocation, plugins.pruner,
+                                                plugins.evals)
+    plan: dict[str, float] = {}
+    scores: dict[str, float] = {}
+    reports = []
+    if target.sparsity > 0:
+        with timer("calibrate"):
+            extended = calib.batches(adapter, scorer.samples_needed)  # the ID paper's 2000, say
+            batches = first_samples(extended, calib.num_samples)
+        with timer("score"):
+            scores, plan = plan_for(adapter, batches, extended, scorer, allocation, target.sparsity,
+                                    target.max_sparsity)
+        with timer("prune"):
+            reports = SequentialEngine(adapter, pruner, plan, target.nm, device, cfg.offload).run(batches)
+        del batches, extended
+    with timer("verify"):
+        achieved = verify(adapter, plan or dict.fromkeys(plan_keys(adapter), 0.0), target.nm, reports,
+                          exact=pruner.count == "exact")
+    if cfg.offload:
+        adapter.to(device)
+    metrics: dict[str, float] = {}
+    with timer("eval"):
+        for name, ev in evals.items():
+            metrics.update({f"{ev.name or name}/{k}": v for k, v in ev.evaluate(adapter).items()})
+    check_finite(metrics)
+    eval_info = {name: dict(ev.info) for name, ev in evals.items() if ev.info}
+    result = {
+        "target": {"sparsity": target.sparsity, "max_sparsity": target.max_sparsity,
+                   "nm": str(target.nm) if target.nm else None},
+        "scores": scores,
+        "scorer_info": dict(scorer.info),
+        "calibration": {**calib.identity, "pruner_samples": calib.num_samples} if calib.identity else {},
+        "plan": plan,
+        "achieved": achieved,
+        "matrices": [r.as_dict() for r in reports],
+        **comparison_groups(pruner, reports),
+        "metrics": metrics,
+        "eval_info": eval_info,
+        "timings_s": timer.seconds,
+        "peak_gpu_gb": timer.peak_gpu_gb,
+    }
+    if cfg.save_model:
+        result["saved_model"] = save(adapter, Path(cfg.paths.models_dir) / rid, result)
+    return result
+
+
+def print_summary(record: dict[str, Any]) -> None:
+    table = Table(title=f"run {record['id']}", show_header=False)
+    table.add_row("model", record["model"])
+    table.add_row("method", record["method"])
+    target = record["target"]
+    table.add_row("target sparsity", f"{target['sparsity']:.4f}" + (f" ({target['nm']})" if target["nm"] else ""))
+    table.add_row("achieved sparsity", f"{record['achieved']['overall']:.4f} of "
+                  f"{record['achieved']['prunable_params']:,} prunable weights")
+    if calibration := record.get("calibration"):
+        extra = calibration["samples"] - calibration["pruner_samples"]
+        table.add_row("calibration", f"{calibration['pruner_samples']} samples" + (
+            f" (+{extra} more for the scorer)" if extra > 0 else "") + f", SHA-1 {calibration['sha1'][:12]}")
+    if record["plan"]:
+        values = list(record["plan"].values())
+        table.add_row("group sparsity range", f"{min(values):.4f} .. {max(values):.4f}")
+    for name, value in record["metrics"].items():
+        table.add_row(name, f"{value:.4f}")
+    table.add_row("time (s)", ", ".join(f"{k} {v:.1f}" for k, v in record["timings_s"].items()))
+    memory = f"peak RSS {record['peak_rss_gb']:.2f} GB"
+    if record["peak_gpu_gb"]:
+        memory += f", peak GPU {max(record['peak_gpu_gb'].values()):.2f} GB"
+    table.add_row("memory", memory)
+    console.print(table)

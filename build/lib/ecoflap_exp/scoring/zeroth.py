@@ -1,0 +1,173 @@
+"""ECoFLaP zeroth-order score (MEZO-GradOnly): forward passes only, no gradients.
+
+For each prunable matrix W and calibration batch, draw z ~ N(0, I) from a seeded generator and
+take the two-point estimate |L(W + eps z) - L(W - eps z)| / (2 eps) of the directional
+derivative; a matrix's score is the sum over batches, a block's the sum over its matrices.
+
+Two things the official code does not do:
+- weights are restored bit-exactly after each perturbation (from a copy of that one matrix, kept
+  in CPU memory; adding and subtracting eps z in bf16/fp16 drifts), and z is drawn a few rows at a
+  time, so beyond a plain forward the accelerator holds only the cached block inputs;
+- `reuse_prefix`: a perturbation in block i cannot change what blocks before it compute, so the
+  inputs of block i are cached once (walking the model block by block, like the pruning engine)
+  and each perturbed loss skips the tower's blocks before i (assuming, as in every supported
+  model, that a block's output feeds only the next block). The estimates equal the full-forward
+  ones and about half of a tower's block forwards are saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator
+from functools import partial
+
+import torch
+
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, Tower
+from ecoflap_exp.progress import track
+from ecoflap_exp.scoring.base import BlockScorer, aggregate, check_grouping
+from ecoflap_exp.walk import walk_tower
+
+log = logging.getLogger(__name__)
+
+
+class ZerothOrderScorer(BlockScorer):
+    name = "ecoflap-zeroth"
+
+    def __init__(self, eps: float = 1e-3, num_samples: int | None = 32, granularity: str = "block",
+                 aggregate: str = "sum", seed: int = 0, reuse_prefix: bool = True):
+        if not eps > 0:
+            raise UserError(f"scorer.eps={eps} must be positive (the paper uses 1e-3)")
+        self.eps = eps
+        self.num_samples = num_samples
+        self.granularity, self.aggregate = check_grouping(granularity, aggregate)
+        self.seed = seed
+        self.reuse_prefix = reuse_prefix
+
+    def scores(self, adapter: ModelAdapter, batches: list[Batch],
+               extended: list[Batch] | None = None) -> dict[str, float]:
+        batches = self.reads(batches, extended)
+        with torch.no_grad():
+            adapter.model.eval()
+            per_matrix = self._with_prefix(adapter, batches) if self.reuse_prefix else self._naive(adapter, batches)
+        zero = [name for name, value in per_matrix.items() if value == 0]
+        self.info = {"zero_estimates": len(zero), "matrices": len(per_matrix)}
+        if zero:
+            log.warning("zeroth-order scoring: %d of %d matrices got an estimate of exactly 0 (%s%s): the loss did "
+                        "not change under a perturbation of eps=%g; raise scorer.eps or check that the loss "
+                        "resolves such differences", len(zero), len(per_matrix), ", ".join(zero[:5]),
+                        ", ..." if len(zero) > 5 else "", self.eps)
+        return aggregate(adapter, per_matrix, self.granularity, self.aggregate)
+
+    def _naive(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
+        matrices = list(adapter.matrices())
+        return {
+            m.name: self.estimate(m, index, [lambda b=b: adapter.loss(b) for b in batches])
+            for index, m in enumerate(track(matrices, "zeroth-order scores", total=len(matrices)))
+        }
+
+    def _with_prefix(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
+        index = {m.name: i for i, m in enumerate(adapter.matrices())}
+        per_matrix: dict[str, float] = {}
+        for tower in adapter.towers():
+            walk = walk_tower(adapter, tower, batches, adapter.device, description=f"zeroth-order {tower.name}")
+            for b, (block, inputs) in enumerate(walk):
+                # only this tower's earlier blocks are skipped: an earlier tower's output may be
+                # used beyond this tower's input (CLIP's image embedding meets the text's in the loss)
+                earlier = [(tower, blk) for blk in tower.blocks[:b]]
+                with start_at(block.module, earlier) as feed:
+
+                    def loss_from_block(batch: Batch, inp: BlockInput) -> torch.Tensor:
+                        feed(inp)
+                        return adapter.loss(batch)
+
+                    losses = [partial(loss_from_block, batch, inp) for batch, inp in zip(batches, inputs, strict=True)]
+                    for m in block.matrices:
+                        per_matrix[m.name] = self.estimate(m, index[m.name], losses)
+        return per_matrix
+
+    def estimate(self, matrix: PrunableMatrix, index: int, losses: list[Callable[[], torch.Tensor]]) -> float:
+        """Sum over batches of |L(W + eps z) - L(W - eps z)| / (2 eps), W restored bit-exactly."""
+        weight = matrix.weight
+        # the copy that makes the restore exact; off the accelerator, where memory is scarce
+        original = weight.to("cpu", copy=True)
+        total = 0.0
+        for b, loss in enumerate(losses):
+            seed = self.seed * 1_000_003 + index * 1009 + b
+            perturb(weight, original, seed, self.eps)
+            plus = loss().item()
+            perturb(weight, original, seed, -self.eps)
+            minus = loss().item()
+            weight.copy_(original)
+            if not (math.isfinite(plus) and math.isfinite(minus)):
+                raise UserError(f"zeroth-order scoring: the loss is not finite ({plus}, {minus}) when "
+                                f"perturbing {matrix.name}; lower scorer.eps or check the calibration data")
+            total += abs(plus - minus) / (2 * self.eps)
+        return total
+
+
+def perturb(weight: torch.Tensor, original: torch.Tensor, seed: int, alpha: float, chunk: int = 1 << 22) -> None:
+    """weight = original + alpha * z with z ~ N(0, I) drawn from `seed`, a few rows at a time so
+    that z never exists whole (same seed, same z). z is drawn in fp32 and the sum rounded to the
+    weight's dtype, so a seed gives the same direction in every dtype (torch's bf16 and fp32
+    normal streams differ)."""
+    generator = torch.Generator(device=weight.device).manual_seed(seed)
+    rows, cols = weight.shape
+    step = max(1, chunk // cols)
+    for r in range(0, rows, step):
+        part = weight[r : r + step]
+        z = torch.randn(part.shape, generator=generator, device=weight.device, dtype=torch.float32)
+        part.copy_(z.mul_(alpha).add_(original[r : r + step].to(weight.device)))
+
+
+@contextlib.contextmanager
+def start_at(first: torch.nn.Module, skipped: list[tuple[Tower, Block]]) -> Iterator[Callable[[BlockInput], None]]:
+    """Within the context the model's forward skips the `skipped` blocks (each passes its input
+    through) and `first` receives the BlockInput last handed to `feed` instead of its own."""
+    current: list[BlockInput] = []
+
+    def replace_input(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        inp = current[-1]
+        return (inp.hidden, *inp.args), dict(inp.kwargs)
+
+    def feed(inp: BlockInput) -> None:
+        current[:] = [inp]
+
+    def skip(tower: Tower) -> Callable:
+        return lambda *args, **kwargs: tower.passthrough(args, kwargs)
+
+    handle = first.register_forward_pre_hook(replace_input, with_kwargs=True)
+    for tower, blk in skipped:
+        blk.module.forward = skip(tower)
+    try:
+        yield feed
+    finally:
+        handle.remove()
+        for _, blk in skipped:
+            del blk.module.forward
+
+
+class BlockForwardCounter:
+    real = 0
+
+
+@contextlib.contextmanager
+def count_block_forwards(adapter: ModelAdapter) -> Iterator[BlockForwardCounter]:
+    """Instrumentation for benchmarks and tests (never on in a run): counts forwards of every
+    block that really computed within the context (blocks `start_at` skips are not counted)."""
+    counter = BlockForwardCounter()
+
+    def count(module: torch.nn.Module, args: tuple, output: object) -> None:
+        if "forward" not in vars(module):  # a skipped block's forward is patched on the instance
+            counter.real += 1
+
+    handles = [block.module.register_forward_hook(count) for block in adapter.blocks()]
+    try:
+        yield counter
+    finally:
+        for h in handles:
+            h.remove()
