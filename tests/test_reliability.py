@@ -182,7 +182,7 @@ def test_two_identical_sweeps_run_each_point_once_each_with_its_own_log(tmp_path
     assert text.count("achieved sparsity") == 3  # executions: each point once
     # the other process's points: held by it, or already finished by it
     assert text.count("is being run by process") + text.count("already finished") == 3
-    logs = sorted((tmp_path / "multirun").glob("*/*/*/run.log"))
+    logs = sorted((tmp_path / "multirun").glob("*/*/*/ecoflap.log"))
     assert len(logs) == 6 and len({log.parent.parent for log in logs}) == 2  # one sweep folder per process
     assert not list((tmp_path / "results" / "runs").glob("*.claim"))
 
@@ -353,3 +353,14 @@ def test_a_real_full_disk_and_a_read_only_folder(tmp_path, tiny_tmpfs, capsys):
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
     with pytest.raises(ConfigError, match="results folder .*disk/runs is not writable \\(Read-only file system\\)"):
         run(config(tmp_path, "sparsity=0.3", f"paths.results_dir={tiny_tmpfs / 'runs'}"))
+
+
+@pytest.mark.parametrize(("module", "overrides", "extra"), [
+    ("wandb", ["logger=wandb"], "wandb"),
+    ("pycocoevalcap", ["model=blip2_t5_tiny", "suite=none", "+eval@evals.nocaps=nocaps"], "captions"),
+])
+def test_a_config_that_needs_a_missing_extra_names_it(tmp_path, monkeypatch, module, overrides, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    message = rf'needs {module}, which is not installed; pip install "ecoflap_exp\[{extra}\]"'
+    with pytest.raises(UserError, match=message):
+        Plugins.build(config(tmp_path, *overrides))

@@ -49,6 +49,7 @@ from ecoflap_exp.data.captioning import (
 from ecoflap_exp.data.images import decode_images
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import ReadsSplit
+from ecoflap_exp.extras import require
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import GeneratesFromImages
 from ecoflap_exp.progress import track
@@ -221,6 +222,7 @@ class Captioning(ReadsSplit):
         if batch_size < 1 or (limit is not None and limit < 1):
             raise UserError(f"{self.dataset}: batch_size={batch_size} and limit={limit} must be >= 1 (limit may be "
                             f"null: every image)")
+        require("pycocoevalcap", "captions", f"the {self.dataset} captioning eval (CIDEr, SPICE)")
         self.annotations = annotations
         self.image_root = image_root
         self.prompt = prompt

@@ -26,19 +26,19 @@ from typing import Any
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
+from ecoflap_exp.extras import require
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import TokenLogits
-
-INSTALL = 'pip install -e ".[lm_eval]"'
 
 
 def import_harness() -> None:
     """Import lm-eval and its Hugging Face model wrapper, or say how to install them."""
+    require("lm_eval", "lm_eval", "eval lm_eval (lm-evaluation-harness)")
     try:
         import lm_eval.models.huggingface  # noqa: F401
     except ImportError as err:
-        raise UserError(f"eval lm_eval needs lm-evaluation-harness, which is not installed ({err}); "
-                        f"install it with: {INSTALL}") from err
+        raise UserError(f"eval lm_eval: lm-evaluation-harness does not import ({err}); reinstall it with "
+                        f"pip install \"ecoflap_exp[lm_eval]\"") from err
 
 
 def adds_bos(tokenizer: Any) -> bool:

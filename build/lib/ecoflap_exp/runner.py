@@ -189,8 +189,8 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             record["finished"] = dt.datetime.now().isoformat(timespec="seconds")
             record["peak_rss_gb"] = peak_rss_gb()
             unwritten = write_record(store, record)
-    if cfg.get("logger"):
-        log_externally(cfg.logger, record)
+    if plugins.logger is not None:
+        log_externally(plugins.logger, record)
     print_summary(record)
     if unwritten is not None:
         print(json.dumps({"id": rid, "metrics": record["metrics"], "achieved": record["achieved"]["overall"]}),
@@ -297,11 +297,11 @@ def save(adapter: ModelAdapter, folder: Path, record: dict[str, Any]) -> str:
     return str(folder)
 
 
-def log_externally(logger_cfg: DictConfig, record: dict[str, Any]) -> None:
+def log_externally(logger: Any, record: dict[str, Any]) -> None:
     """Hand the record to the configured logger; its failure never costs the run (the record is
     already in the store)."""
     try:
-        build(logger_cfg).log(record)
+        logger.log(record)
     except Exception as err:  # noqa: BLE001 - any logger failure is reported, never fatal
         log.warning("logging run %s externally failed (%s: %s); its record is in the store",
                     record["id"], type(err).__name__, err)
@@ -317,11 +317,14 @@ class Plugins:
     allocation: Allocation
     pruner: LocalPruner
     evals: dict[str, Evaluation]
+    #: the external logger (logger=wandb), or None
+    logger: Any = None
 
     @classmethod
     def build(cls, cfg: DictConfig) -> Plugins:
-        return cls(build(cfg.calib), build(cfg.scorer), build(cfg.allocation), build(cfg.pruner),
-                   {name: build(ev) for name, ev in cfg.evals.items()})
+        evals = {name: build(ev) for name, ev in cfg.evals.items()}
+        logger = build(cfg.logger) if cfg.get("logger") else None
+        return cls(build(cfg.calib), build(cfg.scorer), build(cfg.allocation), build(cfg.pruner), evals, logger)
 
     def method(self, target: Target) -> str:
         """The method as the papers name it (`wanda`, `ecoflap-zeroth+wanda`, `owl+sparsegpt`);

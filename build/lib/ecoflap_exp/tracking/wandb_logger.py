@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ecoflap_exp.errors import UserError
+from ecoflap_exp.extras import require
 from ecoflap_exp.tracking.store import NON_IDENTITY_KEYS
 
 #: stages of the pruning job (load, calibrate, score, allocate, prune), i.e. not the evaluation
@@ -96,6 +97,7 @@ def towers_of(record: dict[str, Any]) -> dict[str, str]:
 class WandbLogger:
     def __init__(self, project: str = "ecoflap_exp", entity: str | None = None, mode: str | None = None,
                  dir: str | None = None, tags: list[str] | None = None):
+        require("wandb", "wandb", "logger=wandb")
         self.settings = {"project": project, "entity": entity, "mode": mode, "dir": dir, "tags": list(tags or [])}
 
     def log(self, record: dict[str, Any]) -> None:
