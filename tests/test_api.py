@@ -181,3 +181,13 @@ def test_the_wheel_ships_the_configs_and_its_ecoflap_command_runs_outside_the_re
     assert "2 points: 2 ok" in module.stderr
     models = sorted(json.loads(p.read_text())["model"] for p in (work / "results" / "runs").glob("*.json"))
     assert models == ["llama_tiny", "my_llama", "my_llama"]
+
+
+def test_the_readme_example_runs():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(example, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
+    assert scope["report"].achieved["overall"] == pytest.approx(0.6, abs=1e-3)
