@@ -11,8 +11,11 @@ from typing import Any
 import pandas as pd
 
 from ecoflap_exp.results.paper import PAPER
-from ecoflap_exp.results.records import experiment_rows, method_name, point_name
+from ecoflap_exp.results.records import experiment_rows, point_name
 from ecoflap_exp.tracking.wandb_logger import towers_of
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+LINES = ("-", "--", "-.", ":")
 
 
 def paper_points(experiment: str, metric: str) -> dict[str, dict[float, float]]:
@@ -48,7 +51,10 @@ def plot_experiment(records: list[dict[str, Any]], df: pd.DataFrame, experiment:
                     continue
                 xs = group["point"].str[1:].astype(float)
                 order = xs.argsort()
-                (line,) = ax.plot(xs.iloc[order], group["value"].iloc[order], marker="o", label=method)
+                k = len(colours)  # hollow markers of shrinking size: a curve on top of another stays visible
+                (line,) = ax.plot(xs.iloc[order], group["value"].iloc[order], marker=MARKERS[k % len(MARKERS)],
+                                  markersize=9 - 1.2 * (k % 5), markerfacecolor="none", linestyle=LINES[k % len(LINES)],
+                                  label=method)
                 colours[method] = line.get_color()
             for method, curve_points in paper_points(experiment, metric).items():
                 if method in colours:  # the paper's curve of a method we ran, in its colour
@@ -64,29 +70,70 @@ def plot_experiment(records: list[dict[str, Any]], df: pd.DataFrame, experiment:
         plt.close(fig)
     mine = [r for r in records
             if r.get("status") == "ok" and r["config"].get("experiment_name", "default") == experiment]
-    plans, seen_plans = [], []
-    for r in mine:  # one panel per distinct plan (the local pruner does not change it)
-        plan = r.get("plan") or {}
-        if len(set(plan.values())) > 1 and plan not in seen_plans:
-            seen_plans.append(plan)
-            plans.append((r, plan, "sparsity"))
+    plans = plans_by_point(mine)
     if plans:
-        fig, axes = plt.subplots(len(plans), 1, figsize=(10, 2.5 * len(plans)), squeeze=False)
-        for ax, (r, group_values, label) in zip(axes[:, 0], plans, strict=True):
-            tower_of = towers_of(r)
-            towers = sorted(set(tower_of.values()))
-            groups = list(group_values)
-            colors = [f"C{towers.index(tower_of[g]) if g in tower_of else 9}" for g in groups]
-            ax.bar(range(len(groups)), [group_values[g] for g in groups], color=colors)
-            ax.set_ylabel(label)
-            ax.set_title(f"{r['model']} {method_name(r)} {point_name(r)} per group, colour = tower "
-                         f"({', '.join(towers)})", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(plot_dir / f"{experiment}_plans.png", dpi=100)
-        plt.close(fig)
+        plot_plans(plt, plans, plot_dir / f"{experiment}_plans.png")
     curves = id_curves(mine)
     if curves:
         plot_id_curves(plt, curves, plot_dir / f"{experiment}_id.png")
+
+
+def plans_by_point(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """point -> the records with a non-uniform plan there, one per method (the local pruner does
+    not change the plan), in point order."""
+    out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in records:
+        plan = r.get("plan") or {}
+        if len(set(plan.values())) > 1:
+            out[point_name(r)].setdefault(r["method"].split("+")[0], r)
+    order = sorted(out, key=lambda p: (0, float(p[1:])) if p.startswith("p") else (1, 0.0))
+    return {p: list(out[p].values()) for p in order}
+
+
+def tower_spans(names: list[str], tower_of: dict[str, str]) -> list[tuple[str, int, int]]:
+    """(tower, first index, last index) of each run of consecutive groups of one tower."""
+    spans: list[tuple[str, int, int]] = []
+    for i, name in enumerate(names):
+        tower = tower_of.get(name, "?")
+        if spans and spans[-1][0] == tower:
+            spans[-1] = (tower, spans[-1][1], i)
+        else:
+            spans.append((tower, i, i))
+    return spans
+
+
+def plot_plans(plt: Any, plans: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """One panel per sparsity point: each group's planned sparsity in model order (x: tower and index
+    within it), one line per method, the towers shaded, the target dashed."""
+    methods = sorted({r["method"].split("+")[0] for records in plans.values() for r in records})
+    fig, axes = plt.subplots(len(plans), 1, figsize=(10, 2.8 * len(plans)), squeeze=False)
+    for ax, (point, unordered) in zip(axes[:, 0], plans.items(), strict=True):
+        records = sorted(unordered, key=lambda r: methods.index(r["method"].split("+")[0]))
+        names = list(records[0]["plan"])
+        tower_of = towers_of(records[0])
+        spans = tower_spans(names, tower_of)
+        for k, (tower, first, last) in enumerate(spans):
+            ax.axvspan(first - 0.5, last + 0.5, color=f"C{k}", alpha=0.12, linewidth=0)
+            ax.text((first + last) / 2, 0.97, tower, ha="center", va="top", fontsize=8,
+                    transform=ax.get_xaxis_transform())
+        for r in records:
+            k = methods.index(r["method"].split("+")[0])  # one style per method in every panel
+            offset = (k - (len(methods) - 1) / 2) * 0.06  # side by side where plans agree
+            ax.plot([i + offset for i in range(len(names))], [r["plan"].get(n, float("nan")) for n in names],
+                    marker=MARKERS[k % len(MARKERS)], linestyle=LINES[k % len(LINES)], linewidth=1, color=f"C{k}",
+                    label=methods[k])
+        ax.axhline(records[0]["target"]["sparsity"], color="k", linestyle="--", linewidth=0.8, label="target")
+        index_in_tower = [i - next(f for t, f, last in spans if f <= i <= last) for i in range(len(names))]
+        ax.set_xticks(range(len(names)), [f"{tower_of.get(n, '?')[:3]}{j}" for n, j in zip(names, index_in_tower,
+                                                                                          strict=True)],
+                      fontsize=7, rotation=90 if len(names) > 30 else 0)
+        ax.set_xlim(-0.5, len(names) - 0.5)
+        ax.set_ylabel("planned sparsity")
+        ax.set_title(f"{records[0]['model']} at {point}: each group's planned sparsity", fontsize=9)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def measured_ids(record: dict[str, Any]) -> dict[str, float]:
@@ -113,13 +160,7 @@ def plot_id_curves(plt: Any, records: list[dict[str, Any]], path: Path) -> None:
         names = list(ids)
         depth = [i / max(len(names) - 1, 1) for i in range(len(names))]
         ax.plot(depth, [ids[n] for n in names], marker=".", linewidth=1, color="k")
-        spans: list[tuple[str, int, int]] = []
-        for i, name in enumerate(names):
-            tower = tower_of.get(name, "?")
-            if spans and spans[-1][0] == tower:
-                spans[-1] = (tower, spans[-1][1], i)
-            else:
-                spans.append((tower, i, i))
+        spans = tower_spans(names, tower_of)
         step = 1 / max(len(names) - 1, 1)
         for k, (tower, first, last) in enumerate(spans):
             ax.axvspan(depth[first] - step / 2, depth[last] + step / 2, color=f"C{k}", alpha=0.15, linewidth=0)

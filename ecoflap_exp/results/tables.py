@@ -171,6 +171,18 @@ def labelled(experiment: str, table: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns=lambda c: labels.get(c, c))
 
 
+def numeric(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as numbers for the CSV: a cell's value (its mean for several seeds), empty where
+    the markdown shows '-' or 'failed'."""
+    def number(text: str) -> float | None:
+        try:
+            return cell_value(text)
+        except ValueError:
+            return None
+
+    return table.map(number).astype(float)
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     """Cells as written (tabulate would re-parse "57.90" as 57.9), numbers aligned right."""
     return table.to_markdown(disable_numparse=True, colalign=("left", *["right"] * len(table.columns)))
@@ -201,7 +213,7 @@ def write_tables(results_dir: Path, out_dir: Path, wandb_projects: Iterable[str]
     for experiment in sorted(df["experiment"].unique()):
         table = experiment_table(df, experiment)
         stem = out_dir / "tables" / experiment
-        table.to_csv(stem.with_suffix(".csv"))
+        numeric(table).to_csv(stem.with_suffix(".csv"))
         stem.with_suffix(".md").write_text(markdown(experiment, table))
         stem.with_suffix(".tex").write_text(labelled(experiment, table).to_latex(escape=True))
         tables[experiment] = table
