@@ -98,3 +98,6 @@ def test_lm_eval_in_a_run(tmp_path):
         record = run(compose("config", overrides))
     assert set(record["metrics"]) == {"text/ppl", "lm_eval/tiny_mc/acc", "lm_eval/tiny_mc/acc_norm"}
     assert 0 <= record["metrics"]["lm_eval/tiny_mc/acc"] <= 1
+    full = record["eval_info"]["lm_eval"]["results"]  # the harness's own JSON beside the flattened metrics
+    assert full["results"]["tiny_mc"]["acc,none"] == record["metrics"]["lm_eval/tiny_mc/acc"]
+    assert "tiny_mc" in full["configs"] and full["n-shot"]["tiny_mc"] == 0

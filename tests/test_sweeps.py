@@ -250,7 +250,7 @@ def test_wandb_offline_logs_the_record_and_it_reads_back(tmp_path):
     os.environ["WANDB_MODE"] = "offline"
     try:
         record = run(compose_config(tmp_path, "logger=wandb", f"logger.dir={tmp_path}", "logger.mode=offline",
-                                    "scorer=first", "sparsity=0.6", "experiment_name=wb"))
+                                    "scorer=first", "sparsity=0.6", "experiment_name=wb", "save_model=true"))
     finally:
         os.environ["WANDB_MODE"] = "disabled"
     (run_dir,) = (tmp_path / "wandb").glob(f"offline-run-*-{record['id']}")
@@ -261,7 +261,13 @@ def test_wandb_offline_logs_the_record_and_it_reads_back(tmp_path):
     assert {row[0]: row[3] for row in table["data"]} == pytest.approx(record["achieved"]["per_block"])
     assert {row[0]: row[4] for row in table["data"]} == pytest.approx(record["scores"])
     assert {row[1] for row in table["data"]} == {"decoder"}
-    wandb_run = as_public_api_run(offline_log(run_dir / f"run-{record['id']}.wandb"))
+    log_records = offline_log(run_dir / f"run-{record['id']}.wandb")
+    artifacts = {r.artifact.name: r.artifact for r in log_records if r.WhichOneof("record_type") == "artifact"}
+    assert artifacts[f"record-{record['id']}"].type == "run-record"
+    model = artifacts[f"model-{record['id']}"]
+    assert model.type == "model" and {"pruning.json", "README.md", "config.json"} <= {
+        e.path for e in model.manifest.contents}
+    wandb_run = as_public_api_run(log_records)
     assert wandb_run.group == "wb" and wandb_run.name == "llama_tiny-ecoflap-first+wanda-p0.6"  # no Hydra overrides
     assert wandb_run.summary["block_sparsity_chart_table"]["_type"] == "table-file"  # the bar chart's data
     for key in ("metrics/text/ppl", "time_s/prune", "time_s/eval", "peak_rss_gb", "sparsity/achieved"):
