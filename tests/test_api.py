@@ -191,3 +191,21 @@ def test_the_readme_example_runs():
     scope: dict = {}
     exec(compile(example, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
     assert scope["report"].achieved["overall"] == pytest.approx(0.6, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_the_sparse_inference_bench_says_unsupported_without_cuda(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the bench times the 2:4 kernels instead")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_sparse_inference.py"
+    done = subprocess.run([sys.executable, str(script), "--layers", "1", "--hidden", "256", "--mlp", "512", "--batch",
+                           "1", "--seqlen", "16", "--repeats", "1", "--out", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["sparsity"] == 0.5 and result["dense_s"] > 0
+    assert result["status"].startswith("unsupported on cpu: RuntimeError")
