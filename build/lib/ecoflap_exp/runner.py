@@ -40,6 +40,7 @@ from ecoflap_exp.pruning.masks import NM, parse_nm
 from ecoflap_exp.pruning.verify import verify
 from ecoflap_exp.results.records import LOADED_SPARSE
 from ecoflap_exp.scoring.base import BlockScorer, first_samples
+from ecoflap_exp.tracking.model_card import push_to_hub, write_extras
 from ecoflap_exp.tracking.store import ResultsStore, run_id
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ def validate(cfg: DictConfig) -> Target:
     if not cfg.model.get("name"):
         raise UserError("the model config has no `name` (the short name records and tables use, e.g. name: my_llama); "
                         "add one to it")
+    if cfg.push_to_hub and not cfg.save_model:
+        raise UserError(f"push_to_hub={cfg.push_to_hub} uploads the saved model; add save_model=true")
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
         raise UserError(f"device={cfg.device!r} is unknown; use auto, cpu or cuda[:N]")
     if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
@@ -175,7 +178,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
                                   "started": dt.datetime.now().isoformat(timespec="seconds"),
                                   "versions": versions(), "git_commit": git_commit()}
         try:
-            record.update(execute(cfg, target, rid, plugins, adapter, timer))
+            record.update(execute(cfg, target, rid, plugins, adapter, timer, record))
             if target.sparsity == 0 and record["achieved"]["overall"] >= LOADED_SPARSE:
                 record["method"] = "as-loaded"  # a pruned checkpoint evaluated as it is: not dense
             record["status"] = "ok"
@@ -289,11 +292,11 @@ def comparison_groups(pruner: LocalPruner, reports: list[MatrixReport]) -> dict[
 
 
 def save(adapter: ModelAdapter, folder: Path, record: dict[str, Any]) -> str:
-    """The pruned model in its library's own format plus a JSON of the plan and what was reached."""
+    """The pruned model in its library's own format, pruning.json and a model card."""
     folder.mkdir(parents=True, exist_ok=True)
     adapter.save(folder)
-    keys = ("target", "scores", "plan", "achieved")
-    (folder / "pruning.json").write_text(json.dumps({k: record[k] for k in keys}, indent=1))
+    hint = adapter.load_hint.format(path=str(folder), model_class=type(adapter.model).__name__)
+    write_extras(folder, record, hint)
     return str(folder)
 
 
@@ -333,7 +336,9 @@ class Plugins:
 
 
 def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter: ModelAdapter,
-            timer: StageTimer) -> dict[str, Any]:
+            timer: StageTimer, provenance: dict[str, Any]) -> dict[str, Any]:
+    """The run's work; `provenance` (model, method, config, versions, git commit) goes into a saved
+    model's pruning.json and card."""
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     calib, scorer, allocation, pruner, evals = (plugins.calib, plugins.scorer, plugins.allocation, plugins.pruner,
@@ -378,7 +383,9 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
         "peak_gpu_gb": timer.peak_gpu_gb,
     }
     if cfg.save_model:
-        result["saved_model"] = save(adapter, Path(cfg.paths.models_dir) / rid, result)
+        result["saved_model"] = save(adapter, Path(cfg.paths.models_dir) / rid, {**provenance, **result})
+        if cfg.push_to_hub:
+            result["pushed_to"] = push_to_hub(Path(result["saved_model"]), cfg.push_to_hub)
     return result
 
 

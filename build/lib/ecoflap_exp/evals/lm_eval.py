@@ -21,6 +21,7 @@ default encoding starts with its BOS token.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ from ecoflap_exp.evals.base import Evaluation
 from ecoflap_exp.extras import require
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import TokenLogits
+
+#: the parts of simple_evaluate's output kept whole (not the samples, nor the model objects)
+FULL_RESULTS = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better",
+                "n-samples")
 
 
 def import_harness() -> None:
@@ -110,4 +115,7 @@ class LMEvalHarness(Evaluation):
                             f"lm-eval reads task datasets from the Hugging Face hub: run once with network and "
                             f"HF_HUB_OFFLINE=0 to fill the datasets cache, or point a task YAML in include_path at "
                             f"local files") from err
+        # the harness's whole results (every metric with its stderr, n-shot, versions, config) go
+        # into the record's eval_info beside the flattened metrics
+        self.info = {"results": json.loads(json.dumps({k: output.get(k) for k in FULL_RESULTS}, default=str))}
         return flatten(output["results"])

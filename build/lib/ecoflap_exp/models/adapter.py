@@ -60,6 +60,9 @@ class ModelAdapter(ABC):
     #: the weights (name prefixes) this model receives from a pruned model when it serves as a
     #: companion of an evaluation (evals.base.OnCompanion), as the official evaluation copies them
     transfer_prefixes: tuple[str, ...] = ()
+    #: how the saved folder loads back with the model's own library (for the model card), with
+    #: {path} and {model_class} filled in
+    load_hint: str = "transformers.{model_class}.from_pretrained({path!r})"
     #: tokenizer names that need no files (model.tokenizer=bytes: ByT5's byte tokenizer)
     builtin_tokenizers: tuple[str, ...] = ("bytes",)
 

@@ -188,9 +188,19 @@ class Blip2ModelAdapter(ModelAdapter):
         patches = grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, dim).to(tensor.dtype)
         return torch.cat([tensor[:, :1], patches], dim=1)
 
+    load_hint = ("transformers.{model_class}.from_pretrained({path!r}); "
+                 "transformers.Blip2Processor.from_pretrained({path!r})")
+
     def save(self, path: Path) -> None:
+        """The model and a Blip2Processor (its image transform and tokenizer) that transformers
+        loads back alone."""
         self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        size = self.model.config.vision_config.image_size
+        processor = transformers.Blip2Processor(
+            image_processor=transformers.BlipImageProcessor(size={"height": size, "width": size},
+                                                            image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)),
+            tokenizer=self.tokenizer, num_query_tokens=self.model.config.num_query_tokens)
+        processor.save_pretrained(path)
 
 
 class Blip2Adapter(Blip2ModelAdapter):

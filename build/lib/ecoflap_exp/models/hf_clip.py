@@ -42,6 +42,7 @@ class HFCLIPAdapter(ModelAdapter):
         self.tokenize_captions = self._tokenizer(tokenizer or checkpoint)
 
     def _tokenizer(self, name: str | None) -> Any:
+        self.hf_tokenizer = None
         if name == "open_clip":
             import open_clip
 
@@ -51,6 +52,7 @@ class HFCLIPAdapter(ModelAdapter):
             hf = transformers.CLIPTokenizer.from_pretrained(resolve_checkpoint(str(name)))
         except OSError as err:
             raise hub_load_error(str(name), err) from err
+        self.hf_tokenizer = hf
         return lambda captions: hf(captions, padding="max_length", truncation=True, max_length=self.context_length,
                                    return_tensors="pt").input_ids
 
@@ -83,5 +85,19 @@ class HFCLIPAdapter(ModelAdapter):
         features = self.model.text_projection(self.model.text_model(input_ids=ids).pooler_output)
         return F.normalize(features.float(), dim=-1)
 
+    load_hint = ("transformers.CLIPModel.from_pretrained({path!r}); "
+                 "transformers.AutoProcessor.from_pretrained({path!r})")
+
     def save(self, path: Path) -> None:
+        """The model and its processor: a CLIPProcessor with the checkpoint's tokenizer, or only the
+        CLIPImageProcessor when the captions were tokenized by open_clip (the same BPE, not a
+        transformers tokenizer)."""
         self.model.save_pretrained(path)
+        size = self.model.config.vision_config.image_size
+        images = transformers.CLIPImageProcessor(size={"shortest_edge": size},
+                                                 crop_size={"height": size, "width": size},
+                                                 image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+        if self.hf_tokenizer is not None:
+            transformers.CLIPProcessor(image_processor=images, tokenizer=self.hf_tokenizer).save_pretrained(path)
+        else:
+            images.save_pretrained(path)

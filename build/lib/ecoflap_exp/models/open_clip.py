@@ -199,7 +199,20 @@ class OpenCLIPAdapter(ModelAdapter):
     def text_features(self, texts: list[str]) -> torch.Tensor:
         return F.normalize(self.model.encode_text(self.tokenizer(texts).to(self.device)).float(), dim=-1)
 
+    load_hint = "open_clip.create_model_and_transforms('local-dir:' + {path!r})"
+
     def save(self, path: Path) -> None:
+        """open_clip's own local-dir layout (open_clip_config.json with the model and preprocess
+        configs, open_clip_model.safetensors): `create_model_and_transforms("local-dir:<path>")`."""
+        import open_clip
+
+        name = self.construction.get("model_name")
+        model_cfg = open_clip.get_model_config(name) if name else None
+        if model_cfg is None:
+            raise UserError("cannot save this open_clip model: its architecture config is unknown; wrap it with "
+                            "model_name=<its open_clip name>")
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, path / "open_clip_model.safetensors")
-        (path / "open_clip_model.json").write_text(json.dumps(self.construction))
+        preprocess = dict(getattr(self.model.visual, "preprocess_cfg", None) or {})
+        (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess},
+                                                               indent=1))

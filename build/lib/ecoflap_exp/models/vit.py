@@ -3,14 +3,13 @@ VisionTransformer. One tower ("vision"); calibration loss = cross-entropy of the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torchvision import transforms
 
@@ -26,6 +25,7 @@ class ImageClassifierAdapter(ModelAdapter):
     sample_kinds = ("labelled_images",)
 
     def __init__(self, image_size: int, resize_size: int | None, mean: list[float], std: list[float]):
+        self.image_size, self.mean, self.std = image_size, list(mean), list(std)
         self.preprocess = transforms.Compose([
             transforms.Resize(resize_size or image_size, interpolation=transforms.InterpolationMode.BICUBIC),
             transforms.CenterCrop(image_size),
@@ -77,8 +77,14 @@ class HFViTAdapter(ImageClassifierAdapter):
     def logits(self, batch: Batch) -> torch.Tensor:
         return self.model(pixel_values=batch["pixel_values"]).logits
 
+    load_hint = ("transformers.ViTForImageClassification.from_pretrained({path!r}); "
+                 "transformers.ViTImageProcessor.from_pretrained({path!r})")
+
     def save(self, path: Path) -> None:
+        """The model and the ViTImageProcessor of its transform."""
         self.model.save_pretrained(path)
+        transformers.ViTImageProcessor(size={"height": self.image_size, "width": self.image_size},
+                                       image_mean=self.mean, image_std=self.std).save_pretrained(path)
 
 
 class TimmViTAdapter(ImageClassifierAdapter):
@@ -131,7 +137,13 @@ class TimmViTAdapter(ImageClassifierAdapter):
     def logits(self, batch: Batch) -> torch.Tensor:
         return self.model(batch["pixel_values"])
 
+    load_hint = "timm.create_model('local-dir:' + {path!r}, pretrained=True)"
+
     def save(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, path / "model.safetensors")
-        (path / "timm_model.json").write_text(json.dumps(self.construction, indent=1))
+        """timm's own Hugging Face layout (config.json with the architecture, its arguments and the
+        preprocessing; model.safetensors): `timm.create_model("local-dir:<path>", pretrained=True)`."""
+        from timm.models import save_for_hf
+
+        data = {"input_size": [3, self.image_size, self.image_size], "mean": self.mean, "std": self.std}
+        save_for_hf(self.model, str(path), model_args=self.construction.get("model_kwargs") or None,
+                    safe_serialization=True, data_config=data)

@@ -25,7 +25,7 @@ from ecoflap_exp.errors import UserError
 
 #: config keys that do not change a run's result (offload moves blocks, with the same weights as a
 #: result); the one list both the store's run ids and W&B's run names use
-NON_IDENTITY_KEYS = ("force", "paths", "save_model", "logger", "hydra", "offload")
+NON_IDENTITY_KEYS = ("force", "paths", "save_model", "push_to_hub", "logger", "hydra", "offload")
 
 
 #: what a dense run (sparsity 0, no N:M) does not depend on: how it would have been pruned

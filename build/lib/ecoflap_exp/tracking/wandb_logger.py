@@ -17,6 +17,7 @@ What one run logs (tests use WANDB_MODE=offline, so no account is needed):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -131,7 +132,24 @@ class WandbLogger:
                  *record.get("scorer_info", {}).get("intrinsic_dim", {})}  # the ID plot's matrices
         summary["towers"] = {group: tower for group, tower in towers_of(record).items() if group in named}
         run.summary.update(summary)
+        log_artifacts(wandb, run, record)
         run.finish()
+
+
+def log_artifacts(wandb: Any, run: Any, record: dict[str, Any]) -> None:
+    """The record itself (`record-<id>`, type run-record) and, with save_model=true, the saved
+    folder (`model-<id>`, type model: weights, processor, pruning.json, model card) as Artifacts."""
+    artifact = wandb.Artifact(f"record-{record['id']}", type="run-record",
+                              metadata={"model": record.get("model"), "method": record.get("method")})
+    with artifact.new_file("record.json") as f:
+        json.dump(record, f, indent=1, default=str)
+    run.log_artifact(artifact)
+    if record.get("saved_model"):
+        model = wandb.Artifact(f"model-{record['id']}", type="model",
+                               metadata={"method": record.get("method"), "target": record.get("target"),
+                                         "achieved": record.get("achieved", {}).get("overall")})
+        model.add_dir(record["saved_model"])
+        run.log_artifact(model)
 
 
 def plain(value: Any) -> Any:
