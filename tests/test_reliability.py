@@ -239,7 +239,10 @@ def test_ctrl_c_ends_in_one_line_and_the_rerun_resumes(tmp_path):
     done = subprocess.run(args[:3] + ["sparsity=0.3"] + args[4:], capture_output=True, text=True, cwd=tmp_path,
                           env=ENV, timeout=300)
     assert done.returncode == 0, done.stderr
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=ENV)
+    # a shell's background job inherits SIGINT ignored, and Python then installs no handler for it:
+    # give the child the default disposition, as a terminal's foreground process has
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not list((tmp_path / "results" / "runs").glob("*.claim")) and time.time() < deadline:
         time.sleep(0.02)
