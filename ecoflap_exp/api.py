@@ -12,7 +12,7 @@ their adapter, e.g. `Blip2Adapter(checkpoint=...)`). `calibration`: token-id ten
 further config overrides (`["scorer.eps=1e-4"]`). `sparsity`: a fraction, or {regex: fraction}
 per matrix name (unmatched matrices are kept dense); `nm="2:4"`; `targets`/`ignore`: regexes over
 matrix names (as llm-compressor's) choosing which matrices are pruned. The runner (ecoflap_exp.runner)
-plans through the same `plan_for` and prunes with the same engine.
+scores through the same `scores_for` and prunes with the same engine.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from ecoflap_exp.allocation.base import Allocation, Groups
+from ecoflap_exp.allocation.base import Allocation, Groups, Sketches
 from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
@@ -152,12 +152,20 @@ def method_name(scorer: BlockScorer, allocation: Allocation, pruner: LocalPruner
     return f"{choice}+{pruner.name}" if choice else pruner.name
 
 
-def plan_for(adapter: ModelAdapter, batches: list[Batch], extended: list[Batch], scorer: BlockScorer,
-             allocation: Allocation, sparsity: float, max_sparsity: float) -> tuple[dict[str, float], Plan]:
-    """The block scores and the allocation's plan of them."""
+def scores_for(adapter: ModelAdapter, batches: list[Batch], extended: list[Batch], scorer: BlockScorer,
+               allocation: Allocation) -> tuple[dict[str, float], Sketches | None]:
+    """The block scores, and the weight sketches the allocation ranks (None if it needs none):
+    what does not depend on the sparsity (the runner caches it across a sweep)."""
     scores = scorer.scores(adapter, batches, extended)
     sketches = (weight_sketches(adapter, batches, allocation.sketch_score, allocation.sketch_quantiles)
                 if allocation.sketch_quantiles else None)
+    return scores, sketches
+
+
+def plan_for(adapter: ModelAdapter, batches: list[Batch], extended: list[Batch], scorer: BlockScorer,
+             allocation: Allocation, sparsity: float, max_sparsity: float) -> tuple[dict[str, float], Plan]:
+    """The block scores and the allocation's plan of them."""
+    scores, sketches = scores_for(adapter, batches, extended, scorer, allocation)
     return scores, allocation.plan(scores, Groups.of(adapter), sparsity, max_sparsity, sketches)
 
 

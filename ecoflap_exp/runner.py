@@ -26,8 +26,8 @@ from rich.console import Console
 from rich.table import Table
 
 import ecoflap_exp
-from ecoflap_exp.allocation.base import Allocation
-from ecoflap_exp.api import build, method_name, plan_for
+from ecoflap_exp.allocation.base import Allocation, Groups, Sketches
+from ecoflap_exp.api import build, method_name, scores_for
 from ecoflap_exp.config_keys import check_keys
 from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import ConfigError, UserError
@@ -41,6 +41,7 @@ from ecoflap_exp.pruning.verify import verify
 from ecoflap_exp.results.records import LOADED_SPARSE
 from ecoflap_exp.scoring.base import BlockScorer, first_samples
 from ecoflap_exp.tracking.model_card import push_to_hub, write_extras
+from ecoflap_exp.tracking.score_cache import ScoreCache, score_key
 from ecoflap_exp.tracking.store import ResultsStore, run_id
 
 log = logging.getLogger(__name__)
@@ -345,14 +346,18 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
                                                 plugins.evals)
     plan: dict[str, float] = {}
     scores: dict[str, float] = {}
+    scorer_info: dict[str, Any] = {}
+    reused = False
     reports = []
     if target.sparsity > 0:
         with timer("calibrate"):
             extended = calib.batches(adapter, scorer.samples_needed)  # the ID paper's 2000, say
             batches = first_samples(extended, calib.num_samples)
         with timer("score"):
-            scores, plan = plan_for(adapter, batches, extended, scorer, allocation, target.sparsity,
-                                    target.max_sparsity)
+            scores, scorer_info, sketches, reused = cached_scores(cfg, provenance["config"], adapter, batches,
+                                                                   extended, plugins)
+        with timer("allocate"):
+            plan = allocation.plan(scores, Groups.of(adapter), target.sparsity, target.max_sparsity, sketches)
         with timer("prune"):
             reports = SequentialEngine(adapter, pruner, plan, target.nm, device, cfg.offload).run(batches)
         del batches, extended
@@ -371,7 +376,8 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
         "target": {"sparsity": target.sparsity, "max_sparsity": target.max_sparsity,
                    "nm": str(target.nm) if target.nm else None},
         "scores": scores,
-        "scorer_info": dict(scorer.info),
+        "scorer_info": scorer_info,
+        "scores_reused": reused,
         "calibration": {**calib.identity, "pruner_samples": calib.num_samples} if calib.identity else {},
         "plan": plan,
         "achieved": achieved,
@@ -387,6 +393,26 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
         if cfg.push_to_hub:
             result["pushed_to"] = push_to_hub(Path(result["saved_model"]), cfg.push_to_hub)
     return result
+
+
+def cached_scores(cfg: DictConfig, config: dict[str, Any], adapter: ModelAdapter, batches: list, extended: list,
+                  plugins: Plugins) -> tuple[dict[str, float], dict[str, Any], Sketches | None, bool]:
+    """(scores, scorer info, sketches, whether they were reused): from the score cache when another
+    point of the sweep computed them (force=true recomputes), else computed and cached. A uniform
+    scorer with nothing to sketch computes nothing worth keeping."""
+    scorer, allocation, calib = plugins.scorer, plugins.allocation, plugins.calib
+    worth = scorer.non_uniform or allocation.sketch_quantiles
+    sketch = (allocation.sketch_score, allocation.sketch_quantiles) if allocation.sketch_quantiles else None
+    cache = ScoreCache(cfg.paths.scores_dir)
+    key = score_key(config, calib.identity.get("sha1", ""), sketch)
+    if worth and not cfg.force and (hit := cache.load(key)) is not None:
+        console.print(f"[green]scores reused[/] from {cache.root / key}.json (force=true recomputes them)")
+        return *hit, True
+    scores, sketches = scores_for(adapter, batches, extended, scorer, allocation)
+    info = dict(scorer.info)
+    if worth:
+        cache.save(key, scores, info, sketches)
+    return scores, info, sketches, False
 
 
 def print_summary(record: dict[str, Any]) -> None:

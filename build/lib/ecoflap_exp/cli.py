@@ -20,14 +20,30 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ecoflap_exp.errors import ConfigError, UserError
+from ecoflap_exp.extras import require
 from ecoflap_exp.runner import run
 from ecoflap_exp.sweep import write_outcome
 
 log = logging.getLogger("run")
 
 
+#: hydra/launcher=<choice> -> (the plugin's module, the extra that installs it)
+LAUNCHERS = {"slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+             "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib")}
+
+
+def check_launcher(argv: list[str]) -> None:
+    """A launcher whose plugin is not installed: our message naming the extra, before Hydra
+    composes (its own would say only that a config group option is missing)."""
+    for arg in argv:
+        key, _, choice = arg.partition("=")
+        if key in ("hydra/launcher", "override hydra/launcher") and choice in LAUNCHERS:
+            module, extra = LAUNCHERS[choice]
+            require(module, extra, f"hydra/launcher={choice}")
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     """One run (or, with --multirun, one point of a sweep) of the composed config."""
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -49,3 +65,12 @@ def main(cfg: DictConfig) -> None:
         if multirun:
             write_outcome("ok" if record is not None else "skipped")
 
+
+def main() -> None:
+    """The `ecoflap` command."""
+    try:
+        check_launcher(sys.argv[1:])
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
