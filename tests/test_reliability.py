@@ -377,3 +377,20 @@ def test_a_launcher_whose_plugin_is_missing_names_its_extra(monkeypatch):
     with pytest.raises(UserError, match=r'hydra/launcher=slurm needs hydra_plugins.hydra_submitit_launcher, which is '
                                         r'not installed; pip install "ecoflap_exp\[slurm\]"'):
         check_launcher(["--multirun", "hydra/launcher=slurm"])
+
+
+def test_threads_auto_runs_a_small_model_on_one_thread_and_a_bad_value_is_refused(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        small = run(config(tmp_path, "model=llama_tiny", "calib=shipped_text", "suite=none", "sparsity=0.5"))
+        assert small["torch_threads"] == 1 and torch.get_num_threads() == 2  # a small model; restored after
+        torch.set_num_threads(1)
+        chosen = run(config(tmp_path, "model=llama_tiny", "calib=shipped_text", "suite=none", "sparsity=0.6",
+                            "threads=2"))
+        assert chosen["torch_threads"] == 2 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    for bad in ("0", "many"):
+        with pytest.raises(UserError, match=f"threads={bad} must be auto or a positive number"):
+            validate(config(tmp_path, f"threads={bad}"))
