@@ -34,10 +34,7 @@ from ecoflap_exp.allocation.base import Allocation, Groups, Sketches
 from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
-from ecoflap_exp.models.causal_lm import CausalLMAdapter
-from ecoflap_exp.models.open_clip import OpenCLIPAdapter
 from ecoflap_exp.models.seam import Batch
-from ecoflap_exp.models.vit import HFViTAdapter, TimmViTAdapter
 from ecoflap_exp.pruning.base import LocalPruner
 from ecoflap_exp.pruning.engine import Plan, SequentialEngine
 from ecoflap_exp.pruning.masks import parse_nm
@@ -46,8 +43,16 @@ from ecoflap_exp.scoring.base import BlockScorer, first_samples
 from ecoflap_exp.scoring.sketches import weight_sketches
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-#: the adapters that wrap an already-loaded model, tried in order
-WRAPPING_ADAPTERS: tuple[type[ModelAdapter], ...] = (CausalLMAdapter, OpenCLIPAdapter, TimmViTAdapter, HFViTAdapter)
+
+
+def wrapping_adapters() -> tuple[type[ModelAdapter], ...]:
+    """The adapters that wrap an already-loaded model, tried in order (imported here, on first
+    use: their libraries would double the command line's start-up)."""
+    from ecoflap_exp.models.causal_lm import CausalLMAdapter
+    from ecoflap_exp.models.open_clip import OpenCLIPAdapter
+    from ecoflap_exp.models.vit import HFViTAdapter, TimmViTAdapter
+
+    return CausalLMAdapter, OpenCLIPAdapter, TimmViTAdapter, HFViTAdapter
 
 
 def build(node: DictConfig) -> Any:
@@ -96,13 +101,13 @@ def plugins(scorer: str, pruner: str, allocation: str | None, overrides: Sequenc
 def adapter_of(model: nn.Module | ModelAdapter, adapter: type[ModelAdapter] | None = None,
                **settings: Any) -> ModelAdapter:
     """The model's adapter: itself if it is one, else the named adapter class's or the first of
-    WRAPPING_ADAPTERS that wraps it, around the model as it is (nothing loads)."""
+    wrapping_adapters() that wraps it, around the model as it is (nothing loads)."""
     if isinstance(model, ModelAdapter):
         return model
     if adapter is None:
-        adapter = next((cls for cls in WRAPPING_ADAPTERS if cls.wraps(model)), None)
+        adapter = next((cls for cls in wrapping_adapters() if cls.wraps(model)), None)
     if adapter is None:
-        known = ", ".join(cls.__name__ for cls in WRAPPING_ADAPTERS)
+        known = ", ".join(cls.__name__ for cls in wrapping_adapters())
         raise UserError(f"no adapter wraps a {type(model).__module__}.{type(model).__name__}; pass adapter=<one of "
                         f"{known}> or an adapter built from its config")
     return adapter.wrapping(model, **settings)

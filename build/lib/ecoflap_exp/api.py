@@ -12,7 +12,7 @@ their adapter, e.g. `Blip2Adapter(checkpoint=...)`). `calibration`: token-id ten
 further config overrides (`["scorer.eps=1e-4"]`). `sparsity`: a fraction, or {regex: fraction}
 per matrix name (unmatched matrices are kept dense); `nm="2:4"`; `targets`/`ignore`: regexes over
 matrix names (as llm-compressor's) choosing which matrices are pruned. The runner (ecoflap_exp.runner)
-plans through the same `plan_for` and prunes with the same engine.
+scores through the same `scores_for` and prunes with the same engine.
 """
 
 from __future__ import annotations
@@ -30,14 +30,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from ecoflap_exp.allocation.base import Allocation, Groups
+from ecoflap_exp.allocation.base import Allocation, Groups, Sketches
 from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
-from ecoflap_exp.models.causal_lm import CausalLMAdapter
-from ecoflap_exp.models.open_clip import OpenCLIPAdapter
 from ecoflap_exp.models.seam import Batch
-from ecoflap_exp.models.vit import HFViTAdapter, TimmViTAdapter
 from ecoflap_exp.pruning.base import LocalPruner
 from ecoflap_exp.pruning.engine import Plan, SequentialEngine
 from ecoflap_exp.pruning.masks import parse_nm
@@ -46,8 +43,16 @@ from ecoflap_exp.scoring.base import BlockScorer, first_samples
 from ecoflap_exp.scoring.sketches import weight_sketches
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-#: the adapters that wrap an already-loaded model, tried in order
-WRAPPING_ADAPTERS: tuple[type[ModelAdapter], ...] = (CausalLMAdapter, OpenCLIPAdapter, TimmViTAdapter, HFViTAdapter)
+
+
+def wrapping_adapters() -> tuple[type[ModelAdapter], ...]:
+    """The adapters that wrap an already-loaded model, tried in order (imported here, on first
+    use: their libraries would double the command line's start-up)."""
+    from ecoflap_exp.models.causal_lm import CausalLMAdapter
+    from ecoflap_exp.models.open_clip import OpenCLIPAdapter
+    from ecoflap_exp.models.vit import HFViTAdapter, TimmViTAdapter
+
+    return CausalLMAdapter, OpenCLIPAdapter, TimmViTAdapter, HFViTAdapter
 
 
 def build(node: DictConfig) -> Any:
@@ -96,13 +101,13 @@ def plugins(scorer: str, pruner: str, allocation: str | None, overrides: Sequenc
 def adapter_of(model: nn.Module | ModelAdapter, adapter: type[ModelAdapter] | None = None,
                **settings: Any) -> ModelAdapter:
     """The model's adapter: itself if it is one, else the named adapter class's or the first of
-    WRAPPING_ADAPTERS that wraps it, around the model as it is (nothing loads)."""
+    wrapping_adapters() that wraps it, around the model as it is (nothing loads)."""
     if isinstance(model, ModelAdapter):
         return model
     if adapter is None:
-        adapter = next((cls for cls in WRAPPING_ADAPTERS if cls.wraps(model)), None)
+        adapter = next((cls for cls in wrapping_adapters() if cls.wraps(model)), None)
     if adapter is None:
-        known = ", ".join(cls.__name__ for cls in WRAPPING_ADAPTERS)
+        known = ", ".join(cls.__name__ for cls in wrapping_adapters())
         raise UserError(f"no adapter wraps a {type(model).__module__}.{type(model).__name__}; pass adapter=<one of "
                         f"{known}> or an adapter built from its config")
     return adapter.wrapping(model, **settings)
@@ -152,12 +157,20 @@ def method_name(scorer: BlockScorer, allocation: Allocation, pruner: LocalPruner
     return f"{choice}+{pruner.name}" if choice else pruner.name
 
 
-def plan_for(adapter: ModelAdapter, batches: list[Batch], extended: list[Batch], scorer: BlockScorer,
-             allocation: Allocation, sparsity: float, max_sparsity: float) -> tuple[dict[str, float], Plan]:
-    """The block scores and the allocation's plan of them."""
+def scores_for(adapter: ModelAdapter, batches: list[Batch], extended: list[Batch], scorer: BlockScorer,
+               allocation: Allocation) -> tuple[dict[str, float], Sketches | None]:
+    """The block scores, and the weight sketches the allocation ranks (None if it needs none):
+    what does not depend on the sparsity (the runner caches it across a sweep)."""
     scores = scorer.scores(adapter, batches, extended)
     sketches = (weight_sketches(adapter, batches, allocation.sketch_score, allocation.sketch_quantiles)
                 if allocation.sketch_quantiles else None)
+    return scores, sketches
+
+
+def plan_for(adapter: ModelAdapter, batches: list[Batch], extended: list[Batch], scorer: BlockScorer,
+             allocation: Allocation, sparsity: float, max_sparsity: float) -> tuple[dict[str, float], Plan]:
+    """The block scores and the allocation's plan of them."""
+    scores, sketches = scores_for(adapter, batches, extended, scorer, allocation)
     return scores, allocation.plan(scores, Groups.of(adapter), sparsity, max_sparsity, sketches)
 
 

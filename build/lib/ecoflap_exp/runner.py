@@ -26,8 +26,8 @@ from rich.console import Console
 from rich.table import Table
 
 import ecoflap_exp
-from ecoflap_exp.allocation.base import Allocation
-from ecoflap_exp.api import build, method_name, plan_for
+from ecoflap_exp.allocation.base import Allocation, Groups, Sketches
+from ecoflap_exp.api import build, method_name, scores_for
 from ecoflap_exp.config_keys import check_keys
 from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import ConfigError, UserError
@@ -41,6 +41,7 @@ from ecoflap_exp.pruning.verify import verify
 from ecoflap_exp.results.records import LOADED_SPARSE
 from ecoflap_exp.scoring.base import BlockScorer, first_samples
 from ecoflap_exp.tracking.model_card import push_to_hub, write_extras
+from ecoflap_exp.tracking.score_cache import ScoreCache, score_key
 from ecoflap_exp.tracking.store import ResultsStore, run_id
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ def validate(cfg: DictConfig) -> Target:
     if not cfg.model.get("name"):
         raise UserError("the model config has no `name` (the short name records and tables use, e.g. name: my_llama); "
                         "add one to it")
+    if cfg.threads != "auto" and (isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int) or cfg.threads < 1):
+        raise UserError(f"threads={cfg.threads} must be auto or a positive number of CPU threads")
     if cfg.push_to_hub and not cfg.save_model:
         raise UserError(f"push_to_hub={cfg.push_to_hub} uploads the saved model; add save_model=true")
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
@@ -177,6 +180,8 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
                                   "method": plugins.method(target), "scorer": plugins.scorer.name,
                                   "started": dt.datetime.now().isoformat(timespec="seconds"),
                                   "versions": versions(), "git_commit": git_commit()}
+        threads_before = torch.get_num_threads()
+        set_threads(cfg.threads, adapter)
         try:
             record.update(execute(cfg, target, rid, plugins, adapter, timer, record))
             if target.sparsity == 0 and record["achieved"]["overall"] >= LOADED_SPARSE:
@@ -189,6 +194,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             record.update(status="failed", error=f"{type(err).__name__}: {err}")
             raise
         finally:
+            torch.set_num_threads(threads_before)  # the caller's setting again (the API, a test session)
             record["finished"] = dt.datetime.now().isoformat(timespec="seconds")
             record["peak_rss_gb"] = peak_rss_gb()
             unwritten = write_record(store, record)
@@ -249,6 +255,20 @@ def preflight(cfg: DictConfig, target: Target, plugins: Plugins) -> None:
         ev.check_checkpoints()
     for ev in plugins.evals.values():
         ev.check_data()  # a missing or malformed benchmark file stops the run here
+
+
+#: below this many parameters, threads=auto runs torch on one CPU thread: `make run` (the 1.8M-parameter
+#: digits CLIP, 35 points) took 40.2 s with one thread and 45.0 s with torch's default 2 here
+SMALL_MODEL_PARAMS = 100_000_000
+
+
+def set_threads(threads: int | str, adapter: ModelAdapter) -> None:
+    """torch's CPU threads for this run (restored after it): a number, or auto (one for a small model)."""
+    if threads == "auto":
+        if sum(p.numel() for p in adapter.model.parameters()) < SMALL_MODEL_PARAMS:
+            torch.set_num_threads(1)
+    else:
+        torch.set_num_threads(int(threads))
 
 
 def load(cfg: DictConfig, plugins: Plugins, timer: StageTimer) -> ModelAdapter:
@@ -345,14 +365,18 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
                                                 plugins.evals)
     plan: dict[str, float] = {}
     scores: dict[str, float] = {}
+    scorer_info: dict[str, Any] = {}
+    reused = False
     reports = []
     if target.sparsity > 0:
         with timer("calibrate"):
             extended = calib.batches(adapter, scorer.samples_needed)  # the ID paper's 2000, say
             batches = first_samples(extended, calib.num_samples)
         with timer("score"):
-            scores, plan = plan_for(adapter, batches, extended, scorer, allocation, target.sparsity,
-                                    target.max_sparsity)
+            scores, scorer_info, sketches, reused = cached_scores(cfg, provenance["config"], adapter, batches,
+                                                                   extended, plugins)
+        with timer("allocate"):
+            plan = allocation.plan(scores, Groups.of(adapter), target.sparsity, target.max_sparsity, sketches)
         with timer("prune"):
             reports = SequentialEngine(adapter, pruner, plan, target.nm, device, cfg.offload).run(batches)
         del batches, extended
@@ -371,7 +395,8 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
         "target": {"sparsity": target.sparsity, "max_sparsity": target.max_sparsity,
                    "nm": str(target.nm) if target.nm else None},
         "scores": scores,
-        "scorer_info": dict(scorer.info),
+        "scorer_info": scorer_info,
+        "scores_reused": reused,
         "calibration": {**calib.identity, "pruner_samples": calib.num_samples} if calib.identity else {},
         "plan": plan,
         "achieved": achieved,
@@ -380,6 +405,7 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
         "metrics": metrics,
         "eval_info": eval_info,
         "timings_s": timer.seconds,
+        "torch_threads": torch.get_num_threads(),
         "peak_gpu_gb": timer.peak_gpu_gb,
     }
     if cfg.save_model:
@@ -387,6 +413,26 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
         if cfg.push_to_hub:
             result["pushed_to"] = push_to_hub(Path(result["saved_model"]), cfg.push_to_hub)
     return result
+
+
+def cached_scores(cfg: DictConfig, config: dict[str, Any], adapter: ModelAdapter, batches: list, extended: list,
+                  plugins: Plugins) -> tuple[dict[str, float], dict[str, Any], Sketches | None, bool]:
+    """(scores, scorer info, sketches, whether they were reused): from the score cache when another
+    point of the sweep computed them (force=true recomputes), else computed and cached. A uniform
+    scorer with nothing to sketch computes nothing worth keeping."""
+    scorer, allocation, calib = plugins.scorer, plugins.allocation, plugins.calib
+    worth = scorer.non_uniform or allocation.sketch_quantiles
+    sketch = (allocation.sketch_score, allocation.sketch_quantiles) if allocation.sketch_quantiles else None
+    cache = ScoreCache(cfg.paths.scores_dir)
+    key = score_key(config, calib.identity.get("sha1", ""), sketch)
+    if worth and not cfg.force and (hit := cache.load(key)) is not None:
+        console.print(f"[green]scores reused[/] from {cache.root / key}.json (force=true recomputes them)")
+        return *hit, True
+    scores, sketches = scores_for(adapter, batches, extended, scorer, allocation)
+    info = dict(scorer.info)
+    if worth:
+        cache.save(key, scores, info, sketches)
+    return scores, info, sketches, False
 
 
 def print_summary(record: dict[str, Any]) -> None:

@@ -24,8 +24,9 @@ from typing import Any
 from ecoflap_exp.errors import UserError
 
 #: config keys that do not change a run's result (offload moves blocks, with the same weights as a
-#: result); the one list both the store's run ids and W&B's run names use
-NON_IDENTITY_KEYS = ("force", "paths", "save_model", "push_to_hub", "logger", "hydra", "offload")
+#: result; the thread count gave identical tables on `make run`); the one list both the store's run
+#: ids and W&B's run names use
+NON_IDENTITY_KEYS = ("force", "paths", "save_model", "push_to_hub", "logger", "hydra", "offload", "threads")
 
 
 #: what a dense run (sparsity 0, no N:M) does not depend on: how it would have been pruned

@@ -26,7 +26,7 @@ from ecoflap_exp.extras import require
 from ecoflap_exp.tracking.store import NON_IDENTITY_KEYS
 
 #: stages of the pruning job (load, calibrate, score, allocate, prune), i.e. not the evaluation
-PRUNING_STAGES = ("load", "calibrate", "score", "prune")  # "score" includes the allocation
+PRUNING_STAGES = ("load", "calibrate", "score", "allocate", "prune")
 #: summary keys that hold record fields verbatim
 RECORD_FIELDS = ("status", "error", "model", "method", "scorer", "target", "plan", "scores", "scorer_info", "eval_info",
                  "timings_s", "peak_gpu_gb", "peak_rss_gb", "started", "finished", "git_commit", "versions")
