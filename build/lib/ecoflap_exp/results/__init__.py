@@ -1,1 +1,0 @@
-"""Run records -> paper-style tables (markdown, CSV, LaTeX) and plots."""
