@@ -37,9 +37,9 @@ from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch
 from ecoflap_exp.pruning.base import LocalPruner
 from ecoflap_exp.pruning.engine import Plan, SequentialEngine
-from ecoflap_exp.pruning.masks import parse_nm
+from ecoflap_exp.pruning.masks import check_sparsity, parse_nm
 from ecoflap_exp.pruning.verify import verify
-from ecoflap_exp.scoring.base import BlockScorer, first_samples
+from ecoflap_exp.scoring.base import BlockScorer, first_samples, samples_in
 from ecoflap_exp.scoring.sketches import weight_sketches
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -85,17 +85,15 @@ class PruneReport:
         return asdict(self)
 
 
-def plugins(scorer: str, pruner: str, allocation: str | None, overrides: Sequence[str] = ()) -> tuple[
-        BlockScorer, Allocation, LocalPruner]:
-    """The shipped scorer, allocation and pruner configs, composed and built as the command line
-    does (a scorer config may choose its allocation, as scorer=owl does)."""
+def composed(scorer: str, pruner: str, allocation: str | None, overrides: Sequence[str] = ()) -> DictConfig:
+    """The shipped config with these scorer, pruner and allocation choices, composed as the command
+    line composes it (a scorer config may choose its allocation, as scorer=owl does)."""
     choices = [f"scorer={scorer}", f"pruner={pruner}"] + ([f"allocation={allocation}"] if allocation else [])
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         try:
-            cfg = compose("config", [*choices, *overrides])
+            return compose("config", [*choices, *overrides])
         except Exception as err:  # noqa: BLE001 - Hydra's composition errors name the bad choice
             raise UserError(f"cannot compose {' '.join([*choices, *overrides])}: {str(err).splitlines()[0]}") from None
-    return build(cfg.scorer), build(cfg.allocation), build(cfg.pruner)
 
 
 def adapter_of(model: nn.Module | ModelAdapter, adapter: type[ModelAdapter] | None = None,
@@ -128,7 +126,7 @@ def batches_of(adapter: ModelAdapter, calibration: Any, batch_size: int, count: 
         batches = [adapter.collate(list(item)) for item in items]
     else:
         batches = [adapter.collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
-    held = sum(len(next(iter(b.values()))) for b in batches)
+    held = sum(samples_in(b) for b in batches)
     if count is not None and count > held:
         raise UserError(f"the scorer reads {count} calibration samples but {held} were given; pass more, or a "
                         f"calibration source that can draw them")
@@ -182,16 +180,18 @@ def prune(model: nn.Module | ModelAdapter, calibration: Any, *, scorer: str = "u
     """Prune `model` in place and report what was done (see the module's docstring)."""
     pattern = parse_nm(nm)
     per_matrix = isinstance(sparsity, dict)
-    target = pattern.sparsity if pattern is not None else (0.0 if per_matrix else float(sparsity))
-    if not 0 <= target < 1 or (per_matrix and not all(0 <= p < 1 for p in sparsity.values())):
-        raise UserError(f"sparsity={sparsity} is outside [0, 1); pass a fraction such as sparsity=0.5")
+    if per_matrix:
+        for pattern_of_names, p in sparsity.items():
+            check_sparsity(p, f"sparsity[{pattern_of_names!r}]")
+    target = pattern.sparsity if pattern is not None else (0.0 if per_matrix else check_sparsity(sparsity))
     if (per_matrix or pattern is not None) and scorer != "uniform":
         raise UserError(f"scorer={scorer} plans block sparsities, but sparsity={sparsity} / nm={nm} fixes them; use "
                         f"scorer='uniform'")
     wrapped = adapter_of(model, adapter, **adapter_settings)
-    block_scorer, allocator, local_pruner = plugins(scorer, pruner, allocation, overrides)
+    cfg = composed(scorer, pruner, allocation, overrides)
+    block_scorer, allocator, local_pruner = build(cfg.scorer), build(cfg.allocation), build(cfg.pruner)
     batches, extended = batches_of(wrapped, calibration, batch_size, block_scorer.samples_needed)
-    ceiling = max_sparsity if max_sparsity is not None else min(target + 0.1, 1.0)
+    ceiling = max_sparsity if max_sparsity is not None else min(target + cfg.max_sparsity_delta, 1.0)
     if per_matrix:
         scores, plan = {}, dict.fromkeys((b.name for b in wrapped.blocks()), 0.0)
     else:

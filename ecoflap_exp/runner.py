@@ -33,10 +33,9 @@ from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import ConfigError, UserError
 from ecoflap_exp.evals.base import Evaluation
 from ecoflap_exp.models.adapter import ModelAdapter
-from ecoflap_exp.models.loading import check_checkpoint
 from ecoflap_exp.pruning.base import LocalPruner
 from ecoflap_exp.pruning.engine import MatrixReport, SequentialEngine
-from ecoflap_exp.pruning.masks import NM, parse_nm
+from ecoflap_exp.pruning.masks import NM, check_sparsity, parse_nm
 from ecoflap_exp.pruning.verify import verify
 from ecoflap_exp.results.records import LOADED_SPARSE
 from ecoflap_exp.scoring.base import BlockScorer, first_samples
@@ -61,9 +60,7 @@ def validate(cfg: DictConfig) -> Target:
     """Every check of the config's own values, so bad values fail before anything is built."""
     check_keys(cfg)
     nm = parse_nm(cfg.nm)
-    sparsity = cfg.sparsity
-    if isinstance(sparsity, bool) or not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
-        raise UserError(f"sparsity={cfg.sparsity} is outside [0, 1); pass a fraction such as sparsity=0.5")
+    sparsity = check_sparsity(cfg.sparsity)
     if nm is not None and not math.isclose(sparsity, nm.sparsity):
         raise UserError(f"nm={nm} fixes the sparsity at {nm.sparsity:g}, but sparsity={sparsity:g}; leave sparsity "
                         f"out with nm (it follows the pattern)")
@@ -249,8 +246,7 @@ def preflight(cfg: DictConfig, target: Target, plugins: Plugins) -> None:
                             f"{calib.batch_size}); use a multiple of {calib.batch_size}")
     model_class = get_class(cfg.model._target_)
     check_fit(model_class, calib, plugins.evals)
-    for name in model_class.checkpoints(cfg.model):
-        check_checkpoint(name)
+    model_class.check_checkpoints(cfg.model)
     for ev in plugins.evals.values():
         ev.check_checkpoints()
     for ev in plugins.evals.values():

@@ -18,7 +18,6 @@ import torch
 
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import describe
-from ecoflap_exp.models.loading import check_checkpoint
 
 
 class Evaluation(ABC):
@@ -90,8 +89,7 @@ class OnCompanion(Evaluation):
         return self.evaluation.name
 
     def check_checkpoints(self) -> None:
-        for name in self.companion_class().checkpoints(getattr(self.companion, "keywords", {})):
-            check_checkpoint(name)
+        self.companion_class().check_checkpoints(getattr(self.companion, "keywords", {}))
 
     def check_data(self) -> None:
         self.evaluation.check_data()

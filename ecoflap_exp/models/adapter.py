@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ecoflap_exp.errors import UserError
+from ecoflap_exp.models.loading import check_checkpoint
 from ecoflap_exp.models.seam import Batch, Block, PrunableMatrix, Tower
 
 #: the target value a cross-entropy skips (padding, prompt tokens)
@@ -84,6 +85,12 @@ class ModelAdapter(ABC):
         names = [config.get("checkpoint")] if config.get("init", "pretrained") == "pretrained" else []
         names.append(config.get("tokenizer"))
         return [n for n in names if isinstance(n, str) and n not in cls.builtin_tokenizers]
+
+    @classmethod
+    def check_checkpoints(cls, config: Mapping[str, Any]) -> None:
+        """UserError now when one of `checkpoints(config)` cannot be had (loading.check_checkpoint)."""
+        for name in cls.checkpoints(config):
+            check_checkpoint(name)
 
     @abstractmethod
     def all_towers(self) -> list[Tower]:

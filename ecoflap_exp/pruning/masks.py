@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -36,6 +36,13 @@ class NM:
 
     def __str__(self) -> str:
         return f"{self.n}:{self.m}"
+
+
+def check_sparsity(value: Any, key: str = "sparsity") -> float:
+    """A sparsity as a float in [0, 1), or one UserError naming the fix."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise UserError(f"{key}={value} is outside [0, 1); pass a fraction such as {key}=0.5")
+    return float(value)
 
 
 def parse_nm(spec: str | None) -> NM | None:

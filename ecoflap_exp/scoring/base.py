@@ -93,6 +93,11 @@ def groups(adapter: ModelAdapter, granularity: str) -> dict[str, list[PrunableMa
     return {block.name: block.matrices for block in adapter.blocks()}
 
 
+def samples_in(batch: Batch) -> int:
+    """How many calibration samples a batch holds (the leading size of its first tensor)."""
+    return len(next(iter(batch.values())))
+
+
 def first_samples(batches: list[Batch], num_samples: int | None) -> list[Batch]:
     """The leading batches that hold `num_samples` calibration samples (all when None)."""
     if num_samples is None:
@@ -102,7 +107,7 @@ def first_samples(batches: list[Batch], num_samples: int | None) -> list[Batch]:
         if count >= num_samples:
             break
         kept.append(batch)
-        count += len(next(iter(batch.values())))
+        count += samples_in(batch)
     return kept
 
 

@@ -71,10 +71,10 @@ def drop_copies(D: torch.Tensor, norms: torch.Tensor, same: Callable[[int, int],
 
 
 def distinct_distances(X: torch.Tensor) -> torch.Tensor:
-    """Distances between the distinct rows of X (points x features)."""
-    centred = X.double() - X.double().mean(0)
-    D = gram_distances(centred @ centred.t())
-    return drop_copies(D, centred.norm(dim=1), lambda i, j: torch.equal(X[i], X[j]))
+    """Distances between the distinct rows of X (points x features): a one-token VectorStore's."""
+    store = VectorStore(X.device)
+    store.add(X)
+    return store.distinct_distances()
 
 
 @dataclass

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ecoflap_exp.allocation.base import Sketch, Sketches
+from ecoflap_exp.tracking.store import write_atomically
 
 
 def checkpoint_files(model: dict[str, Any]) -> list[list[Any]]:
@@ -69,18 +68,7 @@ class ScoreCache:
             for name, s in sketches.items():
                 tensors[f"{name}/values"] = torch.from_numpy(np.ascontiguousarray(s.values))
                 tensors[f"{name}/counts"] = torch.from_numpy(np.ascontiguousarray(s.counts))
-            atomic(self.root / f"{key}.sketches.safetensors", lambda path: save_file(tensors, str(path)))
+            write_atomically(self.root / f"{key}.sketches.safetensors", lambda path: save_file(tensors, str(path)))
         entry = {"scores": scores, "scorer_info": info, "sketched": list(sketches) if sketches is not None else None}
-        atomic(self.root / f"{key}.json", lambda path: path.write_text(json.dumps(entry, default=str)))
+        write_atomically(self.root / f"{key}.json", lambda path: path.write_text(json.dumps(entry, default=str)))
 
-
-def atomic(target: Path, write: Any) -> None:
-    """Write through a temporary file renamed into place (never a half-written entry)."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -17,7 +17,7 @@ import json
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,17 +105,23 @@ class ResultsStore:
     def write(self, record: dict[str, Any]) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         target = self.path(record["id"])
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f, indent=1, default=str)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(target, lambda path: path.write_text(json.dumps(record, indent=1, default=str)))
         return target
+
+
+def write_atomically(target: Path, write: Callable[[Path], Any]) -> None:
+    """`write(path)` into a temporary file beside `target`, synced and renamed into place: never a
+    half-written file, and no temporary left when the write fails."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_claim(path: Path) -> dict[str, Any] | None:
