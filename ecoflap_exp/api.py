@@ -41,6 +41,7 @@ from ecoflap_exp.pruning.masks import check_sparsity, parse_nm
 from ecoflap_exp.pruning.verify import verify
 from ecoflap_exp.scoring.base import BlockScorer, first_samples, samples_in
 from ecoflap_exp.scoring.sketches import weight_sketches
+from ecoflap_exp.tower_outputs import DEFAULT_BUDGET_GB, tower_outputs
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -176,7 +177,7 @@ def prune(model: nn.Module | ModelAdapter, calibration: Any, *, scorer: str = "u
           allocation: str | None = None, sparsity: float | dict[str, float] = 0.5, nm: str | None = None,
           max_sparsity: float | None = None, targets: Sequence[str] | None = None, ignore: Sequence[str] | None = None,
           batch_size: int = 8, adapter: type[ModelAdapter] | None = None, overrides: Sequence[str] = (),
-          **adapter_settings: Any) -> PruneReport:
+          cache_gb: float = DEFAULT_BUDGET_GB, **adapter_settings: Any) -> PruneReport:
     """Prune `model` in place and report what was done (see the module's docstring)."""
     pattern = parse_nm(nm)
     per_matrix = isinstance(sparsity, dict)
@@ -192,13 +193,14 @@ def prune(model: nn.Module | ModelAdapter, calibration: Any, *, scorer: str = "u
     block_scorer, allocator, local_pruner = build(cfg.scorer), build(cfg.allocation), build(cfg.pruner)
     batches, extended = batches_of(wrapped, calibration, batch_size, block_scorer.samples_needed)
     ceiling = max_sparsity if max_sparsity is not None else min(target + cfg.max_sparsity_delta, 1.0)
-    if per_matrix:
-        scores, plan = {}, dict.fromkeys((b.name for b in wrapped.blocks()), 0.0)
-    else:
-        scores, plan = plan_for(wrapped, batches, extended, block_scorer, allocator, target, ceiling)
-    if per_matrix or targets is not None or ignore:
-        plan = selected_plan(plan, wrapped, sparsity, targets, ignore)
-    reports = SequentialEngine(wrapped, local_pruner, plan, pattern, wrapped.device).run(batches)
+    with tower_outputs(wrapped, cache_gb):
+        if per_matrix:
+            scores, plan = {}, dict.fromkeys((b.name for b in wrapped.blocks()), 0.0)
+        else:
+            scores, plan = plan_for(wrapped, batches, extended, block_scorer, allocator, target, ceiling)
+        if per_matrix or targets is not None or ignore:
+            plan = selected_plan(plan, wrapped, sparsity, targets, ignore)
+        reports = SequentialEngine(wrapped, local_pruner, plan, pattern, wrapped.device).run(batches)
     achieved = verify(wrapped, plan, pattern, reports, exact=local_pruner.count == "exact")
     return PruneReport(method_name(block_scorer, allocator, local_pruner), scores, plan, achieved,
                        [r.as_dict() for r in reports], dict(block_scorer.info))

@@ -39,6 +39,7 @@ from ecoflap_exp.pruning.masks import NM, check_sparsity, parse_nm
 from ecoflap_exp.pruning.verify import verify
 from ecoflap_exp.results.records import LOADED_SPARSE
 from ecoflap_exp.scoring.base import BlockScorer, first_samples
+from ecoflap_exp.tower_outputs import tower_outputs
 from ecoflap_exp.tracking.model_card import push_to_hub, write_extras
 from ecoflap_exp.tracking.score_cache import ScoreCache, score_key
 from ecoflap_exp.tracking.store import ResultsStore, run_id
@@ -74,6 +75,8 @@ def validate(cfg: DictConfig) -> Target:
                         "add one to it")
     if cfg.threads != "auto" and (isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int) or cfg.threads < 1):
         raise UserError(f"threads={cfg.threads} must be auto or a positive number of CPU threads")
+    if isinstance(cfg.cache_gb, bool) or not isinstance(cfg.cache_gb, int | float) or cfg.cache_gb < 0:
+        raise UserError(f"cache_gb={cfg.cache_gb} must be a number of GB >= 0 (0 stores no tower outputs)")
     if cfg.push_to_hub and not cfg.save_model:
         raise UserError(f"push_to_hub={cfg.push_to_hub} uploads the saved model; add save_model=true")
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
@@ -368,13 +371,14 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
         with timer("calibrate"):
             extended = calib.batches(adapter, scorer.samples_needed)  # the ID paper's 2000, say
             batches = first_samples(extended, calib.num_samples)
-        with timer("score"):
-            scores, scorer_info, sketches, reused = cached_scores(cfg, provenance["config"], adapter, batches,
-                                                                   extended, plugins)
-        with timer("allocate"):
-            plan = allocation.plan(scores, Groups.of(adapter), target.sparsity, target.max_sparsity, sketches)
-        with timer("prune"):
-            reports = SequentialEngine(adapter, pruner, plan, target.nm, device, cfg.offload).run(batches)
+        with tower_outputs(adapter, cfg.cache_gb):  # shared by scoring and the engine's input capture
+            with timer("score"):
+                scores, scorer_info, sketches, reused = cached_scores(cfg, provenance["config"], adapter, batches,
+                                                                       extended, plugins)
+            with timer("allocate"):
+                plan = allocation.plan(scores, Groups.of(adapter), target.sparsity, target.max_sparsity, sketches)
+            with timer("prune"):
+                reports = SequentialEngine(adapter, pruner, plan, target.nm, device, cfg.offload).run(batches)
         del batches, extended
     with timer("verify"):
         achieved = verify(adapter, plan or dict.fromkeys(plan_keys(adapter), 0.0), target.nm, reports,

@@ -2,7 +2,8 @@
 statistics from real tokens, and walk the tower block by block.
 
 `capture_inputs` runs the model once per calibration batch up to the tower's first block and keeps
-that block's inputs (hidden states, every other argument, the tower's token masks of the batch).
+that block's inputs (hidden states, every other argument, the tower's token masks of the batch);
+towers whose outputs cannot have changed are served from tower_outputs when a scope is open.
 `walk_tower` then hands each block its inputs over all batches and, once the consumer is done with
 it (it may have pruned it), re-runs the block to make the next block's inputs. `collect_stats`
 runs one block over its inputs with hooks that feed each matrix's statistics. Beyond the model,
@@ -11,6 +12,7 @@ memory holds one block's inputs and one block's statistics.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +23,7 @@ from ecoflap_exp.input_stats import InputStats
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, Tower
 from ecoflap_exp.progress import track
+from ecoflap_exp.tower_outputs import TowerOutputs, active
 
 
 def move(obj: Any, device: torch.device) -> Any:
@@ -42,6 +45,15 @@ class _Reached(Exception):
 
 
 def capture_inputs(adapter: ModelAdapter, tower: Tower, batches: list[Batch]) -> list[BlockInput]:
+    """The inputs of the tower's first block per batch; within an open tower_outputs scope, the
+    towers it reads and those beside it are served their stored outputs."""
+    outputs = active(adapter)
+    with outputs.serving(outputs.capturing(tower.name)) if outputs else contextlib.nullcontext():
+        return _capture(adapter, tower, batches, outputs)
+
+
+def _capture(adapter: ModelAdapter, tower: Tower, batches: list[Batch], outputs: TowerOutputs | None
+             ) -> list[BlockInput]:
     inputs: list[BlockInput] = []
     masks: dict[str, torch.Tensor] = {}  # the token masks of the batch being run
 
@@ -56,7 +68,8 @@ def capture_inputs(adapter: ModelAdapter, tower: Tower, batches: list[Batch]) ->
         for batch in batches:
             masks = tower.token_masks(batch)
             try:
-                adapter.forward(batch)
+                with outputs.batch(batch) if outputs else contextlib.nullcontext():
+                    adapter.forward(batch)
             except _Reached:
                 continue
             raise RuntimeError(f"tower {tower.name}: the model's forward never reached {tower.blocks[0].name}")

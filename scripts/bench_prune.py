@@ -14,6 +14,13 @@ allocate (water-filling, p_max = p + 0.1), prune. `--zeroth-blocks 1` perturbs o
 block of each tower (the memory peak does not grow with more blocks; the time does, per matrix).
 Issue 4 anchors on one GPU at full size: Wanda 8.87 GB, zeroth 8.93 GB, first-order 22.4 GB.
 
+`--passes forward,sparsegpt_reference_count,ist_sparsegpt` puts our SparseGPT (counting as the
+reference does, so the masks can agree) beside IST-DASLab/sparsegpt's algorithm as its code
+runs it: one Hessian accumulated per Linear (q, k and v each their own), `fasterprune` per matrix
+with its own inverse and the broadcast rank-1 update, fed by the same block walk. Both print a
+digest of the pruned weights' zero pattern and the summed relative reconstruction error
+tr(dW H dW^T) / tr(W H W^T) of every matrix on its calibration inputs (first 128 rows).
+
 Each pass runs in its own child process so that its peak RSS is its own; model construction is
 identical in every child, so the ratios to the plain forward's figures compare like with like.
 Only the pass itself is timed. With a GPU (`--device cuda`), peak GPU memory is reported instead
@@ -25,7 +32,9 @@ Only the pass itself is timed. With a GPU (`--device cuda`), peak GPU memory is 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
 import os
 import resource
 import subprocess
@@ -50,6 +59,7 @@ from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner  # noqa: E402
 from ecoflap_exp.pruning.wanda import WandaPruner  # noqa: E402
 from ecoflap_exp.scoring.first import FirstOrderScorer  # noqa: E402
 from ecoflap_exp.scoring.zeroth import ZerothOrderScorer  # noqa: E402
+from ecoflap_exp.walk import walk_tower  # noqa: E402
 
 PRUNERS = {"wanda": WandaPruner, "sparsegpt": SparseGPTPruner, "magnitude": MagnitudePruner}
 CAPTIONS = ["a man riding a horse on a sunny beach", "two dogs playing with a red ball in the park",
@@ -88,12 +98,103 @@ def build(args: argparse.Namespace) -> tuple[ModelAdapter, list[Batch]]:
     return adapter, [adapter.collate(samples[i : i + args.batch]) for i in range(0, args.samples, args.batch)]
 
 
-def prune(adapter: ModelAdapter, batches: list[Batch], name: str, args: argparse.Namespace) -> None:
+def ist_add_batch(state: dict[str, Any], inp: torch.Tensor) -> None:
+    """IST-DASLab's `SparseGPT.add_batch`: a running mean of 2 x x^T over batch entries."""
+    inp = inp.unsqueeze(0) if inp.dim() == 2 else inp
+    entries = inp.shape[0]
+    inp = inp.reshape(-1, inp.shape[-1]).t()
+    state["H"] *= state["n"] / (state["n"] + entries)
+    state["n"] += entries
+    inp = math.sqrt(2 / state["n"]) * inp.float()
+    state["H"] += inp.matmul(inp.t())
+
+
+def ist_fasterprune(weight: torch.Tensor, H: torch.Tensor, sparsity: float, blocksize: int = 128,
+                    percdamp: float = 0.01) -> None:
+    """IST-DASLab's `SparseGPT.fasterprune`, unstructured, as its code computes it."""
+    W = weight.data.clone().float()
+    columns = W.shape[1]
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    damp = percdamp * torch.mean(torch.diag(H))
+    diag = torch.arange(columns, device=W.device)
+    H[diag, diag] += damp
+    H = torch.linalg.cholesky(H)
+    H = torch.cholesky_inverse(H)
+    Hinv = torch.linalg.cholesky(H, upper=True)
+    for i1 in range(0, columns, blocksize):
+        i2 = min(i1 + blocksize, columns)
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        tmp = W1**2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
+        thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
+        mask1 = tmp <= thresh
+        for i in range(i2 - i1):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err1 = (w - q) / d
+            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, i] = err1
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    weight.data = W.to(weight.dtype)
+
+
+def relative_error(dense: torch.Tensor, pruned: torch.Tensor, H: torch.Tensor, rows: int = 128) -> float:
+    """tr(dW H dW^T) / tr(W H W^T) over the first `rows` rows (each row's error is its own): the
+    matrix's output error on its calibration inputs."""
+    dW, W = (dense[:rows] - pruned[:rows]).float(), dense[:rows].float()
+    return float((dW @ H * dW).sum() / (W @ H * W).sum())
+
+
+def sparsegpt_pass(adapter: ModelAdapter, batches: list[Batch], name: str, args: argparse.Namespace
+                   ) -> dict[str, Any]:
+    """Our SparseGPT (reference counting) or IST-DASLab's, block by block along the same walk.
+    `prune_seconds` is each side's own work on a block (statistics pass and pruning); the
+    Hessians behind the error figure are gathered outside it."""
+    digest, errors, seconds = hashlib.sha1(), [], 0.0
+    engine = SequentialEngine(adapter, SparseGPTPruner(count="reference"), {b.name: 0.5 for b in adapter.blocks()},
+                              device=args.device)
+    for tower in adapter.towers():
+        for block, inputs in walk_tower(adapter, tower, batches, torch.device(args.device)):
+            start = time.process_time()
+            states = {m: {"H": torch.zeros(m.shape[1], m.shape[1], device=args.device), "n": 0}
+                      for m in block.matrices}
+            handles = [m.input_module.register_forward_hook(
+                lambda _mod, inp, _out, st=states[m]: ist_add_batch(st, inp[0].data)) for m in block.matrices]
+            for inp in inputs:
+                tower.run_block(block, inp)
+            for h in handles:
+                h.remove()
+            dense = {m: m.weight.detach().clone() for m in block.matrices}
+            if name == "ist_sparsegpt":
+                for m in block.matrices:
+                    ist_fasterprune(m.input_module.weight, states[m]["H"].clone(), 0.5)
+                seconds += time.process_time() - start
+            else:
+                start = time.process_time()
+                engine.prune_block(tower, block, inputs)
+                seconds += time.process_time() - start
+            for m in block.matrices:
+                digest.update((m.weight == 0).cpu().numpy().tobytes())
+                errors.append(relative_error(dense[m], m.weight.detach(), states[m]["H"]))
+    return {"masks_sha1": digest.hexdigest(), "relative_error": sum(errors), "prune_cpu_seconds": seconds}
+
+
+def prune(adapter: ModelAdapter, batches: list[Batch], name: str, args: argparse.Namespace) -> dict[str, Any]:
     """One pass along the run's path: block scores (zeroth, first) or none, the plan, the engine."""
     if name in PRUNERS:
         plan = {block.name: 0.5 for block in adapter.blocks()}
         SequentialEngine(adapter, PRUNERS[name](), plan, device=args.device).run(batches)
-        return
+        return {}
+    if name in ("sparsegpt_reference_count", "ist_sparsegpt"):
+        return sparsegpt_pass(adapter, batches, name, args)
     if name == "zeroth":
         adapter.scored = args.zeroth_blocks
         scores = ZerothOrderScorer(num_samples=args.zeroth_samples).scores(adapter, batches)
@@ -103,6 +204,7 @@ def prune(adapter: ModelAdapter, batches: list[Batch], name: str, args: argparse
         scores = FirstOrderScorer().scores(adapter, batches)
     plan = WaterFilling().plan(scores, Groups.of(adapter), 0.5, 0.6)
     SequentialEngine(adapter, WandaPruner(), plan, device=args.device).run(batches)
+    return {}
 
 
 def run_pass(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -112,12 +214,14 @@ def run_pass(name: str, args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
+    extra: dict[str, Any] = {}
     if name == "forward":
         with torch.no_grad():
             for batch in batches:
                 adapter.forward(batch)
     else:
-        prune(adapter, batches, name, args)
+        with torch.no_grad():
+            extra = prune(adapter, batches, name, args)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -125,7 +229,7 @@ def run_pass(name: str, args: argparse.Namespace) -> dict[str, Any]:
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"pass": name, "seconds": seconds, "peak_gb": peak}
+    return {"pass": name, "seconds": seconds, "peak_gb": peak, **extra}
 
 
 def main() -> None:

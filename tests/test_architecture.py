@@ -12,9 +12,10 @@ PACKAGE = ROOT / "ecoflap_exp"
 DOC = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
 #: package part -> the parts it must never import
 BELOW = {
-    "models": {"walk", "input_stats", "scoring", "allocation", "pruning", "evals", "data", "results", "tracking",
-               "runner"},
+    "models": {"walk", "tower_outputs", "input_stats", "scoring", "allocation", "pruning", "evals", "data", "results",
+               "tracking", "runner"},
     "walk": {"scoring", "allocation", "pruning", "evals", "results", "tracking", "runner"},
+    "tower_outputs": {"walk", "scoring", "allocation", "pruning", "evals", "results", "tracking", "runner"},
     "input_stats": {"walk", "scoring", "allocation", "pruning", "evals", "runner"},
     "allocation": {"walk", "scoring", "pruning", "evals", "data", "runner"},
     "scoring": {"pruning", "evals", "runner"},

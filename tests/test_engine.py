@@ -130,6 +130,24 @@ def test_matrices_reading_the_same_input_share_statistics():
     assert by_name["q_proj"].samples == 8  # every sample counted once, not three times
 
 
+def test_sparsegpt_inverts_each_distinct_hessian_once(monkeypatch):
+    """q, k, v and gate, up share their Hessian, so a LLaMA block needs 4 inverses, not 7; the
+    masks and weights are the ones a fresh inverse per matrix gives."""
+    import ecoflap_exp.pruning.sparsegpt as sparsegpt
+
+    inversions = []
+    invert = sparsegpt.inverse_cholesky
+    monkeypatch.setattr(sparsegpt, "inverse_cholesky", lambda H, p: inversions.append(H.shape) or invert(H, p))
+    shared, fresh = make_llama(), make_llama()
+    plan = {b.name: 0.5 for b in shared.blocks()}
+    SequentialEngine(shared, SparseGPTPruner(blocksize=16), plan).run(batches_for(shared))
+    assert len(inversions) == 4 * len(list(shared.blocks()))
+    monkeypatch.setattr(sparsegpt.Hessian, "inverse", lambda self, p: invert(self.H, p))
+    SequentialEngine(fresh, SparseGPTPruner(blocksize=16), plan).run(batches_for(fresh))
+    for a, b in zip(shared.matrices(), fresh.matrices(), strict=True):
+        assert torch.equal(a.weight, b.weight), a.name
+
+
 def test_capture_uses_the_towers_own_input_split():
     """A tower that splits its blocks' arguments its own way is asked during capture too."""
     adapter = make_llama()

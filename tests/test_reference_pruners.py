@@ -101,6 +101,55 @@ def test_sparsegpt_equals_the_slow_reference(case, data, count):
         assert not pruned[:, [3, 4, 5, 6, 40, 77]].any()  # zeroed whatever the mask kept
 
 
+def ist_fasterprune(W, H, sparsity, blocksize, percdamp=0.01):
+    """IST-DASLab/sparsegpt `fasterprune` (unstructured) op for op, as its code runs it: the
+    weights cast to float32 and back, the rank-1 update as err x Hinv1[i, i:] per column."""
+    dtype, W, H = W.dtype, W.clone().float(), H.clone()
+    columns = W.shape[1]
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    damp = percdamp * torch.mean(torch.diag(H))
+    diag = torch.arange(columns)
+    H[diag, diag] += damp
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    for i1 in range(0, columns, blocksize):
+        i2 = min(i1 + blocksize, columns)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+        tmp = W1**2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
+        mask1 = tmp <= torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
+        for i in range(i2 - i1):
+            w, d = W1[:, i], Hinv1[i, i]
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err1 = (w - q) / d
+            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, i] = err1
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    return W.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(24, 96), (64, 300)])
+def test_sparsegpt_reference_count_is_the_reference_code_bit_for_bit(dtype, shape):
+    """Given the same Hessian, our sweep (W^T in place, a shared inverse) and the reference's code
+    give the same weights to the last bit, in the model's own dtype, dead columns included."""
+    W, X = layer(*shape, tokens=400, dead=(3, 50))
+    W = W.to(dtype)
+    pruner = SparseGPTPruner(blocksize=32, count="reference")
+    stats = pruner.new_stats(W.shape[1], torch.device("cpu"))
+    stats.add(X, 4)
+    expected = ist_fasterprune(W, stats.H, 0.6, blocksize=32)
+    pruned = W.clone()
+    pruner.prepare(pruned, stats)
+    mask = pruner.prune(pruned, stats, 0.6, None, None)
+    assert torch.equal(pruned, expected)
+    assert torch.equal(mask | (W == 0), expected == 0)
+
+
 def test_sparsegpt_reference_count_prunes_one_more_per_block():
     W, X = layer()
     _, exact = ours(SparseGPTPruner(blocksize=32), W, X, 0.5)

@@ -85,7 +85,7 @@ def test_a_wrong_model_option_fails_as_the_model_is_built_and_leaves_no_record(t
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["+foo=1"], "foo is not a key anything reads; known keys: allocation, calib"),
+    (["+foo=1"], "foo is not a key anything reads; known keys: allocation, cache_gb, calib"),
     (["+sparsty=0.3"], "sparsty is not a key anything reads; did you mean sparsity?"),
     (["scorer=zeroth", "+scorer.epz=0.001"], "scorer.epz is not a key anything reads; did you mean eps?"),
     (["scorer=id_zeroth", "+scorer.factors.0.epz=0.001"], "scorer.factors.0.epz is not a key .* did you mean eps?"),

@@ -94,24 +94,80 @@ def test_duplicates_give_a_finite_estimate():
     assert np.isfinite(ID.mle(torch.from_numpy(with_copies)))
 
 
-def test_vector_store_distances_are_exact_in_memory_and_on_disk(tmp_path):
+def exact_ratios(points):
+    """r1, r2 of each distinct row, from the full float64 distance matrix of differences (the slow
+    reference: no Gram matrix, no candidates)."""
+    points = points.double()
+    D = torch.cdist(points, points, compute_mode="donot_use_mm_for_euclid_dist")
+    D.fill_diagonal_(float("inf"))
+    r = torch.topk(D, 2, dim=1, largest=False).values
+    return r[:, 0], r[:, 1]
+
+
+def slow_twonn_blocks(points, max_blocks=20, seed=0):
+    """ID_VL_Pruning's block average on the full distance matrix, as the estimator describes it."""
+    D = torch.cdist(points.double(), points.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    n = len(D)
+    generator = torch.Generator().manual_seed(seed)
+    means = []
+    for b in range(1, max_blocks + 1):
+        size, order = n // b, torch.randperm(n, generator=generator)
+        dims = []
+        for k in range(b):
+            idx = order[k * size : (k + 1) * size]
+            sub = D[idx][:, idx].clone()
+            sub.fill_diagonal_(float("inf"))
+            r = torch.topk(sub, 2, dim=1, largest=False).values
+            mu = torch.sort(r[r[:, 0] < r[:, 1], 1] / r[r[:, 0] < r[:, 1], 0]).values
+            keep = len(mu) - 2
+            x = torch.log(mu[:keep])
+            y = -torch.log1p(-torch.arange(1, keep + 1, dtype=torch.float64) / len(mu))
+            dims.append(float((x * y).sum() / (x * x).sum()))
+        means.append(sum(dims) / b)
+    return sum(means) / len(means)
+
+
+def test_neighbours_are_exact_and_float32_decides_most_of_them():
+    """Gaussian points in 768 dimensions (their distances crowd together) and points on a sphere:
+    the two nearest distances equal the full float64 matrix's, and the float32 ranking settled
+    nearly every point with its 4 candidates."""
+    g = torch.Generator().manual_seed(0)
+    for X in (torch.randn(600, 768, generator=g),
+              torch.from_numpy(skdim.datasets.BenchmarkManifolds(random_state=0).generate("M1_Sphere", 600, 11, 10))):
+        neighbours = ID.neighbours_of(X)
+        r1, r2 = neighbours.ratios()
+        e1, e2 = exact_ratios(X)
+        torch.testing.assert_close(r1, e1, rtol=1e-12, atol=0)
+        torch.testing.assert_close(r2, e2, rtol=1e-12, atol=0)
+        assert neighbours.extra_pairs < 0.05 * len(X)
+
+
+def test_twonn_blocks_equals_the_full_matrix_version():
+    X = torch.from_numpy(skdim.datasets.BenchmarkManifolds(random_state=0).generate("M1_Sphere", 400, 11, 10))
+    assert ID.twonn_blocks(X) == pytest.approx(slow_twonn_blocks(X), rel=1e-9)
+
+
+def test_vector_store_neighbours_are_exact_in_memory_and_on_disk(tmp_path):
     """Long float32 vectors far from the origin with small differences, where a float32 Gram loses
     the distances; batches of different token counts are zero-padded (which a centred float32
-    Gram also gets wrong); an exact copy is dropped; files give the same result as memory."""
+    Gram also gets wrong); an exact copy is dropped; files give the same result as memory. The
+    float32 bounds cannot decide here, so the near pairs are measured exactly."""
     g = torch.Generator().manual_seed(0)
     X = 100 + 1e-2 * torch.randn(30, 12, 64, generator=g)
     X[20:, 9:] = 0  # the last batch is 9 tokens long
     X[29] = X[21]
     flat = X[:29].reshape(29, -1)
-    exact = torch.cdist(flat.double(), flat.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    expected = exact_ratios(flat)
     stores = [ID.VectorStore(torch.device("cpu")), ID.VectorStore(torch.device("cpu"), tmp_path)]
     for store in stores:
         for part in (X[:8], X[8:20], X[20:, :9]):
             store.add(part)
-    in_memory, on_disk = (store.distinct_distances() for store in stores)
+    in_memory, on_disk = (store.neighbours() for store in stores)
     assert len(list(tmp_path.glob("*.bin"))) == 3
-    torch.testing.assert_close(in_memory, exact, rtol=1e-8, atol=0)
-    assert torch.equal(in_memory, on_disk)
+    assert in_memory.distinct.tolist() == list(range(29)) and in_memory.extra_pairs > 0
+    for ours, exact in zip(in_memory.ratios(), expected, strict=True):
+        torch.testing.assert_close(ours, exact, rtol=1e-12, atol=0)
+    assert all(torch.equal(a, b) for a, b in zip(in_memory.ratios(), on_disk.ratios(), strict=True))
     halves = [ID.VectorStore(torch.device("cpu")), ID.VectorStore(torch.device("cpu"), tmp_path / "bf16")]
     (tmp_path / "bf16").mkdir()
     Y = torch.randn(30, 12, 64, generator=g).bfloat16()  # bf16 outputs are kept as they are, bit for bit
@@ -120,12 +176,13 @@ def test_vector_store_distances_are_exact_in_memory_and_on_disk(tmp_path):
     for store in halves:
         for part in (Y[:8], Y[8:20], Y[20:, :9]):
             store.add(part)
-    rounded = Y[:29].double().reshape(29, -1)
-    bf16_exact = torch.cdist(rounded, rounded, compute_mode="donot_use_mm_for_euclid_dist")
     assert halves[0].batches[0].path is None and halves[1].batches[0].data is None
-    torch.testing.assert_close(halves[0].distinct_distances(), bf16_exact, rtol=1e-8, atol=0)
-    assert torch.equal(halves[0].distinct_distances(), halves[1].distinct_distances())
+    bf16 = [store.neighbours() for store in halves]
+    for ours, exact in zip(bf16[0].ratios(), exact_ratios(Y[:29].reshape(29, -1)), strict=True):
+        torch.testing.assert_close(ours, exact, rtol=1e-12, atol=0)
+    assert all(torch.equal(a, b) for a, b in zip(bf16[0].ratios(), bf16[1].ratios(), strict=True))
     naive = (flat.square().sum(1)[:, None] + flat.square().sum(1)[None] - 2 * flat @ flat.t()).clamp_min(0).sqrt()
+    exact = torch.cdist(flat.double(), flat.double(), compute_mode="donot_use_mm_for_euclid_dist")
     assert float(((naive.double() - exact).abs() / exact.clamp_min(1e-12)).max()) > 0.1
 
 

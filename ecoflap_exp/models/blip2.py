@@ -167,7 +167,7 @@ class Blip2ModelAdapter(ModelAdapter):
 
     def vision_tower(self) -> Tower:
         return Tower("vision", blocks_of("vision_model.encoder.layers", self.model.vision_model.encoder.layers),
-                     wanda_group="matrix")
+                     wanda_group="matrix", root=self.model.vision_model, reads=())
 
     def pixels(self, images: list[Image.Image], augment: bool = False) -> torch.Tensor:
         """Images as the ViT's input: the eval view, or with `augment` LAVIS's training view (its
@@ -228,19 +228,23 @@ class Blip2Adapter(Blip2ModelAdapter):
             self.newline_id = self.tokenizer("\n", add_special_tokens=False).input_ids[-1]
 
     def all_towers(self) -> list[Tower]:
-        towers = [self.vision_tower(), Tower("qformer", qformer_blocks(self.model.qformer.encoder.layer))]
+        towers = [self.vision_tower(), Tower("qformer", qformer_blocks(self.model.qformer.encoder.layer),
+                                             root=self.model.qformer, reads=("vision",))]
         lm = self.model.language_model
         if self.encoder_decoder:
             return towers + [
                 T5Tower("encoder", t5_blocks("language_model.encoder.block", lm.encoder.block),
-                        token_masks=lambda batch: {"hidden": self.language_mask(batch["attention_mask"])}),
+                        token_masks=lambda batch: {"hidden": self.language_mask(batch["attention_mask"])},
+                        root=lm.encoder, reads=("qformer",)),
                 T5Tower("decoder", t5_blocks("language_model.decoder.block", lm.decoder.block),
                         token_masks=lambda batch: {"hidden": batch["decoder_attention_mask"],
-                                                   "memory": self.language_mask(batch["attention_mask"])}),
+                                                   "memory": self.language_mask(batch["attention_mask"])},
+                        root=lm.decoder, reads=("encoder",)),
             ]
         path, layers = find_block_list(lm)
         return towers + [Tower("decoder", blocks_of(f"language_model.{path}", layers),
-                               token_masks=lambda batch: {"hidden": self.language_mask(batch["attention_mask"])})]
+                               token_masks=lambda batch: {"hidden": self.language_mask(batch["attention_mask"])},
+                               reads=("qformer",))]
 
     def encode(self, texts: list[str], bos: bool = False, truncate: bool = True) -> list[list[int]]:
         """Token ids per text, at most max_text_tokens with `truncate` (calibration; LAVIS never

@@ -57,8 +57,9 @@ class HFCLIPAdapter(ModelAdapter):
                                    return_tensors="pt").input_ids
 
     def all_towers(self) -> list[Tower]:
-        return [Tower(name, blocks_of(path, self.model.get_submodule(path)))
-                for name, path in (("vision", "vision_model.encoder.layers"), ("text", "text_model.encoder.layers"))]
+        return [Tower(name, blocks_of(f"{root}.encoder.layers", self.model.get_submodule(f"{root}.encoder.layers")),
+                      root=self.model.get_submodule(root), reads=())  # the towers meet only in the loss
+                for name, root in (("vision", "vision_model"), ("text", "text_model"))]
 
     def collate(self, samples: list[tuple[Image.Image, str]]) -> Batch:
         dtype = next(self.model.parameters()).dtype

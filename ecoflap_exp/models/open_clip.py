@@ -163,14 +163,16 @@ class OpenCLIPAdapter(ModelAdapter):
         self.split_qkv = split_qkv
 
     def all_towers(self) -> list[Tower]:
-        """Vision, then text; the text's padding to the context length enters the statistics, as in
-        ECoFLaP's CoOp pruner, which hooks every position of CLIP's 77-token sequences."""
+        """Vision, then text, which meet only in the loss; the text's padding to the context length
+        enters the statistics, as in ECoFLaP's CoOp pruner, which hooks every position of CLIP's
+        77-token sequences."""
         towers = []
-        for tower_name, path in (("vision", "visual.transformer.resblocks"), ("text", "transformer.resblocks")):
+        for tower_name, path, root in (("vision", "visual.transformer.resblocks", self.model.visual),
+                                       ("text", "transformer.resblocks", self.model.transformer)):
             blocks = self.model.get_submodule(path)
             towers.append(Tower(tower_name, [Block(f"{path}.{i}", b, resblock_matrices(f"{path}.{i}", b,
                                                                                         self.split_qkv))
-                                             for i, b in enumerate(blocks)]))
+                                             for i, b in enumerate(blocks)], root=root, reads=()))
         return towers
 
     def collate(self, samples: list[tuple[Image.Image, str]]) -> Batch:

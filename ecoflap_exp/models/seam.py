@@ -123,14 +123,21 @@ class Tower:
     matrix; T5, CLIP, LLaMA per output row), and `token_masks(batch)`, which of a batch's tokens
     are real in each stream the blocks read ({} when there is no padding), so pads never enter
     input statistics.
+
+    How towers feed each other (tower_outputs): `root`, the module whose output is the tower's
+    output for the rest of the model (None: never served from storage), and `reads`, the names
+    of the towers whose outputs that root consumes (None: every earlier tower, the safe guess).
     """
 
     def __init__(self, name: str, blocks: list[Block], wanda_group: Group = "row",
-                 token_masks: Callable[[Batch], dict[str, torch.Tensor]] | None = None):
+                 token_masks: Callable[[Batch], dict[str, torch.Tensor]] | None = None,
+                 root: nn.Module | None = None, reads: tuple[str, ...] | None = None):
         self.name = name
         self.blocks = blocks
         self.wanda_group = wanda_group
         self._token_masks = token_masks
+        self.root = root
+        self.reads = reads
 
     def token_masks(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {k: v.bool() for k, v in self._token_masks(batch).items()} if self._token_masks else {}

@@ -18,6 +18,7 @@ from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, Block, BlockInput, Group, Plan, PrunableMatrix, Tower
 from ecoflap_exp.pruning.base import LocalPruner
 from ecoflap_exp.pruning.masks import NM, check_nm_fits
+from ecoflap_exp.tower_outputs import tower_outputs
 from ecoflap_exp.walk import collect_stats, walk_tower
 
 
@@ -68,10 +69,12 @@ class SequentialEngine:
                 for m in block.matrices:
                     check_nm_fits(m.name, m.shape[1], self.nm)
         reports: list[MatrixReport] = []
-        for tower in towers:
-            for block, inputs in walk_tower(self.adapter, tower, batches, self.device, self.offload,
-                                            f"pruning {tower.name}"):
-                reports += self.prune_block(tower, block, inputs)
+        with tower_outputs(self.adapter) as outputs:
+            for tower in towers:
+                for block, inputs in walk_tower(self.adapter, tower, batches, self.device, self.offload,
+                                                f"pruning {tower.name}"):
+                    reports += self.prune_block(tower, block, inputs)
+                outputs.changed(tower.name)
         return reports
 
     def prune_block(self, tower: Tower, block: Block, inputs: list[BlockInput]) -> list[MatrixReport]:

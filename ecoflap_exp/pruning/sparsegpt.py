@@ -29,6 +29,7 @@ from ecoflap_exp.pruning.masks import NM, at_or_below_quantile, nm_mask, planned
 class Hessian(InputStats):
     def __init__(self, cols: int, device: torch.device):
         self.H = torch.zeros(cols, cols, device=device, dtype=torch.float32)
+        self.inverted: tuple[float, torch.Tensor] | None = None
 
     def accumulate(self, tokens: torch.Tensor, rescale: float) -> None:
         self.H.mul_(rescale)
@@ -38,6 +39,13 @@ class Hessian(InputStats):
     def dead_columns(self) -> torch.Tensor:
         """Input columns that were zero in every calibration token."""
         return torch.diag(self.H) == 0
+
+    def inverse(self, percdamp: float) -> torch.Tensor:
+        """`inverse_cholesky` of H, computed once for all the matrices that share these inputs
+        (q, k and v; gate and up), where the reference inverts the same Hessian for each."""
+        if self.inverted is None or self.inverted[0] != percdamp:
+            self.inverted = (percdamp, inverse_cholesky(self.H, percdamp))
+        return self.inverted[1]
 
 
 def inverse_cholesky(H: torch.Tensor, percdamp: float, tries: int = 5) -> torch.Tensor:
@@ -83,44 +91,50 @@ class SparseGPTPruner(LocalPruner):
         assert isinstance(stats, Hessian)
         weight[:, stats.dead_columns()] = 0
 
+    @torch.no_grad()
     def prune(self, weight: torch.Tensor, stats: InputStats | None, sparsity: float, nm: NM | None,
               group: Group | None) -> torch.Tensor:
         assert isinstance(stats, Hessian)
-        W = weight.float().clone()
-        W[:, stats.dead_columns()] = 0
-        rows, cols = W.shape
+        # The sweep works on W^T (input columns as contiguous rows), so the rank-1 update of the
+        # columns after i touches one contiguous slab, through one preallocated buffer: the same
+        # products and differences as the reference's `W1[:, i:] -= err x Hinv1[i, i:]`, bit for
+        # bit, without its rows x block temporary per column.
+        WT = torch.empty(weight.shape[1], weight.shape[0], device=weight.device).copy_(weight.t())
+        WT[stats.dead_columns()] = 0
+        cols, rows = WT.shape
         count = planned_prune_count(rows, cols, sparsity, None)
-        Hinv = inverse_cholesky(stats.H, self.percdamp)
-        mask = torch.zeros_like(W, dtype=torch.bool)
+        Hinv = stats.inverse(self.percdamp)
+        mask = torch.zeros(rows, cols, dtype=torch.bool, device=WT.device)
         # N:M groups must not straddle two column blocks
         step = self.blocksize if nm is None else max(nm.m, self.blocksize // nm.m * nm.m)
+        update = torch.empty(min(step, cols), rows, device=WT.device)
         for i1 in range(0, cols, step):
             i2 = min(i1 + step, cols)
-            W1 = W[:, i1:i2].clone()
+            W1 = WT[i1:i2]
             Hinv1 = Hinv[i1:i2, i1:i2]
             d = torch.diag(Hinv1)
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+            mask1 = torch.zeros(rows, i2 - i1, dtype=torch.bool, device=WT.device)
             if nm is None:
-                score = W1.pow(2) / d.pow(2)
+                score = W1.t().pow(2) / d.pow(2)
                 if self.count == "exact":
                     # the block's share of the exact count: cumulative rounding keeps the total exact
                     mask1 = smallest(score, round(count * i2 / cols) - round(count * i1 / cols), "matrix")
                 else:
                     mask1 = at_or_below_quantile(score, sparsity)
-            Err1 = torch.zeros_like(W1)
+            Err1 = torch.empty(i2 - i1, rows, device=WT.device)
             for i in range(i2 - i1):
                 if nm is not None and i % nm.m == 0:
                     group_cols = slice(i, i + nm.m)
-                    mask1[:, group_cols] = nm_mask(W1[:, group_cols].pow(2) / d[group_cols].pow(2), nm)
-                w = W1[:, i]
-                q = w.masked_fill(mask1[:, i], 0)
-                err = (w - q) / d[i]
-                W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
-                W1[:, i] = q
-                Err1[:, i] = err
-            W[:, i1:i2] = W1
-            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+                    mask1[:, group_cols] = nm_mask(W1[group_cols].t().pow(2) / d[group_cols].pow(2), nm)
+                q = W1[i].masked_fill(mask1[:, i], 0)
+                torch.div(W1[i] - q, d[i], out=Err1[i])
+                later = update[: i2 - i1 - i]
+                torch.mul(Hinv1[i, i:].unsqueeze(1), Err1[i].unsqueeze(0), out=later)
+                W1[i:].sub_(later)
+                W1[i] = q
+            WT[i2:].t().addmm_(Err1.t(), Hinv[i1:i2, i2:], alpha=-1)
             mask[:, i1:i2] = mask1
-        W[mask] = 0
-        weight.copy_(W.to(weight.dtype))
+        W = WT.t()
+        W.masked_fill_(mask, 0)
+        weight.copy_(W)
         return mask

@@ -1,14 +1,13 @@
 """Intrinsic dimension (ID) of each prunable matrix's (or block's) output as its importance.
 
-Estimators, in torch (so they run where the model runs), on a matrix of distances:
+Estimators, in torch (so they run where the model runs), on each point's two nearest neighbours:
 - `twonn`: Facco et al. 2017 as scikit-dimension fits it. mu = r2 / r1 from each point's two
   nearest neighbours; sort mu, F_i = i / N; least-squares slope through the origin of
   -log(1 - F) on log mu over the smallest (1 - discard_fraction) N values.
 - `mle`: maximum likelihood on the same ratios, (N - 1) / sum log mu (dadapy's unbiased form).
 - `twonn_blocks`: ID_VL_Pruning's variant: no discard (all points but the largest two), points
   with r1 == r2 dropped, averaged over random splits into b = 1..20 equal blocks.
-Exact duplicates are dropped first, keeping one copy, and so are points whose nearest distance
-still rounds to zero, so they never give inf.
+Exact duplicates are dropped first, keeping one copy, so they never give inf.
 
 Representations of a sample: `flatten` (its whole token sequence as one vector, the paper's),
 `mean` (mean over tokens) or `cls` (first token). Padding never enters: `mean` averages the real
@@ -16,16 +15,17 @@ tokens; `flatten` zeroes the pad positions and pads shorter sequences with zeros
 two samples differ only where they hold real tokens.
 
 Distances are exact and memory-bounded: a `VectorStore` keeps the samples' vectors token-major in
-their own dtype (in memory, or in files when `store_dir` is set) and accumulates a float64 Gram
-matrix one token position at a time, centred over the samples (distances do not change; float32
-products lose the small distances of long vectors, see tests/test_scoring.py).
+their own dtype (in memory, or in files when `store_dir` is set); `Neighbours` ranks the pairs by
+a float32 Gram matrix accumulated one token position at a time, centred over the samples, and
+measures the near ones exactly in float64 from the vectors' differences (float32 products alone
+lose the small distances of long vectors, see tests/test_scoring.py).
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -45,36 +45,25 @@ from ecoflap_exp.walk import walk_tower
 ESTIMATORS = ("twonn", "mle", "twonn_blocks")
 REPRESENTATIONS = ("flatten", "mean", "cls")
 
-#: a pair whose squared distance is below this fraction of its squared norms is checked for equality
-COPY_TOLERANCE = 1e-6
+#: the float32 centred Gram matrix's error in a squared distance is taken to be at most this
+#: fraction of |x_i|^2 + |x_j|^2 (rounding is about sqrt(features) x 2^-24 of it: 4e-5 for a
+#: flattened 257 x 1408 ViT-g block output, 2e-6 for 768 features)
+GRAM32_TOLERANCE = 1e-3
+#: nearest candidates per point taken from the float32 distances and measured exactly
+CANDIDATES = 4
+#: entries of one chunk of float32 distance rows, and of float64 pair differences (small enough
+#: to stay in cache: larger chunks run several times slower on the CPU)
+ROW_CHUNK = 1 << 18
+PAIR_CHUNK = 1 << 18
+#: rows per block of the Gram matrix, computed on and above the block diagonal only
+GRAM_BLOCK = 256
 
 
-def gram_distances(gram: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances from a float64 Gram matrix of (centred) points."""
-    sq = gram.diagonal().clone()
-    d2 = gram.mul(-2).add_(sq[:, None]).add_(sq[None, :]).clamp_min_(0)
-    d2.fill_diagonal_(0)
-    return d2.sqrt_()
-
-
-def drop_copies(D: torch.Tensor, norms: torch.Tensor, same: Callable[[int, int], bool]) -> torch.Tensor:
-    """Distances between the distinct points: an exact copy of an earlier point is left out, since a
-    zero distance makes r2 / r1 infinite. Candidates are the pairs within rounding of distance 0
-    (`norms`: the points' centred norms); `same(i, j)` says whether they are equal."""
-    near = torch.triu(D.square() <= COPY_TOLERANCE * (norms[:, None].square() + norms[None, :].square()), diagonal=1)
-    copies = torch.zeros(D.shape[0], dtype=torch.bool, device=D.device)
-    for i, j in near.nonzero().tolist():
-        if not copies[j] and same(i, j):
-            copies[j] = True
-    keep = ~copies
-    return D[keep][:, keep]
-
-
-def distinct_distances(X: torch.Tensor) -> torch.Tensor:
-    """Distances between the distinct rows of X (points x features): a one-token VectorStore's."""
-    store = VectorStore(X.device)
-    store.add(X)
-    return store.distinct_distances()
+def chunks(n: int, width: int, entries: int = ROW_CHUNK) -> Iterator[slice]:
+    """Row slices of at most `entries` / width rows."""
+    step = max(1, entries // max(width, 1))
+    for start in range(0, n, step):
+        yield slice(start, min(start + step, n))
 
 
 @dataclass
@@ -99,14 +88,11 @@ class StoredBatch:
         raw = np.fromfile(self.path, dtype=np.uint8, count=size, offset=t * size)
         return torch.from_numpy(raw).view(self.dtype).reshape(self.samples, self.features)
 
-    def sample(self, i: int) -> torch.Tensor:
-        return torch.stack([self.token(t)[i] for t in range(self.tokens)])
-
 
 class VectorStore:
     """Every sample's vector of one layer, as batches of (tokens, batch, features) in the layer's
-    own dtype: in memory on its device, or in files under `folder`. Memory beyond the stored
-    batches: the N x N float64 Gram matrix and one token position of all samples in float64."""
+    own dtype: in memory on its device, or in files under `folder`. Distances are read from it one
+    token position at a time, so no sample-major copy of the vectors is ever made."""
 
     def __init__(self, device: torch.device, folder: Path | None = None):
         self.device = device
@@ -124,36 +110,165 @@ class VectorStore:
             token_major.cpu().view(torch.uint8).numpy().tofile(stored.path)
         self.batches.append(stored)
 
-    def sample(self, i: int) -> torch.Tensor:
-        for part in self.batches:
-            if i < part.samples:
-                return part.sample(i)
-            i -= part.samples
-        raise IndexError(i)
+    @property
+    def points(self) -> int:
+        return sum(part.samples for part in self.batches)
 
-    def same(self, i: int, j: int) -> bool:
-        a, b = self.sample(i).cpu(), self.sample(j).cpu()
-        tokens = max(len(a), len(b))
-        return torch.equal(F.pad(a, (0, 0, 0, tokens - len(a))), F.pad(b, (0, 0, 0, tokens - len(b))))
-
-    def distinct_distances(self) -> torch.Tensor:
-        n = sum(part.samples for part in self.batches)
-        gram = torch.zeros(n, n, dtype=torch.float64, device=self.device)
+    def token_rows(self) -> Iterator[torch.Tensor]:
+        """(points, features) at each token position in turn, in the stored dtype."""
         for t in range(max(part.tokens for part in self.batches)):
-            rows = torch.cat([part.token(t).to(self.device) for part in self.batches]).double()
-            rows -= rows.mean(0)
-            gram.addmm_(rows, rows.t())
-        D = gram_distances(gram)
-        return drop_copies(D, gram.diagonal().clamp_min(0).sqrt(), self.same)
+            parts = [part.token(t).to(self.device) for part in self.batches]
+            yield parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def gram32(self) -> torch.Tensor:
+        """float32 Gram matrix of the points centred over the samples (distances do not change),
+        its blocks above the diagonal mirrored."""
+        n = self.points
+        gram = torch.zeros(n, n, dtype=torch.float32, device=self.device)
+        blocks = [slice(start, min(start + GRAM_BLOCK, n)) for start in range(0, n, GRAM_BLOCK)]
+        for rows in self.token_rows():
+            rows = rows.float()
+            rows = rows - rows.mean(0)  # never in place: `rows` may be the stored tensor itself
+            for rows_a in blocks:
+                gram[rows_a, rows_a.start :].addmm_(rows[rows_a], rows[rows_a.start :].t())
+        for rows_a in blocks:
+            gram[rows_a.stop :, rows_a] = gram[rows_a, rows_a.stop :].t()
+        return gram
+
+    def pair_sq_distances(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """Exact float64 squared distances of the pairs (i[k], j[k]), from differences of the stored
+        values (exact in float64), never from products that cancel."""
+        out = torch.zeros(len(i), dtype=torch.float64, device=self.device)
+        for X in self.token_rows():
+            rows = max(1, PAIR_CHUNK // X.shape[1])
+            picked = torch.empty(rows, X.shape[1], dtype=X.dtype, device=self.device)
+            a, b = (torch.empty(rows, X.shape[1], dtype=torch.float64, device=self.device) for _ in range(2))
+            for c in chunks(len(i), X.shape[1], PAIR_CHUNK):
+                size = c.stop - c.start
+                a[:size].copy_(torch.index_select(X, 0, i[c], out=picked[:size]))
+                b[:size].copy_(torch.index_select(X, 0, j[c], out=picked[:size]))
+                out[c] += a[:size].sub_(b[:size]).square_().sum(1)
+        return out
+
+    def neighbours(self) -> Neighbours:
+        return Neighbours(self)
 
 
-def neighbour_ratios(D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """r1, r2: distances of each point to its nearest and second-nearest other point."""
-    D = D.clone()
-    D.fill_diagonal_(float("inf"))
-    r = torch.topk(D, 2, dim=1, largest=False).values
-    nonzero = r[:, 0] > 0  # distinct points can still round to distance 0
-    return r[nonzero, 0], r[nonzero, 1]
+class Neighbours:
+    """Exact distances from each distinct point to its two nearest other distinct points, without
+    an N x N float64 matrix: the float32 centred Gram matrix gives every pair a lower bound on its
+    squared distance (d2 - GRAM32_TOLERANCE (|x_i|^2 + |x_j|^2)); each point's CANDIDATES lowest
+    are measured exactly in float64; where the second nearest measured is not below every other
+    pair's bound, the pairs whose bound is below it are measured too. So float32 speed, float64
+    answers: long vectors with small differences, where float32 products cancel, end up measured
+    exactly pair by pair.
+
+    Exact copies (distance exactly 0) of an earlier point are left out, keeping one copy, since a
+    zero distance makes r2 / r1 infinite."""
+
+    def __init__(self, store: VectorStore):
+        self.store = store
+        self.gram = store.gram32()
+        self.sq = self.gram.diagonal().clone()
+        #: pairs measured exactly beyond the candidates (0 unless float32 could not decide)
+        self.extra_pairs = 0
+        everyone = torch.arange(store.points, device=store.device)
+        (first, zeros), = self.two_nearest([everyone], find_copies=True)
+        copies = torch.zeros(store.points, dtype=torch.bool, device=store.device)
+        for a, b in zeros.tolist():
+            copies[max(a, b)] = True
+        self.distinct = everyone[~copies]
+        self.all_distinct = first if not copies.any() else None
+
+    def ratios(self, subset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """r1, r2 of every distinct point (or of the points at positions `subset` of the distinct
+        ones, among themselves)."""
+        if subset is None and self.all_distinct is not None:
+            return self.all_distinct
+        return self.ratios_of([torch.arange(len(self.distinct), device=self.distinct.device)
+                               if subset is None else subset])[0]
+
+    def ratios_of(self, subsets: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`ratios` of several subsets, the exact measurements of all of them in one pass."""
+        return [r for r, _ in self.two_nearest([self.distinct[s] for s in subsets], find_copies=False)]
+
+    def two_nearest(self, subsets: list[torch.Tensor], find_copies: bool
+                    ) -> list[tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
+        """Per subset of point ids: (r1, r2) of each of its points among the subset, and the pairs
+        at distance exactly 0 (when `find_copies`)."""
+        found = [self.candidates(ids) for ids in subsets]
+        rows = torch.cat([ids[:, None].expand_as(cand)[measured] for ids, (cand, measured, _) in zip(subsets, found,
+                                                                                                   strict=True)])
+        cols = torch.cat([cand[measured] for cand, measured, _ in found])
+        exact = iter(self.store.pair_sq_distances(rows, cols).split([int(m.sum()) for _, m, _ in found]))
+        undecided, results = [], []
+        for ids, (cand, measured, bound) in zip(subsets, found, strict=True):
+            d2 = torch.full(cand.shape, float("inf"), dtype=torch.float64, device=cand.device)
+            d2[measured] = next(exact)
+            r12 = torch.sort(d2, dim=1).values[:, :2]
+            undecided.append((r12[:, 1] > bound).nonzero().flatten())
+            zeros = torch.stack([ids[:, None].expand_as(cand)[measured], cand[measured]], 1)[d2[measured] == 0]
+            results.append([r12, zeros])
+        self.settle(subsets, [cand for cand, _, _ in found], undecided, results, find_copies)
+        return [((r12[:, 0].sqrt(), r12[:, 1].sqrt()), zeros) for r12, zeros in results]
+
+    def candidates(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each point's CANDIDATES lowest-bound others in `ids` (as point ids, nearest bound
+        first); which of them to measure (those whose lower bound is below the second lowest upper
+        bound: the others cannot be among the two nearest); and the lowest bound of the points not
+        measured (inf where all were)."""
+        n = len(ids)
+        if n < 3:
+            raise UserError(f"TwoNN needs at least 3 distinct points (got {n}); use more calibration samples")
+        k = min(CANDIDATES, n - 1)
+        cand = torch.empty(n, k, dtype=torch.long, device=ids.device)
+        measured = torch.empty(n, k, dtype=torch.bool, device=ids.device)
+        bound = torch.full((n,), float("inf"), dtype=torch.float64, device=ids.device)
+        whole = n == len(self.sq) and bool((ids == torch.arange(n, device=ids.device)).all())
+        for c in chunks(n, n):
+            lower = self.lower_bounds(c if whole else ids[c], slice(None) if whole else ids)
+            lower[torch.arange(c.stop - c.start), torch.arange(c.start, c.stop)] = float("inf")
+            values, order = torch.topk(lower, min(k + 1, n - 1), dim=1, largest=False)
+            cand[c] = ids[order[:, :k]]
+            upper = values[:, :k] + 2 * GRAM32_TOLERANCE * (self.sq[ids[c], None] + self.sq[cand[c]])
+            measured[c] = values[:, :k] <= torch.kthvalue(upper, 2, dim=1).values[:, None]
+            taken = measured[c].sum(1)
+            rest = taken < values.shape[1]
+            bound[c][rest] = values[rest, taken[rest]].double()
+        return cand, measured, bound
+
+    def lower_bounds(self, rows: torch.Tensor | slice, ids: torch.Tensor | slice) -> torch.Tensor:
+        """float32 lower bounds on the squared distances of the points `rows` to the points `ids`:
+        (1 - tolerance) (|x_i|^2 + |x_j|^2) - 2 x_i . x_j."""
+        shrunk = self.sq * (1 - GRAM32_TOLERANCE)
+        lower = self.gram[rows][:, ids].mul(-2)
+        return lower.add_(shrunk[rows, None]).add_(shrunk[None, ids])
+
+    def settle(self, subsets: list[torch.Tensor], candidates: list[torch.Tensor], undecided: list[torch.Tensor],
+               results: list[list[torch.Tensor]], find_copies: bool) -> None:
+        """Rows whose second nearest candidate is above another pair's bound: measure every pair
+        whose bound is below it (and the candidates again), and take the two nearest of those."""
+        rows, cols, spans = [], [], []
+        for ids, cand, open_rows, (r12, _) in zip(subsets, candidates, undecided, results, strict=True):
+            for r in open_rows.tolist():
+                lower = self.lower_bounds(ids[r : r + 1], ids)[0]
+                lower[r] = float("inf")
+                others = torch.cat([ids[(lower.double() <= r12[r, 1]).nonzero().flatten()], cand[r]]).unique()
+                rows.append(ids[r].repeat(len(others)))
+                cols.append(others)
+                spans.append(len(others))
+        if not rows:
+            return
+        exact = iter(self.store.pair_sq_distances(torch.cat(rows), torch.cat(cols)).split(spans))
+        others = iter(cols)
+        self.extra_pairs += sum(spans)
+        for ids, open_rows, result in zip(subsets, undecided, results, strict=True):
+            for r in open_rows.tolist():
+                d2, cols_r = next(exact), next(others)
+                result[0][r] = torch.sort(d2).values[:2]
+                if find_copies:
+                    zero = cols_r[d2 == 0]
+                    result[1] = torch.cat([result[1], torch.stack([ids[r].expand(len(zero)), zero], 1)])
 
 
 def twonn_fit(mu: torch.Tensor, discard_fraction: float, drop_last: int = 0) -> float:
@@ -168,13 +283,13 @@ def twonn_fit(mu: torch.Tensor, discard_fraction: float, drop_last: int = 0) -> 
     return float((x * y).sum() / (x * x).sum())
 
 
-def twonn_of_distances(D: torch.Tensor, discard_fraction: float = 0.1) -> float:
-    r1, r2 = neighbour_ratios(D)
+def twonn_of(neighbours: Neighbours, discard_fraction: float = 0.1) -> float:
+    r1, r2 = neighbours.ratios()
     return twonn_fit(r2 / r1, discard_fraction)
 
 
-def mle_of_distances(D: torch.Tensor) -> float:
-    r1, r2 = neighbour_ratios(D)
+def mle_of(neighbours: Neighbours) -> float:
+    r1, r2 = neighbours.ratios()
     return float((r1.numel() - 1) / torch.log(r2 / r1).sum())
 
 
@@ -185,35 +300,45 @@ def check_block_samples(n: int, max_blocks: int = 20, what: str = "distinct ones
                         f"scorer.estimator=twonn")
 
 
-def twonn_blocks_of_distances(D: torch.Tensor, max_blocks: int = 20, seed: int = 0) -> float:
+def twonn_blocks_of(neighbours: Neighbours, max_blocks: int = 20, seed: int = 0) -> float:
     """Mean over b = 1..max_blocks of the mean TwoNN of b random disjoint equal subsets."""
-    n = D.shape[0]
+    n = len(neighbours.distinct)
     check_block_samples(n, max_blocks)
     generator = torch.Generator().manual_seed(seed)
-    means = []
+    subsets, sizes = [], []
     for b in range(1, max_blocks + 1):
         size = n // b
-        order = torch.randperm(n, generator=generator).to(D.device)
-        dims = []
-        for k in range(b):
-            idx = order[k * size : (k + 1) * size]
-            r1, r2 = neighbour_ratios(D[idx][:, idx])
-            valid = r1 < r2
-            dims.append(twonn_fit(r2[valid] / r1[valid], 0.0, drop_last=2))
-        means.append(sum(dims) / len(dims))
+        order = torch.randperm(n, generator=generator).to(neighbours.distinct.device)
+        subsets += [order[k * size : (k + 1) * size] for k in range(b)]
+        sizes.append(b)
+    dims = []
+    for r1, r2 in neighbours.ratios_of(subsets):
+        valid = r1 < r2
+        dims.append(twonn_fit(r2[valid] / r1[valid], 0.0, drop_last=2))
+    means, start = [], 0
+    for b in sizes:
+        means.append(sum(dims[start : start + b]) / b)
+        start += b
     return sum(means) / len(means)
 
 
+def neighbours_of(X: torch.Tensor) -> Neighbours:
+    """The Neighbours of the rows of X (points x features)."""
+    store = VectorStore(X.device)
+    store.add(X)
+    return store.neighbours()
+
+
 def twonn(X: torch.Tensor, discard_fraction: float = 0.1) -> float:
-    return twonn_of_distances(distinct_distances(X), discard_fraction)
+    return twonn_of(neighbours_of(X), discard_fraction)
 
 
 def mle(X: torch.Tensor) -> float:
-    return mle_of_distances(distinct_distances(X))
+    return mle_of(neighbours_of(X))
 
 
 def twonn_blocks(X: torch.Tensor, max_blocks: int = 20, seed: int = 0) -> float:
-    return twonn_blocks_of_distances(distinct_distances(X), max_blocks, seed)
+    return twonn_blocks_of(neighbours_of(X), max_blocks, seed)
 
 
 def representation(hidden: torch.Tensor, kind: str, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -290,13 +415,13 @@ class IntrinsicDimensionScorer(BlockScorer):
             check_block_samples(self.num_samples or pruner_samples, what="samples")
 
     def estimate(self, store: VectorStore, where: str) -> float:
-        D = store.distinct_distances()
+        neighbours = store.neighbours()
         if self.estimator == "mle":
-            value = mle_of_distances(D)
+            value = mle_of(neighbours)
         elif self.estimator == "twonn_blocks":
-            value = twonn_blocks_of_distances(D, seed=self.seed)
+            value = twonn_blocks_of(neighbours, seed=self.seed)
         else:
-            value = twonn_of_distances(D, self.discard_fraction)
+            value = twonn_of(neighbours, self.discard_fraction)
         if not math.isfinite(value):
             raise UserError(f"intrinsic dimension of {where} is {value}; its outputs are degenerate (too few distinct "
                             f"samples?)")

@@ -13,6 +13,10 @@ Two things the official code does not do:
   and each perturbed loss skips the tower's blocks before i (assuming, as in every supported
   model, that a block's output feeds only the next block). The estimates equal the full-forward
   ones and about half of a tower's block forwards are saved.
+- `reuse_towers`: a perturbation of tower T cannot change the towers that do not read T (those
+  before it, BLIP-2's ViT and Q-Former while T5 is scored; those beside it, CLIP's image tower
+  while the text is), so their outputs are computed once per batch and served from
+  tower_outputs; the estimates are again those of the full forwards.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, Tower
 from ecoflap_exp.progress import track
 from ecoflap_exp.scoring.base import BlockScorer, aggregate, check_grouping
+from ecoflap_exp.tower_outputs import TowerOutputs, tower_outputs
 from ecoflap_exp.walk import walk_tower
 
 log = logging.getLogger(__name__)
@@ -39,7 +44,7 @@ class ZerothOrderScorer(BlockScorer):
     name = "ecoflap-zeroth"
 
     def __init__(self, eps: float = 1e-3, num_samples: int | None = 32, granularity: str = "block",
-                 aggregate: str = "sum", seed: int = 0, reuse_prefix: bool = True):
+                 aggregate: str = "sum", seed: int = 0, reuse_prefix: bool = True, reuse_towers: bool = True):
         if not eps > 0:
             raise UserError(f"scorer.eps={eps} must be positive (the paper uses 1e-3)")
         self.eps = eps
@@ -47,6 +52,7 @@ class ZerothOrderScorer(BlockScorer):
         self.granularity, self.aggregate = check_grouping(granularity, aggregate)
         self.seed = seed
         self.reuse_prefix = reuse_prefix
+        self.reuse_towers = reuse_towers  # with reuse_prefix only: reuse_prefix=false is the official loop
 
     def scores(self, adapter: ModelAdapter, batches: list[Batch],
                extended: list[Batch] | None = None) -> dict[str, float]:
@@ -71,21 +77,31 @@ class ZerothOrderScorer(BlockScorer):
         }
 
     def _with_prefix(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
+        with tower_outputs(adapter) if self.reuse_towers else contextlib.nullcontext() as outputs:
+            return self._walk(adapter, batches, outputs)
+
+    def _walk(self, adapter: ModelAdapter, batches: list[Batch], outputs: TowerOutputs | None) -> dict[str, float]:
         index = {m.name: i for i, m in enumerate(adapter.matrices())}
         per_matrix: dict[str, float] = {}
         for tower in adapter.towers():
             walk = walk_tower(adapter, tower, batches, adapter.device, description=f"zeroth-order {tower.name}")
+            unchanged = outputs.unchanged_by(tower.name) if outputs else {}
             for b, (block, inputs) in enumerate(walk):
-                # only this tower's earlier blocks are skipped: an earlier tower's output may be
-                # used beyond this tower's input (CLIP's image embedding meets the text's in the loss)
+                # this tower's earlier blocks are skipped; other towers' outputs that the
+                # perturbation cannot reach (an earlier tower's, CLIP's image embedding while the
+                # text is scored) come from tower_outputs
                 earlier = [(tower, blk) for blk in tower.blocks[:b]]
                 with start_at(block.module, earlier) as feed:
 
-                    def loss_from_block(batch: Batch, inp: BlockInput) -> torch.Tensor:
+                    def loss_from_block(batch: Batch, inp: BlockInput, unchanged: dict[str, bool]) -> torch.Tensor:
                         feed(inp)
-                        return adapter.loss(batch)
+                        if outputs is None:
+                            return adapter.loss(batch)
+                        with outputs.serving(unchanged), outputs.batch(batch):
+                            return adapter.loss(batch)
 
-                    losses = [partial(loss_from_block, batch, inp) for batch, inp in zip(batches, inputs, strict=True)]
+                    losses = [partial(loss_from_block, batch, inp, unchanged)
+                              for batch, inp in zip(batches, inputs, strict=True)]
                     for m in block.matrices:
                         per_matrix[m.name] = self.estimate(m, index[m.name], losses)
         return per_matrix
@@ -154,18 +170,25 @@ def start_at(first: torch.nn.Module, skipped: list[tuple[Tower, Block]]) -> Iter
 class BlockForwardCounter:
     real = 0
 
+    def __init__(self) -> None:
+        #: per tower, the forwards of its blocks that really computed
+        self.by_tower: dict[str, int] = {}
+
 
 @contextlib.contextmanager
 def count_block_forwards(adapter: ModelAdapter) -> Iterator[BlockForwardCounter]:
     """Instrumentation for benchmarks and tests (never on in a run): counts forwards of every
-    block that really computed within the context (blocks `start_at` skips are not counted)."""
+    block that really computed within the context (blocks `start_at` skips and blocks of towers
+    served from tower_outputs are not counted), in all and per tower."""
     counter = BlockForwardCounter()
 
-    def count(module: torch.nn.Module, args: tuple, output: object) -> None:
+    def count(module: torch.nn.Module, args: tuple, output: object, tower: str) -> None:
         if "forward" not in vars(module):  # a skipped block's forward is patched on the instance
             counter.real += 1
+            counter.by_tower[tower] = counter.by_tower.get(tower, 0) + 1
 
-    handles = [block.module.register_forward_hook(count) for block in adapter.blocks()]
+    handles = [block.module.register_forward_hook(partial(count, tower=tower.name))
+               for tower in adapter.all_towers() for block in tower.blocks]
     try:
         yield counter
     finally:
