@@ -40,6 +40,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,6 +61,9 @@ from ecoflap_exp.pruning.wanda import WandaPruner  # noqa: E402
 from ecoflap_exp.scoring.first import FirstOrderScorer  # noqa: E402
 from ecoflap_exp.scoring.zeroth import ZerothOrderScorer  # noqa: E402
 from ecoflap_exp.walk import walk_tower  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_reference_pruners import ist_fasterprune  # noqa: E402  (the reference's code, as the tests transcribe it)
 
 PRUNERS = {"wanda": WandaPruner, "sparsegpt": SparseGPTPruner, "magnitude": MagnitudePruner}
 CAPTIONS = ["a man riding a horse on a sunny beach", "two dogs playing with a red ball in the park",
@@ -109,43 +113,6 @@ def ist_add_batch(state: dict[str, Any], inp: torch.Tensor) -> None:
     state["H"] += inp.matmul(inp.t())
 
 
-def ist_fasterprune(weight: torch.Tensor, H: torch.Tensor, sparsity: float, blocksize: int = 128,
-                    percdamp: float = 0.01) -> None:
-    """IST-DASLab's `SparseGPT.fasterprune`, unstructured, as its code computes it."""
-    W = weight.data.clone().float()
-    columns = W.shape[1]
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    damp = percdamp * torch.mean(torch.diag(H))
-    diag = torch.arange(columns, device=W.device)
-    H[diag, diag] += damp
-    H = torch.linalg.cholesky(H)
-    H = torch.cholesky_inverse(H)
-    Hinv = torch.linalg.cholesky(H, upper=True)
-    for i1 in range(0, columns, blocksize):
-        i2 = min(i1 + blocksize, columns)
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        tmp = W1**2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
-        thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
-        mask1 = tmp <= thresh
-        for i in range(i2 - i1):
-            w = W1[:, i]
-            d = Hinv1[i, i]
-            q = w.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            err1 = (w - q) / d
-            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err1
-        W[:, i1:i2] = Q1
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
-    weight.data = W.to(weight.dtype)
-
-
 def relative_error(dense: torch.Tensor, pruned: torch.Tensor, H: torch.Tensor, rows: int = 128) -> float:
     """tr(dW H dW^T) / tr(W H W^T) over the first `rows` rows (each row's error is its own): the
     matrix's output error on its calibration inputs."""
@@ -175,7 +142,8 @@ def sparsegpt_pass(adapter: ModelAdapter, batches: list[Batch], name: str, args:
             dense = {m: m.weight.detach().clone() for m in block.matrices}
             if name == "ist_sparsegpt":
                 for m in block.matrices:
-                    ist_fasterprune(m.input_module.weight, states[m]["H"].clone(), 0.5)
+                    weight = m.input_module.weight
+                    weight.data = ist_fasterprune(weight.data, states[m]["H"], 0.5, blocksize=128)
                 seconds += time.process_time() - start
             else:
                 start = time.process_time()

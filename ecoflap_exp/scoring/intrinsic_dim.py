@@ -227,7 +227,8 @@ class Neighbours:
         whole = n == len(self.sq) and bool((ids == torch.arange(n, device=ids.device)).all())
         for c in chunks(n, n):
             lower = self.lower_bounds(c if whole else ids[c], slice(None) if whole else ids)
-            lower[torch.arange(c.stop - c.start), torch.arange(c.start, c.stop)] = float("inf")
+            own = torch.arange(c.stop - c.start, device=lower.device)
+            lower[own, own + c.start] = float("inf")
             values, order = torch.topk(lower, min(k + 1, n - 1), dim=1, largest=False)
             cand[c] = ids[order[:, :k]]
             upper = values[:, :k] + 2 * GRAM32_TOLERANCE * (self.sq[ids[c], None] + self.sq[cand[c]])
