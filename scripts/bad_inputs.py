@@ -23,6 +23,7 @@ BAD_INPUTS = [
     ("sparsity negative", ["sparsity=-0.1"]),
     ("sparsity 1", ["sparsity=1.0"]),
     ("sparsity not a number", ["sparsity=abc"]),
+    ("a negative tower-output budget", ["cache_gb=-1"]),
     ("N:M with N >= M", ["nm=4:2"]),
     ("N:M not of the form N:M", ["nm=2-4"]),
     ("explicit sparsity beside N:M", ["nm=2:4", "sparsity=0.3"]),

@@ -125,6 +125,7 @@ def sparsegpt_pass(adapter: ModelAdapter, batches: list[Batch], name: str, args:
     """Our SparseGPT (reference counting) or IST-DASLab's, block by block along the same walk.
     `prune_seconds` is each side's own work on a block (statistics pass and pruning); the
     Hessians behind the error figure are gathered outside it."""
+    torch.set_grad_enabled(False)
     digest, errors, seconds = hashlib.sha1(), [], 0.0
     engine = SequentialEngine(adapter, SparseGPTPruner(count="reference"), {b.name: 0.5 for b in adapter.blocks()},
                               device=args.device)
@@ -188,8 +189,7 @@ def run_pass(name: str, args: argparse.Namespace) -> dict[str, Any]:
             for batch in batches:
                 adapter.forward(batch)
     else:
-        with torch.no_grad():
-            extra = prune(adapter, batches, name, args)
+        extra = prune(adapter, batches, name, args)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -394,3 +394,10 @@ def test_threads_auto_runs_a_small_model_on_one_thread_and_a_bad_value_is_refuse
     for bad in ("0", "many"):
         with pytest.raises(UserError, match=f"threads={bad} must be auto or a positive number"):
             validate(config(tmp_path, f"threads={bad}"))
+
+
+def test_a_cache_budget_below_zero_or_not_a_number_is_refused(tmp_path):
+    for bad in ("-1", "lots"):
+        with pytest.raises(UserError, match=f"cache_gb={bad} must be a number of GB >= 0"):
+            validate(config(tmp_path, f"cache_gb={bad}"))
+    validate(config(tmp_path, "cache_gb=0"))  # 0 stores nothing: a valid choice
