@@ -87,9 +87,6 @@ class TowerOutputs:
     #: batches seen, so that their ids stay theirs while the scope lasts
     batches: dict[int, Batch] = field(default_factory=dict)
     bytes: int = 0
-    #: root forwards served from storage and run, per tower (benchmarks and tests read them)
-    served: dict[str, int] = field(default_factory=dict)
-    computed: dict[str, int] = field(default_factory=dict)
     full: bool = False
     current: int | None = None
     calls: dict[str, int] = field(default_factory=dict)
@@ -168,10 +165,8 @@ class TowerOutputs:
             key, call = (name, self.current, nth), shapes(args, kwargs)
             hit = self.stored.get(key)
             if hit is not None and hit.call == call and (any_version or hit.versions == self.key_versions(name)):
-                self.served[name] = self.served.get(name, 0) + 1
                 return carry(hit.output, self.adapter.device if hit.spilled else None)
             out = run(*args, **kwargs)
-            self.computed[name] = self.computed.get(name, 0) + 1
             self.store(key, name, out, call, hit)
             return out
 

@@ -170,6 +170,7 @@ class Neighbours:
         self.store = store
         self.gram = store.gram32()
         self.sq = self.gram.diagonal().clone()
+        self.shrunk = self.sq * (1 - GRAM32_TOLERANCE)
         #: pairs measured exactly beyond the candidates (0 unless float32 could not decide)
         self.extra_pairs = 0
         everyone = torch.arange(store.points, device=store.device)
@@ -180,13 +181,11 @@ class Neighbours:
         self.distinct = everyone[~copies]
         self.all_distinct = first if not copies.any() else None
 
-    def ratios(self, subset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """r1, r2 of every distinct point (or of the points at positions `subset` of the distinct
-        ones, among themselves)."""
-        if subset is None and self.all_distinct is not None:
+    def ratios(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """r1, r2 of every distinct point among the distinct points."""
+        if self.all_distinct is not None:
             return self.all_distinct
-        return self.ratios_of([torch.arange(len(self.distinct), device=self.distinct.device)
-                               if subset is None else subset])[0]
+        return self.ratios_of([torch.arange(len(self.distinct), device=self.distinct.device)])[0]
 
     def ratios_of(self, subsets: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """`ratios` of several subsets, the exact measurements of all of them in one pass."""
@@ -241,9 +240,8 @@ class Neighbours:
     def lower_bounds(self, rows: torch.Tensor | slice, ids: torch.Tensor | slice) -> torch.Tensor:
         """float32 lower bounds on the squared distances of the points `rows` to the points `ids`:
         (1 - tolerance) (|x_i|^2 + |x_j|^2) - 2 x_i . x_j."""
-        shrunk = self.sq * (1 - GRAM32_TOLERANCE)
         lower = self.gram[rows][:, ids].mul(-2)
-        return lower.add_(shrunk[rows, None]).add_(shrunk[None, ids])
+        return lower.add_(self.shrunk[rows, None]).add_(self.shrunk[None, ids])
 
     def settle(self, subsets: list[torch.Tensor], candidates: list[torch.Tensor], undecided: list[torch.Tensor],
                results: list[list[torch.Tensor]], find_copies: bool) -> None:
@@ -306,20 +304,13 @@ def twonn_blocks_of(neighbours: Neighbours, max_blocks: int = 20, seed: int = 0)
     n = len(neighbours.distinct)
     check_block_samples(n, max_blocks)
     generator = torch.Generator().manual_seed(seed)
-    subsets, sizes = [], []
+    subsets = []
     for b in range(1, max_blocks + 1):
         size = n // b
         order = torch.randperm(n, generator=generator).to(neighbours.distinct.device)
         subsets += [order[k * size : (k + 1) * size] for k in range(b)]
-        sizes.append(b)
-    dims = []
-    for r1, r2 in neighbours.ratios_of(subsets):
-        valid = r1 < r2
-        dims.append(twonn_fit(r2[valid] / r1[valid], 0.0, drop_last=2))
-    means, start = [], 0
-    for b in sizes:
-        means.append(sum(dims[start : start + b]) / b)
-        start += b
+    dims = iter([twonn_fit(r2[r1 < r2] / r1[r1 < r2], 0.0, drop_last=2) for r1, r2 in neighbours.ratios_of(subsets)])
+    means = [sum(next(dims) for _ in range(b)) / b for b in range(1, max_blocks + 1)]
     return sum(means) / len(means)
 
 
