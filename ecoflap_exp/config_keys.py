@@ -20,10 +20,10 @@ from omegaconf import DictConfig, ListConfig
 from ecoflap_exp.errors import UserError
 
 #: the keys of the composed primary config (configs/config.yaml with its groups)
-TOP_LEVEL_KEYS = ("calib", "data", "allocation", "scorer", "pruner", "evals", "logger", "model", "sparsity", "nm",
-                  "max_sparsity", "max_sparsity_delta", "experiment_name", "seed", "device", "threads", "offload",
-                  "cache_gb", "save_model", "push_to_hub", "force", "paths")
-PATHS_KEYS = ("root", "results_dir", "scores_dir", "models_dir", "data_root")
+TOP_LEVEL_KEYS = ("calib", "data", "allocation", "scorer", "pruner", "evals", "logger", "finetune", "model",
+                  "sparsity", "nm", "max_sparsity", "max_sparsity_delta", "experiment_name", "seed", "device",
+                  "threads", "offload", "cache_gb", "save_model", "push_to_hub", "force", "paths")
+PATHS_KEYS = ("root", "results_dir", "scores_dir", "models_dir", "checkpoints_dir", "data_root")
 #: keys Hydra itself reads in a node it instantiates
 HYDRA_NODE_KEYS = ("_target_", "_recursive_", "_convert_", "_partial_", "_args_")
 
@@ -45,10 +45,16 @@ def parameters(target: str) -> tuple[set[str], bool]:
         built = get_object(target)
     except Exception as err:  # noqa: BLE001 - any import failure is the same bad value for the user
         raise UserError(f"_target_={target!r} cannot be imported ({type(err).__name__}: {err})") from None
-    signature = inspect.signature(built)
-    names = {p.name for p in signature.parameters.values()
-             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return names, any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+    # a class whose __init__ passes **kwargs on takes its base classes' parameters too
+    initialisers = [c.__init__ for c in built.__mro__ if "__init__" in vars(c) and c is not object] \
+        if isinstance(built, type) else [built]
+    names: set[str] = set()
+    for initialiser in initialisers or [built]:
+        parameters_of = inspect.signature(initialiser).parameters.values()
+        names |= {p.name for p in parameters_of if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters_of):
+            return names, False
+    return names, True
 
 
 def check_node(node: Any, where: str) -> None:
@@ -77,7 +83,7 @@ def check_keys(cfg: DictConfig) -> None:
     for key in cfg.get("paths") or {}:
         if key not in PATHS_KEYS:
             raise unknown(key, "paths.", PATHS_KEYS)
-    for group in ("calib", "scorer", "allocation", "pruner", "model", "logger"):
+    for group in ("calib", "scorer", "allocation", "pruner", "model", "logger", "finetune"):
         check_node(cfg._get_node(group), f"{group}.")
     for name in cfg.get("evals") or {}:
         check_node(cfg.evals._get_node(name), f"evals.{name}.")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -14,3 +15,14 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, transient=False) as progress:
         yield from progress.track(items, total=total, description=description)
+
+
+@contextlib.contextmanager
+def training_progress(description: str, total: int, completed: int = 0) -> Iterator[Callable[[str], None]]:
+    """A bar over optimizer steps; the yielded function advances it one step with a status line
+    (loss, learning rate, sparsity)."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task(description, total=total, completed=completed, status="")
+        yield lambda status: progress.update(task, advance=1, status=status)

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import platform
 import resource
 import subprocess
@@ -32,6 +33,7 @@ from ecoflap_exp.config_keys import check_keys
 from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import ConfigError, UserError
 from ecoflap_exp.evals.base import Evaluation
+from ecoflap_exp.finetune.trainer import FineTuning, Outcome
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.pruning.base import LocalPruner
 from ecoflap_exp.pruning.engine import MatrixReport, SequentialEngine
@@ -87,9 +89,17 @@ def validate(cfg: DictConfig) -> Target:
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto`: cuda if available (under `accelerate launch`, this process's own GPU), else cpu."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
+
+
+def main_process() -> bool:
+    """Whether this process records the run: the only one, or rank 0 of `accelerate launch`."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 @dataclass
@@ -164,7 +174,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             return done
         plugins = Plugins.build(cfg)
         preflight(cfg, target, plugins)
-    with store.claim(rid) as holder:
+    with store.claim(rid) if main_process() else contextlib.nullcontext() as holder:
         if holder is not None:
             console.print(f"[yellow]run {rid} is being run by process {holder.get('pid')} on {holder.get('host')} "
                           f"(since {holder.get('since')})[/]; skipped here, its record will be in {store.path(rid)} "
@@ -197,7 +207,9 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             torch.set_num_threads(threads_before)  # the caller's setting again (the API, a test session)
             record["finished"] = dt.datetime.now().isoformat(timespec="seconds")
             record["peak_rss_gb"] = peak_rss_gb()
-            unwritten = write_record(store, record)
+            unwritten = write_record(store, record) if main_process() else None
+    if not main_process():
+        return record
     if plugins.logger is not None:
         log_externally(plugins.logger, record)
     print_summary(record)
@@ -249,6 +261,8 @@ def preflight(cfg: DictConfig, target: Target, plugins: Plugins) -> None:
                             f"{calib.batch_size}); use a multiple of {calib.batch_size}")
     model_class = get_class(cfg.model._target_)
     check_fit(model_class, calib, plugins.evals)
+    if (finetune := plugins.finetune) is not None:
+        check_finetune(finetune, target, model_class, calib)
     model_class.check_checkpoints(cfg.model)
     for ev in plugins.evals.values():
         ev.check_checkpoints()
@@ -286,17 +300,43 @@ def load(cfg: DictConfig, plugins: Plugins, timer: StageTimer) -> ModelAdapter:
 
 def check_fit(model_class: type[ModelAdapter], calib: CalibrationSource, evals: dict[str, Evaluation]) -> None:
     """The calibration samples and every eval work with this kind of model (checked on its class)."""
-    if calib.kind not in model_class.sample_kinds:
-        raise UserError(f"calib ({type(calib).__name__}) gives {calib.kind} but {model_class.__name__} calibrates "
-                        f"on {', '.join(model_class.sample_kinds)}; choose a calib made for this model")
-    if calib.augment == "train" and not model_class.has_train_augmentation:
-        raise UserError(f"calib.augment=train but {model_class.__name__} defines no training augmentation of its "
-                        f"images; use calib.augment=eval")
+    check_samples_fit(calib, "calib", "calibrates on", model_class)
     for name, ev in evals.items():
         model, missing = ev.missing(model_class)
         if missing:
             raise UserError(f"evals.{name} ({type(ev).__name__}) needs a model with {' and '.join(missing)}, which "
                             f"{model} lacks; choose a suite made for this model")
+
+
+def check_samples_fit(source: Any, key: str, verb: str, model_class: type[ModelAdapter]) -> None:
+    """A calibration source or training split (config key `key`) gives samples the model takes, in a
+    view it has."""
+    if source.kind not in model_class.sample_kinds:
+        raise UserError(f"{key} ({type(source).__name__}) gives {source.kind} but {model_class.__name__} {verb} "
+                        f"{', '.join(model_class.sample_kinds)}; choose a {key} made for this model")
+    if source.augment == "train" and not model_class.has_train_augmentation:
+        raise UserError(f"{key}.augment=train but {model_class.__name__} defines no training augmentation of its "
+                        f"images; use {key}.augment=eval")
+
+
+def check_finetune(finetune: FineTuning, target: Target, model_class: type[ModelAdapter],
+                   calib: CalibrationSource) -> None:
+    """The fine-tuning fits the target and the model; its training split can be read."""
+    if target.nm is not None:
+        raise UserError(f"finetune={finetune.mode} with nm={target.nm}: fine-tuning keeps or prunes unstructured "
+                        f"weights only; leave nm out")
+    finetune.oneshot_sparsity(target.sparsity)
+    if finetune.mode == "iterative" and target.sparsity == 0:
+        raise UserError("finetune=iterative prunes during training to `sparsity`, which is 0; give a sparsity > 0")
+    if (split := finetune.train) is not None:
+        check_samples_fit(split, "finetune.train", "trains on", model_class)
+        split.check()
+    if finetune.use_id:
+        if getattr(finetune.id, "granularity", None) != "matrix":
+            raise UserError("finetune.use_id=true multiplies each matrix's scores by its own ID; set "
+                            "finetune.id.granularity=matrix")
+        finetune.id.check_samples(calib.num_samples)
+        calib.check_count(max(finetune.id.samples_needed or 0, calib.num_samples))
 
 
 def plan_keys(adapter: ModelAdapter) -> list[str]:
@@ -341,17 +381,28 @@ class Plugins:
     evals: dict[str, Evaluation]
     #: the external logger (logger=wandb), or None
     logger: Any = None
+    #: the fine-tuning stage (finetune=masked, iterative), or None
+    finetune: FineTuning | None = None
 
     @classmethod
     def build(cls, cfg: DictConfig) -> Plugins:
         evals = {name: build(ev) for name, ev in cfg.evals.items()}
         logger = build(cfg.logger) if cfg.get("logger") else None
-        return cls(build(cfg.calib), build(cfg.scorer), build(cfg.allocation), build(cfg.pruner), evals, logger)
+        finetune = build(cfg.finetune) if cfg.get("finetune") else None
+        return cls(build(cfg.calib), build(cfg.scorer), build(cfg.allocation), build(cfg.pruner), evals, logger,
+                   finetune)
 
     def method(self, target: Target) -> str:
-        """The method as the papers name it (`wanda`, `ecoflap-zeroth+wanda`, `owl+sparsegpt`);
-        `dense` for an unpruned point."""
-        return "dense" if target.sparsity == 0 else method_name(self.scorer, self.allocation, self.pruner)
+        """The method as the papers name it (`wanda`, `ecoflap-zeroth+wanda`, `owl+sparsegpt`), with the
+        fine-tuning's part (`ecoflap-zeroth+wanda+masked-ft`, `iterative-platon-id`, after a one-shot
+        start `wanda>iterative-taylor`); `dense` for an unpruned point."""
+        oneshot = method_name(self.scorer, self.allocation, self.pruner)
+        if self.finetune is None:
+            return "dense" if target.sparsity == 0 else oneshot
+        if self.finetune.mode == "masked":
+            return ("dense" if target.sparsity == 0 else oneshot) + self.finetune.method_suffix()
+        start = f"{oneshot}>" if self.finetune.oneshot_sparsity(target.sparsity) > 0 else ""
+        return start + self.finetune.method_suffix()
 
 
 def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter: ModelAdapter,
@@ -366,23 +417,50 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
     scores: dict[str, float] = {}
     scorer_info: dict[str, Any] = {}
     reused = False
-    reports = []
-    if target.sparsity > 0:
+    reports: list[MatrixReport] = []
+    finetune = plugins.finetune
+    oneshot = finetune.oneshot_sparsity(target.sparsity) if finetune is not None else target.sparsity
+    use_id = finetune is not None and finetune.use_id
+    batches: list = []
+    extended: list = []
+    if oneshot > 0 or use_id:
         with timer("calibrate"):
-            extended = calib.batches(adapter, scorer.samples_needed)  # the ID paper's 2000, say
+            needed = max(scorer.samples_needed or 0, (finetune.id.samples_needed or 0) if use_id else 0)
+            extended = calib.batches(adapter, needed or None)  # the ID paper's 2000, say
             batches = first_samples(extended, calib.num_samples)
+    if oneshot > 0:
+        ceiling = target.max_sparsity if oneshot == target.sparsity else min(oneshot + cfg.max_sparsity_delta, 1.0)
         with tower_outputs(adapter, cfg.cache_gb):  # shared by scoring and the engine's input capture
             with timer("score"):
                 scores, scorer_info, sketches, reused = cached_scores(cfg, provenance["config"], adapter, batches,
                                                                        extended, plugins)
             with timer("allocate"):
-                plan = allocation.plan(scores, Groups.of(adapter), target.sparsity, target.max_sparsity, sketches)
+                plan = allocation.plan(scores, Groups.of(adapter), oneshot, ceiling, sketches)
             with timer("prune"):
                 reports = SequentialEngine(adapter, pruner, plan, target.nm, device, cfg.offload).run(batches)
-        del batches, extended
     with timer("verify"):
         achieved = verify(adapter, plan or dict.fromkeys(plan_keys(adapter), 0.0), target.nm, reports,
                           exact=pruner.count == "exact")
+    tuned = None
+    if finetune is not None:
+        ids = None
+        if use_id:
+            with timer("intrinsic_dim"):
+                finetune.id.scores(adapter, batches, extended)
+                ids = dict(finetune.id.info["intrinsic_dim"])
+        del batches, extended
+        oneshot_achieved = achieved["overall"]
+        with timer("finetune"):
+            tuned = fine_tune(cfg, rid, plugins, adapter, target, ids)
+        tuned.info.update(oneshot_sparsity=oneshot_achieved, **({"intrinsic_dim": ids} if ids else {}))
+        if tuned.pruned is not None:
+            plan, reports = iterative_plan(adapter, tuned.pruned)
+        with timer("verify"):
+            achieved = verify(adapter, plan or dict.fromkeys(plan_keys(adapter), 0.0), target.nm, reports,
+                              exact=tuned.pruned is not None or pruner.count == "exact",
+                              overall=target.sparsity if tuned.pruned is not None else None)
+    else:
+        del batches, extended
     if cfg.offload:
         adapter.to(device)
     metrics: dict[str, float] = {}
@@ -402,6 +480,7 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
         "achieved": achieved,
         "matrices": [r.as_dict() for r in reports],
         **comparison_groups(pruner, reports),
+        **({"finetune": tuned.info} if tuned is not None else {}),
         "metrics": metrics,
         "eval_info": eval_info,
         "timings_s": timer.seconds,
@@ -413,6 +492,41 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
         if cfg.push_to_hub:
             result["pushed_to"] = push_to_hub(Path(result["saved_model"]), cfg.push_to_hub)
     return result
+
+
+def fine_tune(cfg: DictConfig, rid: str, plugins: Plugins, adapter: ModelAdapter, target: Target,
+              ids: dict[str, float] | None) -> Outcome:
+    """The fine-tuning stage on its training split, or on the calibration samples when none is
+    configured (the record says which); checkpoints under paths.checkpoints_dir/<run id>."""
+    finetune, calib = plugins.finetune, plugins.calib
+    assert finetune is not None
+    if finetune.train is not None:
+        samples, augment = finetune.train.samples(), finetune.train.augment == "train"
+        trained_on = f"training split {finetune.train.describe()}"
+    else:
+        samples, augment = calib.samples(adapter, calib.num_samples), calib.augment == "train"
+        trained_on = (f"calibration samples ({type(calib).__name__}, {len(samples)}): no training split is configured "
+                      f"(finetune.train is null)")
+        console.print(f"[yellow]fine-tuning on the {len(samples)} calibration samples[/]: no training split is "
+                      f"configured (set finetune.train, e.g. /train@finetune.train: coco_karpathy)")
+    return finetune.run(adapter, samples, augment, Path(cfg.paths.checkpoints_dir) / rid, target.sparsity, ids,
+                        trained_on)
+
+
+def iterative_plan(adapter: ModelAdapter, pruned: dict[str, int]) -> tuple[dict[str, float], list[MatrixReport]]:
+    """The per-matrix plan iterative pruning arrived at (its final mask's counts) and its reports,
+    which the verify step holds the weights to."""
+    plan: dict[str, float] = {}
+    reports = []
+    for tower in adapter.towers():
+        for block in tower.blocks:
+            for m in block.matrices:
+                rows, cols = m.shape
+                plan[m.name] = pruned[m.name] / m.numel
+                zeros = int((m.weight == 0).sum())
+                reports.append(MatrixReport(m.name, block.name, tower.name, rows, cols, plan[m.name], pruned[m.name],
+                                            zeros - pruned[m.name], None))
+    return plan, reports
 
 
 def cached_scores(cfg: DictConfig, config: dict[str, Any], adapter: ModelAdapter, batches: list, extended: list,
@@ -450,6 +564,11 @@ def print_summary(record: dict[str, Any]) -> None:
     if record["plan"]:
         values = list(record["plan"].values())
         table.add_row("group sparsity range", f"{min(values):.4f} .. {max(values):.4f}")
+    if tuned := record.get("finetune"):
+        loss = (f", loss {tuned['loss_first']:.4f} -> {tuned['loss_last']:.4f}" if tuned["loss_first"] is not None
+                else "")
+        source = "calibration samples" if tuned["trained_on"].startswith("calibration") else "training split"
+        table.add_row("fine-tuning", f"{tuned['mode']}, {tuned['steps']} steps on the {source}{loss}")
     for name, value in record["metrics"].items():
         table.add_row(name, f"{value:.4f}")
     table.add_row("time (s)", ", ".join(f"{k} {v:.1f}" for k, v in record["timings_s"].items()))

@@ -12,16 +12,19 @@ PACKAGE = ROOT / "ecoflap_exp"
 DOC = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
 #: package part -> the parts it must never import
 BELOW = {
-    "models": {"walk", "tower_outputs", "input_stats", "scoring", "allocation", "pruning", "evals", "data", "results",
-               "tracking", "runner"},
-    "walk": {"scoring", "allocation", "pruning", "evals", "results", "tracking", "runner"},
-    "tower_outputs": {"walk", "scoring", "allocation", "pruning", "evals", "results", "tracking", "runner"},
-    "input_stats": {"walk", "scoring", "allocation", "pruning", "evals", "runner"},
-    "allocation": {"walk", "scoring", "pruning", "evals", "data", "runner"},
-    "scoring": {"pruning", "evals", "runner"},
-    "pruning": {"scoring", "allocation", "evals", "runner"},
-    "evals": {"scoring", "allocation", "pruning", "runner"},
-    "data": {"scoring", "allocation", "pruning", "evals", "runner"},
+    "models": {"walk", "tower_outputs", "input_stats", "scoring", "allocation", "pruning", "finetune", "evals", "data",
+               "results", "tracking", "runner"},
+    "walk": {"scoring", "allocation", "pruning", "finetune", "evals", "results", "tracking", "runner"},
+    "tower_outputs": {"walk", "scoring", "allocation", "pruning", "finetune", "evals", "results", "tracking", "runner"},
+    "input_stats": {"walk", "scoring", "allocation", "pruning", "finetune", "evals", "runner"},
+    "allocation": {"walk", "scoring", "pruning", "finetune", "evals", "data", "runner"},
+    "scoring": {"pruning", "finetune", "evals", "runner"},
+    "pruning": {"scoring", "allocation", "finetune", "evals", "runner"},
+    # fine-tuning sees models only; the runner hands it the training samples and the IDs
+    "finetune": {"walk", "tower_outputs", "scoring", "allocation", "pruning", "evals", "data", "results", "tracking",
+                 "runner"},
+    "evals": {"scoring", "allocation", "pruning", "finetune", "runner"},
+    "data": {"scoring", "allocation", "pruning", "finetune", "evals", "runner"},
 }
 
 

@@ -15,7 +15,7 @@ from ecoflap_exp.runner import build
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-GROUPS = ("model", "calib", "data", "scorer", "pruner", "allocation", "suite", "logger", "experiment")
+GROUPS = ("model", "calib", "data", "scorer", "pruner", "allocation", "suite", "logger", "finetune", "experiment")
 
 
 def options(group):
@@ -33,10 +33,12 @@ def overrides_for(group, option):
         return [f"+eval@evals.probe={option}"]
     if group == "experiment/method":
         return [f"+experiment/method={option}"]
+    if group == "train":
+        return ["finetune=masked", f"+train@finetune.train={option}"]
     return [f"{group}={option}"]
 
 
-CASES = [(g, o) for g in (*GROUPS, "eval", "experiment/method") for o in options(g)]
+CASES = [(g, o) for g in (*GROUPS, "eval", "experiment/method", "train") for o in options(g)]
 
 
 def targets(node, path="cfg"):

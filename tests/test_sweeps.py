@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 from fixtures import write_caption_pairs, write_image_folder
-from fixtures_captioning import write_nocaps
+from fixtures_captioning import write_coco_karpathy, write_nocaps
 from fixtures_coop import write_coop
 from fixtures_flickr import write_flickr30k
 from fixtures_vqa import write_gqa, write_vqa
@@ -32,6 +33,10 @@ TINY = {
     "vit_b16": ["model=vit_tiny", "calib.num_samples=8"],
     "blip2_t5": ["model=blip2_t5_tiny", "calib.num_samples=8", "calib.batch_size=4"],
     "clip_vitb16": ["model=clip_tiny", "calib.num_samples=4", "calib.batch_size=2"],
+    # the fine-tuning experiments: the fixtures' training splits hold 2 (COCO) and 1 (Flickr30k) captions
+    "blip_caption_coco": ["model=blip_caption_tiny", "calib.num_samples=2", "calib.batch_size=2",
+                          "finetune.batch_size=2"],
+    "clip_vitl14_336": ["model=clip_tiny", "calib.num_samples=1", "calib.batch_size=1", "finetune.batch_size=1"],
 }
 #: tiny stand-ins for the COCO-finetuned companions that score NoCaps and Flickr30k in Table 1
 COMPANIONS = {"table1_blip2": ["model@evals.nocaps.companion=blip2_t5_tiny",
@@ -112,7 +117,10 @@ def write_fixture_data(root: Path) -> None:
     write_vqa(root, "okvqa")
     write_gqa(root)
     write_nocaps(root)
-    write_flickr30k(root, [["a red car on a road", "a car"], ["two dogs playing"], ["a bowl of fruit", "fruit"]])
+    flickr = write_flickr30k(root, [["a red car on a road", "a car"], ["two dogs playing"], ["a bowl of fruit",
+                                                                                          "fruit"]])
+    shutil.copy(flickr["karpathy"], root / "flickr30k" / "annotations" / "dataset_flickr30k.json")
+    write_coco_karpathy(root)
     write_coop(root, "caltech101")
 
 
@@ -245,14 +253,20 @@ def as_public_api_run(log_records) -> SimpleNamespace:
                            config=config, summary=summary)
 
 
-@pytest.mark.slow
-def test_wandb_offline_logs_the_record_and_it_reads_back(tmp_path):
+def run_offline_wandb(cfg) -> dict:
+    """run(cfg) with W&B logging offline (the tests otherwise disable it)."""
     os.environ["WANDB_MODE"] = "offline"
     try:
-        record = run(compose_config(tmp_path, "logger=wandb", f"logger.dir={tmp_path}", "logger.mode=offline",
-                                    "scorer=first", "sparsity=0.6", "experiment_name=wb", "save_model=true"))
+        return run(cfg)
     finally:
         os.environ["WANDB_MODE"] = "disabled"
+
+
+@pytest.mark.slow
+def test_wandb_offline_logs_the_record_and_it_reads_back(tmp_path):
+    record = run_offline_wandb(compose_config(tmp_path, "logger=wandb", f"logger.dir={tmp_path}",
+                                              "logger.mode=offline", "scorer=first", "sparsity=0.6",
+                                              "experiment_name=wb", "save_model=true"))
     (run_dir,) = (tmp_path / "wandb").glob(f"offline-run-*-{record['id']}")
     (table_file,) = (run_dir / "files" / "media" / "table").glob("block_sparsity_*.table.json")
     table = json.loads(table_file.read_text())

@@ -6,6 +6,7 @@
   of "annotations", file names relative to the image root (train2017/);
 - a LAVIS annotation JSON: a list of {"image", "caption"} (caption a string or a list of them), as
   LAVIS's cc3m.json, whose first N entries ECoFLaP calibrates on;
+- Karpathy's dataset_coco.json / dataset_flickr30k.json: the captions of its train images;
 - webdataset tar shards as img2dataset writes them (a folder of *.tar, a glob, or one .tar): each
   sample is the members sharing a key (`00000/000000012.jpg`, `.txt`, `.json`), the image a
   .jpg/.jpeg/.png/.webp, the caption the .txt or else the .json's "caption"; shards are read in
@@ -25,7 +26,7 @@ import io
 import json
 import logging
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,27 @@ def lavis_pairs(data: list, path: Path, root: Path) -> list[tuple[Path, str]]:
     return pairs
 
 
-def read_pairs(annotations: str, image_root: str | None = None) -> list[tuple[Path, str]]:
-    """(image path, caption) of every pair of an annotation file (.tsv/.csv or COCO/LAVIS .json)."""
+def karpathy_pairs(data: dict, path: Path, root: Path, splits: Sequence[str]) -> list[tuple[Path, str]]:
+    """Every caption of the images whose Karpathy split is one of `splits`."""
+    pairs = []
+    for i, entry in enumerate(data["images"]):
+        if not isinstance(entry, dict) or entry.get("split") not in splits:
+            continue
+        sentences = entry.get("sentences")
+        if not isinstance(entry.get("filename"), str) or not isinstance(sentences, list) or not all(
+                isinstance(s, dict) and isinstance(s.get("raw"), str) for s in sentences):
+            raise UserError(f"{path}: images[{i}] needs 'filename' and 'sentences' with a 'raw' string each, got "
+                            f"{str(entry)[:300]}")
+        pairs.extend((root / entry.get("filepath", "") / entry["filename"], s["raw"]) for s in sentences)
+    if not pairs:
+        raise UserError(f"{path} has no captions in the Karpathy splits {list(splits)}")
+    return pairs
+
+
+def read_pairs(annotations: str, image_root: str | None = None,
+               splits: Sequence[str] = ("train",)) -> list[tuple[Path, str]]:
+    """(image path, caption) of every pair of an annotation file (.tsv/.csv, or a COCO, LAVIS or
+    Karpathy .json: of Karpathy's dataset_coco.json / dataset_flickr30k.json, the images of `splits`)."""
     path = Path(annotations).expanduser()
     if not path.is_file():
         raise UserError(f"caption file {annotations!r} does not exist; give a .tsv/.csv with image and caption "
@@ -80,10 +100,12 @@ def read_pairs(annotations: str, image_root: str | None = None) -> list[tuple[Pa
             raise UserError(f"{path}: not valid JSON ({err})") from err
         if isinstance(data, dict) and "annotations" in data:
             return coco_pairs(data, path, root)
+        if isinstance(data, dict) and isinstance(data.get("images"), list):
+            return karpathy_pairs(data, path, root, splits)
         if isinstance(data, list):
             return lavis_pairs(data, path, root)
-        raise UserError(f"{path}: neither a COCO caption file (images[], annotations[]) nor a LAVIS list of "
-                        f"{{image, caption}} entries")
+        raise UserError(f"{path}: neither a COCO caption file (images[], annotations[]), a Karpathy split file "
+                        f"(images[] with sentences) nor a LAVIS list of {{image, caption}} entries")
     delimiter = "\t" if path.suffix == ".tsv" else ","
     pairs = []
     with path.open(newline="", encoding="utf-8") as f:

@@ -1,4 +1,5 @@
-"""Image captioning (BLIP-2): NoCaps val per domain and COCO Karpathy test, CIDEr and SPICE x100.
+"""Image captioning (BLIP-2, BLIP): NoCaps val per domain and COCO Karpathy test, CIDEr and SPICE
+x100 (BLEU-4 too where the eval asks, as the ID paper reports it).
 
 Protocol (reference/evals.md 3.3, ecoflap.md 5.1): one caption per image from
 `adapter.generate(images, ["a photo of"] * n, num_beams=5, max_new_tokens=30, min_length=8,
@@ -157,11 +158,21 @@ def metric_suffix(subset: str) -> str:
     return f"_{subset.replace('-', '_')}" if subset else ""
 
 
+def bleu4(references: Mapping[int, Sequence[str]], predictions: Mapping[int, str]) -> float:
+    """BLEU-4 x100 of tokenised predictions (corpus-level, as COCOEvalCap's Bleu_4)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    score, _ = Bleu(4).compute_score({k: list(references[k]) for k in predictions},
+                                     {k: [predictions[k]] for k in predictions}, verbose=0)
+    return 100.0 * float(score[3])
+
+
 def score_captions(references: Mapping[int, Sequence[str]], predictions: Mapping[int, str],
                    domains: Mapping[int, str] | None = None, spice: bool = True,
-                   dataset: str = "captioning") -> dict[str, float]:
+                   dataset: str = "captioning", bleu: bool = False) -> dict[str, float]:
     """CIDEr (and SPICE) x100 over all images ("cider", "spice") and over each domain's images as
-    its own set ("cider_in_domain", ...); `spice_skipped: 1.0` instead of SPICE when it cannot run."""
+    its own set ("cider_in_domain", ...); `spice_skipped: 1.0` instead of SPICE when it cannot run;
+    with `bleu`, BLEU-4 x100 over all images ("bleu4", the ID paper's second caption metric)."""
     missing, extra = references.keys() - predictions.keys(), predictions.keys() - references.keys()
     if missing or extra:
         raise UserError(f"{dataset}: the predictions must cover exactly the scored images; {len(missing)} image(s) "
@@ -176,6 +187,8 @@ def score_captions(references: Mapping[int, Sequence[str]], predictions: Mapping
         subsets[domain] = [k for k in references if domains[k] == domain]
     metrics = {f"cider{metric_suffix(name)}": cider({k: refs[k] for k in ids}, {k: preds[k] for k in ids})
                for name, ids in subsets.items()}
+    if bleu:
+        metrics["bleu4"] = bleu4(refs, preds)
     log.info("%s: PTB tokenizer + CIDEr over %d images (%d sets) took %.1f s", dataset, len(references),
              len(subsets), time.perf_counter() - start)
     reason = spice_unavailable_reason() if spice else "disabled by the eval's spice=false"
@@ -218,7 +231,7 @@ class Captioning(ReadsSplit):
 
     def __init__(self, annotations: str, image_root: str, prompt: str = CAPTION_PROMPT,
                  generation: Mapping[str, Any] | None = None, batch_size: int = 16, limit: int | None = None,
-                 spice: bool = True):
+                 spice: bool = True, bleu: bool = False):
         if batch_size < 1 or (limit is not None and limit < 1):
             raise UserError(f"{self.dataset}: batch_size={batch_size} and limit={limit} must be >= 1 (limit may be "
                             f"null: every image)")
@@ -226,10 +239,10 @@ class Captioning(ReadsSplit):
         self.annotations = annotations
         self.image_root = image_root
         self.prompt = prompt
-        self.generation = {**DEFAULT_GENERATION, **(generation or {})}
+        self.generation = dict(generation) if generation is not None else dict(DEFAULT_GENERATION)  # whole, not merged
         self.batch_size = batch_size
         self.limit = limit
-        self.spice = spice
+        self.spice, self.bleu = spice, bleu
 
     @abstractmethod
     def images(self) -> list[CaptionedImage]:
@@ -251,7 +264,7 @@ class Captioning(ReadsSplit):
         log.info("%s: captioned %d images in %.1f s", self.dataset, len(images), time.perf_counter() - start)
         domains = {img.image_id: img.domain for img in images if img.domain is not None} or None
         return score_captions({img.image_id: img.references for img in images}, predictions, domains,
-                              spice=self.spice, dataset=self.dataset)
+                              spice=self.spice, dataset=self.dataset, bleu=self.bleu)
 
 
 class NoCapsCaptioning(Captioning):

@@ -29,10 +29,12 @@ IGNORE = -100
 @dataclass
 class LossTerm:
     """One cross-entropy of a calibration loss: logits (..., classes) against integer targets
-    (...); targets equal to IGNORE are skipped."""
+    (...); targets equal to IGNORE are skipped; `label_smoothing` as the model's own training loss
+    has it (BLIP's captioner: 0.1)."""
 
     logits: torch.Tensor
     targets: torch.Tensor
+    label_smoothing: float = 0.0
 
 
 def contrastive_terms(logits_per_image: torch.Tensor) -> list[LossTerm]:
@@ -128,7 +130,8 @@ class ModelAdapter(ABC):
         about 0.016 near 2-3, which zeroth-order differences L(W + eps z) - L(W - eps z) cannot
         resolve."""
         losses = [F.cross_entropy(t.logits.float().reshape(-1, t.logits.shape[-1]), t.targets.reshape(-1),
-                                  ignore_index=IGNORE) for t in self.loss_terms(batch)]
+                                  ignore_index=IGNORE, label_smoothing=t.label_smoothing)
+                  for t in self.loss_terms(batch)]
         return torch.stack(losses).mean()
 
     @abstractmethod

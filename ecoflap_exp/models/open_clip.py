@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torchvision import transforms
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import LossTerm, ModelAdapter, contrastive_terms
-from ecoflap_exp.models.loading import SHIPPED_PREFIX, hub_load_error, torch_dtype
+from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, SHIPPED_PREFIX, hub_load_error, torch_dtype
 from ecoflap_exp.models.seam import Batch, Block, PrunableMatrix, Tower
 
 
@@ -49,10 +50,14 @@ def attention_context(mha: nn.MultiheadAttention, args: tuple, kwargs: dict) -> 
     return context if mha.batch_first else context.transpose(0, 1)
 
 
-def resblock_matrices(name: str, block: nn.Module, split_qkv: bool) -> list[PrunableMatrix]:
+def resblock_matrices(name: str, block: nn.Module, split_qkv: bool, in_proj: bool = True) -> list[PrunableMatrix]:
+    """A residual block's matrices; without `in_proj` only out_proj, c_fc and c_proj (the ID
+    paper's CLIP pruner leaves the packed q, k, v parameter alone)."""
     attn: nn.MultiheadAttention = block.attn
     width = attn.embed_dim
-    if split_qkv:
+    if not in_proj:
+        matrices = []
+    elif split_qkv:
         matrices = [PrunableMatrix(f"{name}.attn.in_proj.{part}", attn.in_proj_weight, attn,
                                    slice(i * width, (i + 1) * width)) for i, part in enumerate("qkv")]
     else:
@@ -105,9 +110,14 @@ class OpenCLIPAdapter(ModelAdapter):
     models/arch/open_clip/; `pretrained` an open_clip tag (openai, laion2b_...), a local
     checkpoint file, or `shipped:<name>` for weights in models/weights/; `init=random` builds the
     architecture with no weights. Towers: vision, text (`prune_towers` picks some). `split_qkv`:
-    in_proj's q, k, v as three matrices instead of one (the official code's unit)."""
+    in_proj's q, k, v as three matrices instead of one (the official code's unit); `prune_in_proj`:
+    false leaves it out (the ID paper's CLIP). Training images (fine-tuning, `augment`) get UPop's
+    retrieval view, which the ID paper's CLIP fine-tuning uses: a bicubic random resized crop
+    (scale 0.5-1) and a random flip (its RandAugment is not applied)."""
 
     sample_kinds = ("image_captions",)
+    has_train_augmentation = True
+    prune_in_proj = True
 
     @classmethod
     def checkpoints(cls, config: Mapping[str, Any]) -> list[str]:
@@ -137,7 +147,7 @@ class OpenCLIPAdapter(ModelAdapter):
 
     def __init__(self, model_name: str, pretrained: str | None = None, init: str = "pretrained",
                  dtype: str = "float32", seed: int = 0, prune_towers: list[str] | None = None,
-                 split_qkv: bool = False, name: str = ""):
+                 split_qkv: bool = False, prune_in_proj: bool = True, name: str = ""):
         import open_clip
 
         self.name = name
@@ -160,7 +170,7 @@ class OpenCLIPAdapter(ModelAdapter):
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.construction = {"model_name": model_name}
         self.prune_towers = prune_towers
-        self.split_qkv = split_qkv
+        self.split_qkv, self.prune_in_proj = split_qkv, prune_in_proj
 
     def all_towers(self) -> list[Tower]:
         """Vision, then text, which meet only in the loss; the text's padding to the context length
@@ -170,17 +180,29 @@ class OpenCLIPAdapter(ModelAdapter):
         for tower_name, path, root in (("vision", "visual.transformer.resblocks", self.model.visual),
                                        ("text", "transformer.resblocks", self.model.transformer)):
             blocks = self.model.get_submodule(path)
-            towers.append(Tower(tower_name, [Block(f"{path}.{i}", b, resblock_matrices(f"{path}.{i}", b,
-                                                                                        self.split_qkv))
-                                             for i, b in enumerate(blocks)], root=root, reads=()))
+            towers.append(Tower(tower_name, [Block(f"{path}.{i}", b, resblock_matrices(
+                f"{path}.{i}", b, self.split_qkv, self.prune_in_proj)) for i, b in enumerate(blocks)], root=root,
+                reads=()))
         return towers
 
-    def collate(self, samples: list[tuple[Image.Image, str]]) -> Batch:
+    def train_view(self) -> transforms.Compose:
+        size = self.model.visual.image_size
+        size = size[0] if isinstance(size, tuple | list) else size
+        config = getattr(self.model.visual, "preprocess_cfg", None) or {}
+        return transforms.Compose([
+            transforms.RandomResizedCrop(size, scale=(0.5, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(config.get("mean", CLIP_MEAN), config.get("std", CLIP_STD)),
+        ])
+
+    def collate(self, samples: list[tuple[Image.Image, str]], augment: bool = False) -> Batch:
         if self.preprocess is None or self.tokenizer is None:
             raise UserError("this wrapped open_clip model has no preprocess or tokenizer to collate raw (image, "
                             "caption) pairs; pass preprocess= and tokenizer= (open_clip's), or collated batches")
         dtype = next(self.model.parameters()).dtype
-        images = torch.stack([self.preprocess(image.convert("RGB")) for image, _ in samples])
+        view = self.train_view() if augment else self.preprocess
+        images = torch.stack([view(image.convert("RGB")) for image, _ in samples])
         return {"image": images.to(self.device, dtype), "text": self.tokenizer([c for _, c in samples]).to(self.device)}
 
     def forward(self, batch: Batch) -> Any:

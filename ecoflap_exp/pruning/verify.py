@@ -22,7 +22,10 @@ from ecoflap_exp.pruning.masks import NM, planned_prune_count
 
 
 def verify(adapter: ModelAdapter, plan: Plan, nm: NM | None, reports: list[MatrixReport],
-           exact: bool = True) -> dict[str, Any]:
+           exact: bool = True, overall: float | None = None) -> dict[str, Any]:
+    """Achieved sparsity overall, per tower, block and matrix; RuntimeError when a matrix misses its
+    plan, or when `overall` is given (a global plan, as iterative pruning's) and the plan's counts
+    do not add up to exactly that fraction of the prunable weights."""
     by_name = {r.name: r for r in reports}
     per_matrix: dict[str, float] = {}
     block_zeros: dict[str, int] = defaultdict(int)
@@ -30,6 +33,7 @@ def verify(adapter: ModelAdapter, plan: Plan, nm: NM | None, reports: list[Matri
     tower_zeros: dict[str, int] = defaultdict(int)
     tower_sizes: dict[str, int] = defaultdict(int)
     problems = []
+    planned_total = 0
     masks = hashlib.sha1()  # of every matrix's zero pattern, in pruning order: same seed, same masks
     for tower in adapter.towers():
         for block in tower.blocks:
@@ -37,6 +41,7 @@ def verify(adapter: ModelAdapter, plan: Plan, nm: NM | None, reports: list[Matri
                 weight = m.weight
                 rows, cols = weight.shape
                 planned = planned_prune_count(rows, cols, planned_sparsity(plan, block, m), nm)
+                planned_total += planned
                 is_zero = weight == 0
                 zeros = int(is_zero.sum())
                 masks.update(m.name.encode())
@@ -57,13 +62,16 @@ def verify(adapter: ModelAdapter, plan: Plan, nm: NM | None, reports: list[Matri
                 block_sizes[block.name] += weight.numel()
                 tower_zeros[tower.name] += zeros
                 tower_sizes[tower.name] += weight.numel()
+    total = sum(block_sizes.values())
+    if overall is not None and planned_total != round(overall * total):
+        problems.append(f"the plan prunes {planned_total} of {total} weights, not the target's "
+                        f"{round(overall * total)} (sparsity {overall:g})")
     if problems:
         raise RuntimeError("pruned model does not match the plan:\n  " + "\n  ".join(problems[:20]))
     bad_params = [n for n, p in adapter.model.named_parameters() if not torch.isfinite(p).all()]
     if bad_params:
         raise UserError(f"the pruned model has NaN/inf parameters ({', '.join(bad_params[:5])}); "
                         f"lower the sparsity or check the calibration data")
-    total = sum(block_sizes.values())
     return {
         "overall": sum(block_zeros.values()) / total if total else 0.0,
         "prunable_params": total,

@@ -95,6 +95,20 @@ def towers_of(record: dict[str, Any]) -> dict[str, str]:
     return towers
 
 
+def finetune_curves(record: dict[str, Any]) -> list[tuple[int, dict[str, float]]]:
+    """(step, values) of a fine-tuning run's curves, in step order: loss and learning rate, overall
+    and per-tower sparsity at each masking step."""
+    tuned = record.get("finetune") or {}
+    by_step: dict[int, dict[str, float]] = {}
+    for step, loss, lr in tuned.get("loss_trajectory", []):
+        by_step.setdefault(step, {}).update({"finetune/loss": loss, "finetune/lr": lr})
+    for step, overall, towers in tuned.get("sparsity_trajectory", []):
+        values = by_step.setdefault(step, {})
+        values["finetune/sparsity"] = overall
+        values.update({f"finetune/sparsity/{tower}": value for tower, value in towers.items()})
+    return sorted(by_step.items())
+
+
 class WandbLogger:
     def __init__(self, project: str = "ecoflap_exp", entity: str | None = None, mode: str | None = None,
                  dir: str | None = None, tags: list[str] | None = None):
@@ -123,6 +137,8 @@ class WandbLogger:
             scalars["block_sparsity"] = table
             scalars["block_sparsity_chart"] = wandb.plot.bar(table, "group", "planned",
                                                              title="planned sparsity per group")
+        for step, values in finetune_curves(record):
+            run.log(values, step=step)
         run.log(scalars)
         summary = {k: record[k] for k in RECORD_FIELDS if k in record}
         if "achieved" in record:

@@ -1,0 +1,87 @@
+"""Training splits for fine-tuning: image-caption pairs, one sample per caption, read lazily (an
+image is decoded when its batch is drawn), in the released formats:
+- Karpathy's dataset_coco.json / dataset_flickr30k.json ({"images": [{"filepath"?, "filename",
+  "split", "sentences": [{"raw"}]}]}), the entries whose split is one of `splits` (BLIP's COCO
+  training set is train + restval: 113,287 images, 566,747 captions; Flickr30k's train: 29,000
+  images, 145,000 captions);
+- BLIP's / LAVIS's coco_karpathy_train.json and flickr30k_train.json: a list of {"image",
+  "caption"} with the image path relative to the image root;
+- a .tsv/.csv with image and caption columns, or a COCO caption file (data.caption_pairs).
+Every image file is checked to exist before any training starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from ecoflap_exp.data.caption_pairs import read_pairs
+from ecoflap_exp.data.images import AUGMENTS
+from ecoflap_exp.errors import UserError
+
+KARPATHY_SPLITS = ("train", "restval", "val", "test")
+
+
+class CaptionPairs(Sequence):
+    """(PIL image, caption) samples of a list of (image path, caption), decoded on access."""
+
+    def __init__(self, pairs: list[tuple[Path, str]]):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, str]:  # type: ignore[override]
+        path, caption = self.pairs[index]
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB"), caption
+        except (OSError, UnidentifiedImageError) as err:
+            raise UserError(f"training image {path} does not decode ({err}); replace the file or remove its "
+                            f"entries from the annotations") from None
+
+
+class ImageCaptionSplit:
+    """`annotations`: one of the formats above; `image_root`: where its image paths start (default:
+    its folder); `splits`: the Karpathy splits read; `augment`: `train` gives each image the model's
+    training augmentation, `eval` its eval transform."""
+
+    kind = "image_captions"
+
+    def __init__(self, annotations: str, image_root: str | None = None, splits: Sequence[str] = ("train",),
+                 augment: str = "train"):
+        unknown = [s for s in splits if s not in KARPATHY_SPLITS]
+        if unknown or not splits:
+            raise UserError(f"finetune.train.splits={list(splits)} must name some of {', '.join(KARPATHY_SPLITS)}")
+        if augment not in AUGMENTS:
+            raise UserError(f"finetune.train.augment={augment!r} is unknown; use one of {', '.join(AUGMENTS)}")
+        self.annotations, self.image_root, self.splits, self.augment = annotations, image_root, list(splits), augment
+
+    def files(self) -> list[str]:
+        return [str(self.annotations)]
+
+    def describe(self) -> str:
+        return f"{self.annotations} (splits {', '.join(self.splits)})"
+
+    def pairs(self) -> list[tuple[Path, str]]:
+        path = Path(self.annotations).expanduser()
+        if not path.is_file():
+            raise UserError(f"training split {self.annotations!r} does not exist; give Karpathy's dataset_coco.json "
+                            f"or dataset_flickr30k.json (caption_datasets.zip from "
+                            f"https://cs.stanford.edu/people/karpathy/deepimagesent/), BLIP's coco_karpathy_train.json "
+                            f"/ flickr30k_train.json, or a .tsv of image and caption (set paths.data_root)")
+        return read_pairs(str(path), self.image_root, self.splits)
+
+    def samples(self) -> CaptionPairs:
+        pairs = self.pairs()
+        missing = sorted({str(p) for p, _ in pairs if not p.is_file()})
+        if missing:
+            raise UserError(f"{len(missing)} training image(s) of {self.annotations} are missing, first {missing[0]}; "
+                            f"unpack the images under the image root ({self.image_root or 'the file folder'})")
+        return CaptionPairs(pairs)
+
+    def check(self) -> None:
+        """UserError now when the annotation file is missing or malformed (images: when read)."""
+        self.pairs()

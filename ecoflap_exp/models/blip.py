@@ -1,0 +1,145 @@
+"""BLIP captioning through transformers (BlipForConditionalGeneration): the ID paper's COCO captioner
+(BLIP ViT-B/16 at 384 px, model_base_caption_capfilt_large = Salesforce/blip-image-captioning-base).
+
+Towers in pruning order, each block's matrices found by type (the paper prunes all of them):
+- `vision`: vision_model.encoder.layers (self_attn.qkv, as one fused matrix like BLIP's attn.qkv,
+  self_attn.projection, mlp.fc1, mlp.fc2);
+- `text`: text_decoder.bert.encoder.layer (self-attention q, k, v and output, cross-attention q,
+  k, v (reading the image states) and output, intermediate and output dense).
+
+Samples are BLIP's captioning inputs (salesforce/BLIP blip_decoder): the text is the prompt ("a
+picture of ") and the caption cleaned by pre_caption (at most 30 words), tokenised to at most 40
+tokens and padded to the longest of the batch, its first token the decoder's BOS ([DEC]); the
+loss is the shifted next-token cross-entropy over the caption's tokens only (prompt and pads
+ignored) with label smoothing 0.1. Training images get BLIP's crop and flip (RandomResizedCrop
+scale 0.5-1, bicubic; its RandAugment is not applied). Captions are generated with the prompt
+(beam 3, 5-20 tokens in the reference's eval config) and the prompt's characters cut from the
+decoded text, as blip_decoder.generate does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from PIL import Image
+from torchvision import transforms
+
+from ecoflap_exp.models.adapter import IGNORE, LossTerm, ModelAdapter
+from ecoflap_exp.models.blip2 import square_resize
+from ecoflap_exp.models.blip_text import blip_caption
+from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, load_tokenizer, load_transformers_model
+from ecoflap_exp.models.seam import Batch, Tower, blocks_of
+
+PROMPT = "a picture of "
+
+
+def blip_image_train(size: int) -> transforms.Compose:
+    """BLIP's training view without its RandAugment: bicubic random resized crop (scale 0.5-1), a
+    random horizontal flip and CLIP's normalisation."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(size, scale=(0.5, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(CLIP_MEAN, CLIP_STD),
+    ])
+
+
+class BlipCaptionAdapter(ModelAdapter):
+    """`checkpoint`: a hub name or folder (Salesforce/blip-image-captioning-base, -large), or
+    `init=random` with a shipped `arch`; `tokenizer`: the checkpoint's, or `bytes` for the tiny
+    architecture."""
+
+    sample_kinds = ("image_captions",)
+    has_train_augmentation = True
+    load_hint = ("transformers.{model_class}.from_pretrained({path!r}); "
+                 "transformers.BlipProcessor.from_pretrained({path!r})")
+
+    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
+                 dtype: str = "float32", tokenizer: str | None = None, prompt: str = PROMPT, max_words: int = 30,
+                 max_text_tokens: int = 40, label_smoothing: float = 0.1, prune_towers: list[str] | None = None,
+                 seed: int = 0, arch_overrides: dict[str, Any] | None = None, name: str = ""):
+        self.name = name
+        self.model = load_transformers_model(transformers.BlipForConditionalGeneration, arch, checkpoint, init, dtype,
+                                             seed, arch_overrides)
+        self.tokenizer = load_tokenizer(tokenizer or checkpoint)
+        self.prompt, self.max_words, self.max_text_tokens = prompt, max_words, max_text_tokens
+        self.label_smoothing = label_smoothing
+        self.prune_towers = prune_towers
+        text = self.model.config.text_config
+        self.bos, self.sep, self.pad = text.bos_token_id, text.sep_token_id, text.pad_token_id
+        size = self.model.config.vision_config.image_size
+        self.preprocess, self.train_preprocess = square_resize(size), blip_image_train(size)
+
+    def all_towers(self) -> list[Tower]:
+        vision = self.model.vision_model
+        layers = self.model.text_decoder.bert.encoder.layer
+        text = blocks_of("text_decoder.bert.encoder.layer", layers)
+        for block in text:  # the cross-attention's key and value read the image states (no padding)
+            cross = block.module.crossattention.self
+            memory = {id(cross.key.weight), id(cross.value.weight)}
+            block.matrices = [replace(m, stream="memory") if id(m.param) in memory else m for m in block.matrices]
+        return [Tower("vision", blocks_of("vision_model.encoder.layers", vision.encoder.layers), root=vision, reads=()),
+                Tower("text", text, token_masks=lambda batch: {"hidden": batch["attention_mask"]}, reads=("vision",))]
+
+    def token_ids(self, text: str) -> list[int]:
+        """BOS then the text's tokens (BERT's [CLS] becomes the BOS, as BLIP replaces it), then the
+        tokenizer's closing token ([SEP]; the byte tokenizer's EOS)."""
+        ids = self.tokenizer(text, truncation=True, max_length=self.max_text_tokens).input_ids
+        if ids and ids[0] == self.tokenizer.cls_token_id:
+            return [self.bos, *ids[1:]]
+        return [self.bos, *ids][: self.max_text_tokens]
+
+    def prompt_length(self) -> int:
+        return 1 + len(self.tokenizer(self.prompt, add_special_tokens=False).input_ids)
+
+    def pixels(self, images: list[Image.Image], augment: bool = False) -> torch.Tensor:
+        dtype = self.model.vision_model.embeddings.patch_embedding.weight.dtype
+        view = self.train_preprocess if augment else self.preprocess
+        return torch.stack([view(image.convert("RGB")) for image in images]).to(self.device, dtype)
+
+    def collate(self, samples: list[tuple[Image.Image, str]], augment: bool = False) -> Batch:
+        ids = [self.token_ids(self.prompt + blip_caption(caption, self.max_words)) for _, caption in samples]
+        width = max(len(t) for t in ids)
+        input_ids = torch.tensor([t + [self.pad] * (width - len(t)) for t in ids], device=self.device)
+        mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in ids], device=self.device)
+        labels = input_ids.masked_fill(mask == 0, IGNORE)
+        labels[:, : self.prompt_length()] = IGNORE
+        return {"pixel_values": self.pixels([image for image, _ in samples], augment), "input_ids": input_ids,
+                "attention_mask": mask, "labels": labels}
+
+    def forward(self, batch: Batch) -> Any:
+        return self.model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
+                          attention_mask=batch["attention_mask"], use_cache=False).logits
+
+    def loss_terms(self, batch: Batch) -> list[LossTerm]:
+        """Token t+1 predicted at position t, caption tokens only, BLIP's label smoothing."""
+        logits = self.forward(batch)
+        return [LossTerm(logits[:, :-1], batch["labels"][:, 1:], self.label_smoothing)]
+
+    @torch.no_grad()
+    def generate(self, images: list[Image.Image], prompts: list[str], **generation: Any) -> list[str]:
+        """Captions: the prompt's tokens ending in [SEP] (which transformers' generate drops), the
+        prompt's characters cut from each decoded text."""
+        rows = [self.token_ids(prompt) for prompt in prompts]
+        width = max(len(r) for r in rows)
+        if any(len(r) != width for r in rows):
+            raise ValueError("BLIP captioning generates from one prompt per batch")
+        ids = torch.tensor(rows, device=self.device)
+        out = self.model.generate(pixel_values=self.pixels(images), input_ids=ids, attention_mask=torch.ones_like(ids),
+                                  do_sample=False, **generation)
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return [text[len(prompt):].strip() for text, prompt in zip(texts, prompts, strict=True)]
+
+    def save(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+        size = self.model.config.vision_config.image_size
+        processor = transformers.BlipProcessor(
+            image_processor=transformers.BlipImageProcessor(size={"height": size, "width": size},
+                                                            image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)),
+            tokenizer=self.tokenizer)
+        processor.save_pretrained(path)
+

@@ -1,0 +1,379 @@
+"""Fine-tuning (ecoflap_exp.finetune): the ID paper's cubic schedule and PLATON scores against
+hand-computed values and a transcription of ID_VL_Pruning's Pruner, exact global masking, masked
+fine-tuning that keeps pruned weights at 0, iterative pruning to the exact target, BLIP's
+captioning loss against transformers' own, checkpoints that resume after a kill, W&B curves."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures import write_caption_pairs
+from test_run import config
+from test_sweeps import offline_log, run_offline_wandb
+from transformers import BertTokenizer
+
+from ecoflap_exp.api import prune
+from ecoflap_exp.data.training import ImageCaptionSplit
+from ecoflap_exp.errors import ConfigError, UserError
+from ecoflap_exp.finetune.importance import Importance
+from ecoflap_exp.finetune.masking import FixedMasks, global_prune
+from ecoflap_exp.finetune.schedule import CubicSchedule
+from ecoflap_exp.finetune.trainer import IterativePruning, MaskedFineTuning
+from ecoflap_exp.models.adapter import IGNORE
+from ecoflap_exp.models.blip import BlipCaptionAdapter
+from ecoflap_exp.models.seam import PrunableMatrix
+from ecoflap_exp.runner import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cubic_schedule_equals_the_formula_at_the_warmup_edges_and_midpoints():
+    s = CubicSchedule(total_steps=100, initial_warmup_steps=10, final_warmup_steps=20, steps_per_epoch=25,
+                      delta_t=10, initial_ratio=1.0, final_ratio=0.2)
+    assert s.at(1) == (1.0, False) and s.at(10) == (1.0, False)  # initial warm-up: no masking
+    ratio, mask = s.at(11)
+    assert ratio == pytest.approx(0.2 + 0.8 * (69 / 70) ** 3) and not mask
+    assert s.at(45) == (pytest.approx(0.2 + 0.8 * 0.5**3), False)  # halfway through the 70 pruning steps
+    assert s.at(50) == (pytest.approx(0.2 + 0.8 * (30 / 70) ** 3), True)  # every delta_t steps
+    assert s.at(75)[1] and not s.at(74)[1]  # at an epoch's end
+    assert s.at(80) == (pytest.approx(0.2), True)
+    assert s.at(81) == (0.2, True) and s.at(100) == (0.2, True)  # final warm-up: every step
+    no_final = CubicSchedule(total_steps=33, initial_warmup_steps=0, final_warmup_steps=0, steps_per_epoch=33,
+                             delta_t=10, initial_ratio=1.0, final_ratio=0.5)
+    assert no_final.at(33) == (pytest.approx(0.5), True)  # the last step always masks
+
+
+def test_schedule_and_trainer_refuse_bad_values_with_one_message():
+    with pytest.raises(UserError, match="warm-ups leave no steps"):
+        CubicSchedule(total_steps=20, initial_warmup_steps=10, final_warmup_steps=10, steps_per_epoch=10,
+                      delta_t=10, initial_ratio=1.0, final_ratio=0.2)
+    with pytest.raises(UserError, match="warm-ups leave no epochs"):
+        IterativePruning(epochs=2, initial_warmup=1, final_warmup=1)
+    with pytest.raises(UserError, match="trains nothing"):
+        MaskedFineTuning(lr=0)
+    with pytest.raises(UserError, match="finetune.score='platonic' is unknown"):
+        IterativePruning(score="platonic")
+
+
+def one_matrix(values: list[list[float]]) -> PrunableMatrix:
+    linear = torch.nn.Linear(len(values[0]), len(values), bias=False)
+    linear.weight.data = torch.tensor(values)
+    return PrunableMatrix("m", linear.weight, linear)
+
+
+def test_platon_scores_equal_a_hand_computed_example():
+    m = one_matrix([[1.0, 2.0]])
+    imp = Importance("platon", [m], delta_t=2, beta1=0.5, beta2=0.5)
+    for step, grad in enumerate(([2.0, 1.0], [1.0, 1.0], [3.0, 0.0], [0.0, 0.0]), 1):
+        m.param.grad = torch.tensor([grad])
+        imp.update(step)
+    # step 1 (window position 1): I = (0 + [2, 2]) / 2; step 2 (window end): I_bar = 0.5 I = [0.5, 0.5],
+    # U = 0.5 |I - I_bar| = [0.25, 0.25], I = [1, 2]; step 3: I = ([1, 2] + [3, 0]) / 2 = [2, 1];
+    # step 4: I_bar = 0.5 [0.5, 0.5] + 0.5 [2, 1] = [1.25, 0.75], U = 0.125 + 0.5 |[2, 1] - I_bar| = [0.5, 0.25]
+    assert imp.avg["m"].tolist() == [[1.25, 0.75]] and imp.unc["m"].tolist() == [[0.5, 0.25]]
+    assert imp.score(m).tolist() == [[0.625, 0.1875]]
+
+
+def reference_platon(weights, grads, delta_t, beta1, beta2):
+    """ID_VL_Pruning's Pruner.update_ipt_with_local_window (PLATON) and the score of
+    mask_with_threshold, transcribed for one parameter."""
+    ipt = exp_avg_ipt = exp_avg_unc = torch.zeros_like(weights[0])
+    for global_step, (p, g) in enumerate(zip(weights, grads, strict=True), 1):
+        local_step = global_step % delta_t
+        if local_step == 0:
+            exp_avg_ipt = beta1 * exp_avg_ipt + (1 - beta1) * ipt
+            exp_avg_unc = beta2 * exp_avg_unc + (1 - beta2) * (ipt - exp_avg_ipt).abs()
+            ipt = (p * g).abs()
+        else:
+            ipt = (ipt * local_step + (p * g).abs()) / (local_step + 1)
+    return exp_avg_ipt * exp_avg_unc
+
+
+def test_platon_equals_the_reference_pruner_over_three_windows():
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(4, 6, generator=g) for _ in range(33)]
+    grads = [torch.randn(4, 6, generator=g) for _ in range(33)]
+    m = one_matrix(weights[0].tolist())
+    imp = Importance("platon", [m])
+    for step, (w, grad) in enumerate(zip(weights, grads, strict=True), 1):
+        m.param.data.copy_(w)
+        m.param.grad = grad.clone()
+        imp.update(step)
+    torch.testing.assert_close(imp.score(m), reference_platon(weights, grads, 10, 0.85, 0.95), rtol=1e-6, atol=0)
+
+
+def test_global_prune_hits_the_exact_count_through_ties_keeps_the_guard_and_follows_ids():
+    a, b = one_matrix([[1.0] * 10] * 10), one_matrix([[1.0] * 10] * 10)
+    b.name = "b"
+    scores = {"m": torch.ones(10, 10), "b": torch.ones(10, 10)}  # all tied: the count decides
+    counts = global_prune([a, b], scores, 0.37, min_pruned=0)
+    assert sum(counts.values()) == 74 and int((a.weight == 0).sum() + (b.weight == 0).sum()) == 74
+    a.param.data.fill_(1.0)
+    b.param.data.fill_(1.0)
+    g = torch.Generator().manual_seed(0)
+    scores = {"m": torch.rand(10, 10, generator=g) + 0.5, "b": torch.rand(10, 10, generator=g) + 10}  # b far above
+    counts = global_prune([a, b], scores, 0.3, min_pruned=2)
+    assert counts == {"m": 58, "b": 2}  # the guard takes b's 2 lowest inside the 60
+    a.param.data.fill_(1.0)
+    b.param.data.fill_(1.0)
+    counts = global_prune([a, b], scores, 0.3, ids={"m": 1000.0, "b": 1.0}, min_pruned=0)
+    assert counts == {"m": 0, "b": 60}  # a's large ID lifts its scores above b's
+
+
+def test_fixed_masks_hold_zeros_through_sgd_momentum_and_weight_decay():
+    m = one_matrix(torch.randn(8, 8, generator=torch.Generator().manual_seed(1)).tolist())
+    m.param.data[m.param.data.abs() < 0.7] = 0
+    zeros = m.weight == 0
+    masks = FixedMasks([m])
+    opt = torch.optim.SGD([m.param], lr=0.1, momentum=0.9, weight_decay=0.1)
+    masks.attach(opt)
+    for _ in range(5):
+        m.param.grad = torch.randn(8, 8)
+        opt.step()
+    assert bool((m.weight[zeros] == 0).all()) and bool((m.weight[~zeros] != 0).all())
+    assert bool((opt.state[m.param]["momentum_buffer"][zeros] == 0).all())  # no momentum builds up
+
+
+def pruned_llama(tiny_llama, llama_batches, dtype=torch.float32):
+    tiny_llama.model.to(dtype)
+    prune(tiny_llama, llama_batches, pruner="magnitude", sparsity=0.5)
+    return tiny_llama
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masked_finetuning_keeps_pruned_weights_zero_with_adamw_and_weight_decay(tmp_path, tiny_llama,
+                                                                                 llama_batches, dtype):
+    adapter = pruned_llama(tiny_llama, llama_batches, dtype)
+    before = {m.name: m.weight.clone() for m in adapter.matrices()}
+    samples = [row for batch in llama_batches for row in batch["input_ids"]]
+    outcome = MaskedFineTuning(lr=1e-2, weight_decay=0.5, epochs=4, batch_size=4).run(
+        adapter, samples, False, tmp_path / "ckpt", 0.5, trained_on="test")
+    assert outcome.pruned is None and outcome.info["steps"] == 8
+    for m in adapter.matrices():
+        zeros = before[m.name] == 0
+        assert bool((m.weight[zeros] == 0).all()), m.name
+        assert bool((m.weight[~zeros] != before[m.name][~zeros]).any()), m.name  # the rest trained
+    assert all(point[1] == 0.5 for point in outcome.info["sparsity_trajectory"])
+
+
+def test_iterative_pruning_follows_the_schedule_and_ends_exactly_at_the_target(tmp_path, tiny_llama,
+                                                                             llama_batches):
+    samples = [row for batch in llama_batches for row in batch["input_ids"]]  # 8 samples: 4 steps per epoch
+    tuner = IterativePruning(score="magnitude", epochs=5, batch_size=2, delta_t=3, min_pruned=0,
+                             initial_warmup=1, final_warmup=1, lr=1e-3)
+    outcome = tuner.run(tiny_llama, samples, False, tmp_path / "ckpt", 0.6, trained_on="test")
+    total = sum(m.numel for m in tiny_llama.matrices())
+    trajectory = outcome.info["sparsity_trajectory"]
+    masked = [step for step, *_ in trajectory[1:]]
+    assert masked == [6, 8, 9, 12, 15, 16, 17, 18, 19, 20]  # delta_t, epoch ends, then the final epoch
+    for step, overall, _ in trajectory[1:]:
+        ratio, _ = tuner.schedule.at(step)
+        expected = round(total * 0.6) if ratio == 0.4 else round(total * (1 - ratio))
+        assert overall == expected / total, step  # regrowth between masks aside, each mask is exact
+    assert sum(outcome.pruned.values()) == round(total * 0.6)
+    assert sum(int((m.weight == 0).sum()) for m in tiny_llama.matrices()) == round(total * 0.6)
+
+
+def test_iterative_with_a_much_larger_id_on_one_matrix_leaves_it_less_sparse(tmp_path, tiny_llama, llama_batches):
+    samples = [row for batch in llama_batches for row in batch["input_ids"]]
+    names = [m.name for m in tiny_llama.matrices()]
+    favoured = names[3]
+    ids = {name: (500.0 if name == favoured else 5.0) for name in names}
+    tuner = IterativePruning(score="taylor", use_id=True, id=object(), epochs=3, batch_size=4, delta_t=1,
+                             initial_warmup=1, final_warmup=1)
+    outcome = tuner.run(tiny_llama, samples, False, tmp_path / "ckpt", 0.5, ids=ids, trained_on="test")
+    sparsity = {m.name: outcome.pruned[m.name] / m.numel for m in tiny_llama.matrices()}
+    assert sparsity[favoured] < 0.05 < min(v for k, v in sparsity.items() if k != favoured)
+
+
+def tiny_blip() -> BlipCaptionAdapter:
+    return BlipCaptionAdapter(arch="blip_caption_tiny", init="random", tokenizer="bytes", seed=0)
+
+
+def test_blip_caption_loss_is_transformers_blip_loss_with_blips_label_smoothing(tmp_path):
+    adapter = tiny_blip()
+    pairs = write_caption_pairs(tmp_path, count=4)
+    samples = ImageCaptionSplit(str(pairs["tsv"]), augment="eval").samples()
+    batch = adapter.collate([samples[i] for i in range(4)])
+    prompt = adapter.prompt_length()
+    assert prompt == 1 + len("a picture of ") and (batch["input_ids"][:, 0] == adapter.bos).all()
+    assert (batch["labels"][:, :prompt] == IGNORE).all() and (batch["labels"][:, prompt] != IGNORE).all()
+    adapter.model.text_decoder.label_smoothing = 0.1
+    theirs = adapter.model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    torch.testing.assert_close(adapter.loss(batch), theirs)
+
+
+def test_blip_with_bert_tokenizer_puts_dec_in_place_of_cls(tmp_path):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "picture", "of", "dog", "on", "grass"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
+    adapter = tiny_blip()
+    adapter.tokenizer = BertTokenizer(str(tmp_path / "vocab.txt"))
+    assert adapter.token_ids("a picture of a dog") == [adapter.bos, 5, 6, 7, 5, 8, 3]
+    assert adapter.prompt_length() == 4  # [DEC] a picture of
+
+
+def test_tiny_blip_captioner_finetuned_on_fixture_captions_lowers_its_training_loss(tmp_path):
+    adapter = tiny_blip()
+    pairs = write_caption_pairs(tmp_path, count=8)
+    samples = ImageCaptionSplit(str(pairs["tsv"]), augment="eval").samples()
+    batch = adapter.collate([samples[i] for i in range(8)])
+    with torch.no_grad():
+        before = adapter.loss(batch).item()
+    MaskedFineTuning(lr=2e-3, epochs=10, batch_size=4).run(adapter, samples, False, tmp_path / "ckpt", 0.0,
+                                                          trained_on="fixture captions")
+    with torch.no_grad():
+        after = adapter.loss(batch).item()
+    assert after < 0.9 * before, (before, after)  # 5.97 -> 5.05 here
+
+
+def test_runs_without_a_training_split_train_on_the_calibration_and_say_so(tmp_path):
+    record = run(config(tmp_path, "finetune=iterative", "finetune.score=platon", "finetune.delta_t=1",
+                        "sparsity=0.5"))
+    tuned = record["finetune"]
+    assert record["method"] == "iterative-platon" and tuned["trained_on"].startswith("calibration samples")
+    assert "finetune.train is null" in tuned["trained_on"]
+    assert record["achieved"]["overall"] == 0.5 and tuned["sparsity_trajectory"][-1][1] == 0.5
+    assert tuned["sparsity_trajectory"][-1][2] == record["achieved"]["per_tower"]
+    assert not (tmp_path / "results" / "checkpoints" / record["id"]).exists()  # done: checkpoints removed
+
+
+def test_masked_run_after_one_shot_ecoflap_keeps_its_plan_in_bf16_autocast(tmp_path):
+    record = run(config(tmp_path, "scorer=zeroth", "finetune=masked", "finetune.mixed_precision=bf16",
+                        "sparsity=0.6"))
+    assert record["method"] == "ecoflap-zeroth+wanda+masked-ft"
+    assert record["achieved"]["overall"] == record["finetune"]["oneshot_sparsity"] == pytest.approx(0.6, abs=1e-4)
+    assert record["finetune"]["mixed_precision"] == "bf16" and math.isfinite(record["finetune"]["loss_last"])
+
+
+def test_bad_finetune_input_ends_in_one_message_before_loading(tmp_path):
+    with pytest.raises(ConfigError, match="trains nothing"):
+        run(config(tmp_path, "finetune=masked", "finetune.lr=0"))
+    with pytest.raises(ConfigError, match="training split .*missing.json.* does not exist"):
+        run(config(tmp_path, "model=blip_caption_tiny", "calib=digits", "suite=none", "finetune=masked",
+                   f"+finetune.train={{_target_: ecoflap_exp.data.training.ImageCaptionSplit, "
+                   f"annotations: {tmp_path}/missing.json}}"))
+    with pytest.raises(ConfigError, match="warm-ups leave no epochs"):
+        run(config(tmp_path, "finetune=iterative", "finetune.epochs=2"))
+    with pytest.raises(ConfigError, match="finetune.epoc is not a key"):
+        run(config(tmp_path, "finetune=masked", "+finetune.epoc=3"))
+
+
+def run_cli(root: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), "model=llama_tiny", "calib=shipped_text",
+                             "suite=shipped_text", "device=cpu", f"paths.root={root}", *args],
+                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_killed_finetuning_run_resumes_from_its_checkpoint_to_the_same_model(tmp_path):
+    args = ("finetune=iterative", "finetune.score=platon", "finetune.epochs=30", "finetune.checkpoint_every=5",
+            "finetune.delta_t=3", "sparsity=0.5")
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    killed.mkdir()
+    whole.mkdir()
+    proc = run_cli(killed, *args)
+    deadline = time.time() + 300
+    while not list((killed / "results" / "checkpoints").glob("*/latest")) and time.time() < deadline:
+        time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not list((killed / "results" / "runs").glob("*.json"))  # killed before its record
+    for root in (killed, whole):
+        done = run_cli(root, *args)
+        assert done.wait(timeout=600) == 0, done.stderr.read()
+    (resumed,) = [json.loads(p.read_text()) for p in (killed / "results" / "runs").glob("*.json")]
+    (straight,) = [json.loads(p.read_text()) for p in (whole / "results" / "runs").glob("*.json")]
+    assert resumed["finetune"]["resumed_from_step"] >= 5 and straight["finetune"]["resumed_from_step"] == 0
+    assert resumed["achieved"]["masks_sha1"] == straight["achieved"]["masks_sha1"]
+    assert resumed["finetune"]["loss_trajectory"] == straight["finetune"]["loss_trajectory"]
+    assert resumed["finetune"]["sparsity_trajectory"] == straight["finetune"]["sparsity_trajectory"]
+    assert resumed["metrics"] == straight["metrics"]
+
+
+def test_wandb_logs_the_sparsity_and_loss_trajectories_as_curves(tmp_path):
+    record = run_offline_wandb(config(tmp_path, "logger=wandb", f"logger.dir={tmp_path}", "logger.mode=offline",
+                                      "finetune=iterative", "finetune.delta_t=1", "finetune.log_every=1",
+                                      "sparsity=0.5"))
+    (log_file,) = (tmp_path / "wandb").glob(f"offline-run-*-{record['id']}/run-{record['id']}.wandb")
+    curves: dict[int, dict[str, float]] = {}
+    for r in offline_log(log_file):
+        if r.WhichOneof("record_type") == "history":
+            values = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+            curves[r.history.step.num] = values
+    for step, overall, towers in record["finetune"]["sparsity_trajectory"]:
+        assert curves[step]["finetune/sparsity"] == overall
+        assert curves[step]["finetune/sparsity/decoder"] == towers["decoder"]
+    for step, loss, lr in record["finetune"]["loss_trajectory"]:
+        assert curves[step]["finetune/loss"] == pytest.approx(loss) and curves[step]["finetune/lr"] == lr
+
+
+def test_training_splits_read_karpathy_and_blip_files_and_name_missing_images(tmp_path):
+    from fixtures_captioning import COCO, write_coco_karpathy
+
+    files = write_coco_karpathy(tmp_path)
+    split = ImageCaptionSplit(str(files["karpathy"]), str(files["image_root"]), splits=["train", "val"])
+    samples = split.samples()
+    expected = [ref for _, s, refs in COCO if s in ("train", "val") for ref in refs]
+    assert [samples[i][1] for i in range(len(samples))] == expected
+    assert samples[0][0].size == (22, 24) and split.pairs()[0][0].parent.name == "train2014"
+    blip = tmp_path / "coco_karpathy_train.json"  # BLIP's list: one caption per entry
+    blip.write_text(json.dumps([{"image": "train2014/COCO_train2014_000000184613.jpg", "caption": c,
+                                 "image_id": "coco_184613"} for c in COCO[2][2]]))
+    assert [c for _, c in ImageCaptionSplit(str(blip), str(files["image_root"])).pairs()] == COCO[2][2]
+    (files["image_root"] / "val2014" / "COCO_val2014_000000554625.jpg").unlink()
+    with pytest.raises(UserError, match="1 training image.*missing, first .*554625"):
+        split.samples()
+    with pytest.raises(UserError, match="splits=\\['trian'\\]"):
+        ImageCaptionSplit(str(blip), splits=["trian"])
+
+
+def test_open_clip_as_the_id_paper_prunes_it_and_its_training_view():
+    from PIL import Image
+
+    from ecoflap_exp.models.open_clip import OpenCLIPAdapter
+
+    adapter = OpenCLIPAdapter("clip_tiny", init="random", prune_in_proj=False)
+    names = {m.name.rsplit(".", 2)[-2] + "." + m.name.rsplit(".", 1)[-1] for m in adapter.matrices()}
+    assert names == {"attn.out_proj", "mlp.c_fc", "mlp.c_proj"}
+    image = Image.fromarray(torch.arange(64 * 48 * 3).reshape(48, 64, 3).remainder(256).to(torch.uint8).numpy())
+    torch.manual_seed(0)
+    views = [adapter.collate([(image, "a pattern")], augment=True)["image"] for _ in range(2)]
+    plain = adapter.collate([(image, "a pattern")])["image"]
+    assert views[0].shape == plain.shape and not torch.equal(views[0], views[1])  # random crops and flips
+
+
+@pytest.mark.slow
+def test_two_data_parallel_processes_train_as_one_process_with_their_batches_together(tmp_path):
+    # torchrun (what `accelerate launch` runs) with 2 CPU processes (gloo): each takes every other batch of 4
+    # and accelerate's DDP averages their gradients, which is one process's batch of 8 (fixed-length windows)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    common = ["model=llama_tiny", "calib=shipped_text", "suite=shipped_text", "device=cpu", "finetune=masked",
+              "finetune.lr=1e-3", "finetune.epochs=2", "finetune.log_every=1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    records = {}
+    for name, launcher, batch in (("two", [str(torchrun), "--nproc_per_node", "2"], 4),
+                                  ("one", [sys.executable], 8)):
+        root = tmp_path / name
+        root.mkdir()
+        done = subprocess.run([*launcher, str(ROOT / "run.py"), *common, f"finetune.batch_size={batch}",
+                               f"paths.root={root}"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        (records[name],) = [json.loads(p.read_text()) for p in (root / "results" / "runs").glob("*.json")]
+    two, one = records["two"]["finetune"], records["one"]["finetune"]
+    assert two["processes"] == 2 and one["processes"] == 1 and two["steps"] == one["steps"] == 4
+    losses = [loss for _, loss, _ in one["loss_trajectory"]]
+    assert losses[-1] < losses[0] - 0.01  # the steps train: a different batch split would show
+    assert [loss for _, loss, _ in two["loss_trajectory"]] == pytest.approx(losses, rel=1e-5)  # mean over ranks
+    ppl = {k: r["metrics"]["text/ppl"] for k, r in records.items()}
+    assert ppl["two"] == pytest.approx(ppl["one"], rel=1e-5)
+    assert records["two"]["achieved"]["masks_sha1"] == records["one"]["achieved"]["masks_sha1"]
