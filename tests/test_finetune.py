@@ -163,6 +163,23 @@ def test_masked_finetuning_keeps_pruned_weights_zero_with_adamw_and_weight_decay
     assert all(point[1] == 0.5 for point in outcome.info["sparsity_trajectory"])
 
 
+def test_two_accumulated_batches_of_4_step_as_one_batch_of_8(tmp_path, llama_batches):
+    from ecoflap_exp.models.causal_lm import CausalLMAdapter
+
+    samples = [row for batch in llama_batches for row in batch["input_ids"]]  # fixed-length windows
+    weights = []
+    for batch, accumulate in ((8, 1), (4, 2)):
+        adapter = CausalLMAdapter(arch="llama_tiny", init="random", tokenizer="bytes", seed=0)
+        info = MaskedFineTuning(lr=1e-3, epochs=3, batch_size=batch, grad_accumulation=accumulate).run(
+            adapter, samples, False, tmp_path / f"ckpt{batch}", 0.0, trained_on="test").info
+        assert info["steps"] == 3
+        weights.append(torch.cat([p.detach().flatten() for p in adapter.model.parameters()]))
+    start = torch.cat([p.detach().flatten() for p in CausalLMAdapter(arch="llama_tiny", init="random",
+                                                                     tokenizer="bytes", seed=0).model.parameters()])
+    assert (weights[0] - start).abs().max() > 1e-3  # trained (3 Adam steps of 1e-3)
+    torch.testing.assert_close(weights[1], weights[0], rtol=0, atol=1e-5)  # Adam: g / sqrt(v) of tiny g
+
+
 def test_iterative_pruning_follows_the_schedule_and_ends_exactly_at_the_target(tmp_path, tiny_llama,
                                                                              llama_batches):
     samples = [row for batch in llama_batches for row in batch["input_ids"]]  # 8 samples: 4 steps per epoch
@@ -251,6 +268,24 @@ def test_masked_run_after_one_shot_ecoflap_keeps_its_plan_in_bf16_autocast(tmp_p
     assert record["method"] == "ecoflap-zeroth+wanda+masked-ft"
     assert record["achieved"]["overall"] == record["finetune"]["oneshot_sparsity"] == pytest.approx(0.6, abs=1e-4)
     assert record["finetune"]["mixed_precision"] == "bf16" and math.isfinite(record["finetune"]["loss_last"])
+
+
+def test_a_kept_weight_training_lands_on_zero_is_allowed_but_a_pruned_weight_that_regrows_is_not(tmp_path,
+                                                                                                  monkeypatch):
+    real_end = MaskedFineTuning.end
+
+    def zero_one_kept_weight(self):
+        real_end(self)
+        m = self.masks.matrices[0]
+        m.weight[tuple(self.masks.keep[m.name].nonzero()[0].tolist())] = 0.0
+
+    monkeypatch.setattr(MaskedFineTuning, "end", zero_one_kept_weight)
+    record = run(config(tmp_path, "finetune=masked", "sparsity=0.5"))
+    assert record["finetune"]["zeroed_by_training"] == 1
+    monkeypatch.setattr(FixedMasks, "apply", lambda self: None)  # pruned weights now regrow
+    monkeypatch.setattr(FixedMasks, "clear_gradients", lambda self: None)
+    with pytest.raises(RuntimeError, match="does not match the plan"):
+        run(config(tmp_path, "finetune=masked", "finetune.lr=1e-2", "sparsity=0.6"))
 
 
 def test_bad_finetune_input_ends_in_one_message_before_loading(tmp_path):

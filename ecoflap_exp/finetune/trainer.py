@@ -298,7 +298,7 @@ class FineTuning:
                     if not accelerator.sync_gradients:
                         continue
                     value = accelerator.gather(loss.detach().float()).mean().item()
-                    if progress.step % self.log_every == 0 or progress.step == total:
+                    if progress.step % self.log_every == 0 or progress.step in (1, total):
                         progress.losses.append([progress.step, value, lr])
                     advance(f"loss {value:.4f}  lr {lr:.2e}  sparsity {progress.sparsity[-1][1]:.4f}")
                     if self.checkpoint_every and progress.step % self.checkpoint_every == 0 and progress.step < total:
