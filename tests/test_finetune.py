@@ -141,6 +141,18 @@ def test_fixed_masks_hold_zeros_through_sgd_momentum_and_weight_decay():
     assert bool((opt.state[m.param]["momentum_buffer"][zeros] == 0).all())  # no momentum builds up
 
 
+def test_checkpointed_masks_and_scores_load_onto_the_weights_device():
+    # accelerate loads custom checkpoint objects onto the CPU; on a GPU the weights live elsewhere
+    linear = torch.nn.Linear(4, 3, bias=False, device="meta")
+    m = PrunableMatrix("m", linear.weight, linear)
+    masks = FixedMasks.__new__(FixedMasks)
+    masks.matrices = [m]
+    masks.load_state_dict({"keep": {"m": torch.ones(3, 4, dtype=torch.bool)}})
+    imp = Importance("platon", [m])
+    imp.load_state_dict({key: {"m": torch.zeros(3, 4)} for key in ("ipt", "avg", "unc")})
+    assert masks.keep["m"].device.type == "meta" and imp.avg["m"].device.type == "meta"
+
+
 def pruned_llama(tiny_llama, llama_batches, dtype=torch.float32):
     tiny_llama.model.to(dtype)
     prune(tiny_llama, llama_batches, pruner="magnitude", sparsity=0.5)

@@ -82,4 +82,7 @@ class Importance:
         return {"ipt": self.ipt, "avg": self.avg, "unc": self.unc}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.ipt, self.avg, self.unc = dict(state["ipt"]), dict(state["avg"]), dict(state["unc"])
+        """From a checkpoint (accelerate loads it onto the CPU): onto the weights' devices."""
+        device = {m.name: m.weight.device for m in self.matrices}
+        self.ipt, self.avg, self.unc = ({name: t.to(device[name]) for name, t in state[key].items()}
+                                        for key in ("ipt", "avg", "unc"))

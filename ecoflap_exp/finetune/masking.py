@@ -90,4 +90,5 @@ class FixedMasks:
         return {"keep": self.keep}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.keep = dict(state["keep"])
+        """From a checkpoint (accelerate loads it onto the CPU): onto the weights' devices."""
+        self.keep = {m.name: state["keep"][m.name].to(m.weight.device) for m in self.matrices}

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,7 @@ def sparsity_point(step: int, matrices: list[PrunableMatrix], towers: Mapping[st
     return [step, overall, {t: zeros[t] / sizes[t] for t in sizes}]
 
 
-class FineTuning:
+class FineTuning(ABC):
     """Training hyper-parameters shared by both modes (the reference's defaults are the task
     configs'); `train`: the training split (None: the calibration samples)."""
 
@@ -137,14 +138,14 @@ class FineTuning:
         return ""
 
     # the mode's part of the loop
+    @abstractmethod
     def begin(self, matrices: list[PrunableMatrix], schedule_steps: int, steps_per_epoch: int,
               target: float, ids: Mapping[str, float] | None) -> Any:
         """Set up before the first step; returns the state a checkpoint keeps."""
-        raise NotImplementedError
 
+    @abstractmethod
     def after_step(self, step: int, epoch_start: bool) -> bool:
         """After optimizer step `step`: update and mask; whether the masks changed."""
-        raise NotImplementedError
 
     def end(self) -> None:
         return None
