@@ -326,8 +326,6 @@ def check_finetune(finetune: FineTuning, target: Target, model_class: type[Model
         raise UserError(f"finetune={finetune.mode} with nm={target.nm}: fine-tuning keeps or prunes unstructured "
                         f"weights only; leave nm out")
     finetune.oneshot_sparsity(target.sparsity)
-    if finetune.mode == "iterative" and target.sparsity == 0:
-        raise UserError("finetune=iterative prunes during training to `sparsity`, which is 0; give a sparsity > 0")
     if (split := finetune.train) is not None:
         check_samples_fit(split, "finetune.train", "trains on", model_class)
         split.check()
@@ -397,12 +395,9 @@ class Plugins:
         fine-tuning's part (`ecoflap-zeroth+wanda+masked-ft`, `iterative-platon-id`, after a one-shot
         start `wanda>iterative-taylor`); `dense` for an unpruned point."""
         oneshot = method_name(self.scorer, self.allocation, self.pruner)
-        if self.finetune is None:
-            return "dense" if target.sparsity == 0 else oneshot
-        if self.finetune.mode == "masked":
-            return ("dense" if target.sparsity == 0 else oneshot) + self.finetune.method_suffix()
-        start = f"{oneshot}>" if self.finetune.oneshot_sparsity(target.sparsity) > 0 else ""
-        return start + self.finetune.method_suffix()
+        if self.finetune is not None:
+            return self.finetune.method_name(oneshot, target.sparsity)
+        return "dense" if target.sparsity == 0 else oneshot
 
 
 def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter: ModelAdapter,
@@ -441,28 +436,25 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
     with timer("verify"):
         achieved = verify(adapter, plan or dict.fromkeys(plan_keys(adapter), 0.0), target.nm, reports,
                           exact=pruner.count == "exact")
+    ids = None
+    if use_id:
+        with timer("intrinsic_dim"):
+            finetune.id.scores(adapter, batches, extended)
+            ids = dict(finetune.id.info["intrinsic_dim"])
+    del batches, extended
     tuned = None
     if finetune is not None:
-        ids = None
-        if use_id:
-            with timer("intrinsic_dim"):
-                finetune.id.scores(adapter, batches, extended)
-                ids = dict(finetune.id.info["intrinsic_dim"])
-        del batches, extended
         oneshot_achieved = achieved["overall"]
         with timer("finetune"):
             tuned = fine_tune(cfg, rid, plugins, adapter, target, ids)
         tuned.info.update(oneshot_sparsity=oneshot_achieved, **({"intrinsic_dim": ids} if ids else {}))
         if tuned.pruned is not None:
             plan, reports = iterative_plan(adapter, tuned.pruned)
-        else:
-            reports, tuned.info["zeroed_by_training"] = zeroed_in_training(adapter, reports)
+        reports, tuned.info["zeroed_by_training"] = zeroed_in_training(adapter, reports)
         with timer("verify"):
             achieved = verify(adapter, plan or dict.fromkeys(plan_keys(adapter), 0.0), target.nm, reports,
                               exact=tuned.pruned is not None or pruner.count == "exact",
                               overall=target.sparsity if tuned.pruned is not None else None)
-    else:
-        del batches, extended
     if cfg.offload:
         adapter.to(device)
     metrics: dict[str, float] = {}
@@ -516,9 +508,10 @@ def fine_tune(cfg: DictConfig, rid: str, plugins: Plugins, adapter: ModelAdapter
 
 
 def zeroed_in_training(adapter: ModelAdapter, reports: list[MatrixReport]) -> tuple[list[MatrixReport], int]:
-    """The one-shot reports with their allowance of other zeros widened by the kept weights training
-    left at exactly 0.0 (an AdamW step can land one there: 1 of 1.9M in a BLIP ViT fc2 over 4
-    steps), and how many those are; verify still holds every matrix to at least its pruned count."""
+    """The reports with their allowance of other zeros widened by the kept weights training left at
+    exactly 0.0 (an AdamW step can land one there: 1 of 1.9M in a BLIP ViT fc2 over 4 steps; a weight
+    with no gradient stays at its 0 through iterative masks), and how many those are; verify still
+    holds every matrix to at least its pruned count."""
     zeros = {m.name: int((m.weight == 0).sum()) for m in adapter.matrices()}
     widened, total = [], 0
     for r in reports:
@@ -538,9 +531,8 @@ def iterative_plan(adapter: ModelAdapter, pruned: dict[str, int]) -> tuple[dict[
             for m in block.matrices:
                 rows, cols = m.shape
                 plan[m.name] = pruned[m.name] / m.numel
-                zeros = int((m.weight == 0).sum())
                 reports.append(MatrixReport(m.name, block.name, tower.name, rows, cols, plan[m.name], pruned[m.name],
-                                            zeros - pruned[m.name], None))
+                                            0, None))
     return plan, reports
 
 

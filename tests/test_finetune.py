@@ -309,6 +309,8 @@ def test_bad_finetune_input_ends_in_one_message_before_loading(tmp_path):
                    f"annotations: {tmp_path}/missing.json}}"))
     with pytest.raises(ConfigError, match="warm-ups leave no epochs"):
         run(config(tmp_path, "finetune=iterative", "finetune.epochs=2"))
+    with pytest.raises(ConfigError, match="prunes during training to `sparsity`, which is 0"):
+        run(config(tmp_path, "finetune=iterative", "sparsity=0"))
     with pytest.raises(ConfigError, match="finetune.epoc is not a key"):
         run(config(tmp_path, "finetune=masked", "+finetune.epoc=3"))
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ecoflap_exp.data.caption_pairs import read_pairs
-from ecoflap_exp.data.images import AUGMENTS
+from ecoflap_exp.data.images import AUGMENTS, decode_or_error
 from ecoflap_exp.errors import UserError
 
 KARPATHY_SPLITS = ("train", "restval", "val", "test")
@@ -35,12 +35,11 @@ class CaptionPairs(Sequence):
 
     def __getitem__(self, index: int) -> tuple[Image.Image, str]:  # type: ignore[override]
         path, caption = self.pairs[index]
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB"), caption
-        except (OSError, UnidentifiedImageError) as err:
-            raise UserError(f"training image {path} does not decode ({err}); replace the file or remove its "
-                            f"entries from the annotations") from None
+        image = decode_or_error(path)
+        if isinstance(image, Exception):
+            raise UserError(f"training image {path} does not decode ({image}); replace the file or remove its "
+                            f"entries from the annotations")
+        return image, caption
 
 
 class ImageCaptionSplit:
@@ -58,9 +57,6 @@ class ImageCaptionSplit:
         if augment not in AUGMENTS:
             raise UserError(f"finetune.train.augment={augment!r} is unknown; use one of {', '.join(AUGMENTS)}")
         self.annotations, self.image_root, self.splits, self.augment = annotations, image_root, list(splits), augment
-
-    def files(self) -> list[str]:
-        return [str(self.annotations)]
 
     def describe(self) -> str:
         return f"{self.annotations} (splits {', '.join(self.splits)})"

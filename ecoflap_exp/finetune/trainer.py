@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.finetune.importance import Importance
+from ecoflap_exp.finetune.importance import Importance, check_score
 from ecoflap_exp.finetune.masking import FixedMasks, global_prune
 from ecoflap_exp.finetune.schedule import CubicSchedule
 from ecoflap_exp.models.adapter import ModelAdapter
@@ -134,8 +134,9 @@ class FineTuning(ABC):
     def use_id(self) -> bool:
         return False
 
-    def method_suffix(self) -> str:
-        return ""
+    @abstractmethod
+    def method_name(self, oneshot: str, target: float) -> str:
+        """The run's method, given the one-shot method's name and the target sparsity."""
 
     # the mode's part of the loop
     @abstractmethod
@@ -206,7 +207,7 @@ class FineTuning(ABC):
             progress.sparsity.append(sparsity_point(0, matrices, towers))
         try:
             self.loop(accelerator, adapter, loss_module, optimizer, samples, augment, folder, progress, total,
-                      steps_per_epoch, batches_per_epoch, matrices, towers)
+                      steps_per_epoch, matrices, towers)
         finally:
             self.end()
             for p, trainable in was_trainable.items():
@@ -226,9 +227,10 @@ class FineTuning(ABC):
             "loss_last": losses[-1][1] if losses else None, "loss_trajectory": losses,
             "sparsity_trajectory": progress.sparsity,
         }
-        return Outcome(info, self.final_counts(matrices))
+        return Outcome(info, self.final_counts())
 
-    def final_counts(self, matrices: list[PrunableMatrix]) -> dict[str, int] | None:
+    def final_counts(self) -> dict[str, int] | None:
+        """The per-matrix pruned counts of the last mask (None: the one-shot plan holds)."""
         return None
 
     def restore(self, accelerator: Any, folder: Path, progress: Progress) -> int:
@@ -264,7 +266,7 @@ class FineTuning(ABC):
 
     def loop(self, accelerator: Any, adapter: ModelAdapter, loss_module: nn.Module, optimizer: Any,
              samples: Sequence[Any], augment: bool, folder: Path, progress: Progress, total: int, steps_per_epoch: int,
-             batches_per_epoch: int, matrices: list[PrunableMatrix], towers: Mapping[str, str]) -> None:
+             matrices: list[PrunableMatrix], towers: Mapping[str, str]) -> None:
         epochs = math.ceil(total / steps_per_epoch)
         loss_module.train()
         status = f"{self.mode} fine-tuning"
@@ -316,13 +318,12 @@ class MaskedFineTuning(FineTuning):
 
     mode = "masked"
 
-    def method_suffix(self) -> str:
-        return "+masked-ft"
+    def method_name(self, oneshot: str, target: float) -> str:
+        return ("dense" if target == 0 else oneshot) + "+masked-ft"
 
     def begin(self, matrices: list[PrunableMatrix], schedule_steps: int, steps_per_epoch: int,
               target: float, ids: Mapping[str, float] | None) -> FixedMasks:
         self.masks = FixedMasks(matrices)
-        self.attached = False
         return self.masks
 
     def after_step(self, step: int, epoch_start: bool) -> bool:
@@ -366,20 +367,23 @@ class IterativePruning(FineTuning):
         self.initial_warmup, self.final_warmup = initial_warmup, final_warmup
         self.delta_t, self.beta1, self.beta2 = delta_t, beta1, beta2
         self.min_pruned, self.reset_each_epoch, self.id = min_pruned, reset_each_epoch, id
-        Importance(score, [], delta_t, beta1, beta2)  # checks the score's name and betas now
+        check_score(score, beta1, beta2)
 
     @property
     def use_id(self) -> bool:
         return self._use_id
 
     def oneshot_sparsity(self, target: float) -> float:
-        if self.initial_sparsity >= target > 0:
+        if target == 0:
+            raise UserError("finetune=iterative prunes during training to `sparsity`, which is 0; give a sparsity > 0")
+        if self.initial_sparsity >= target:
             raise UserError(f"finetune.initial_sparsity={self.initial_sparsity} must be below the target "
                             f"sparsity={target}")
         return self.initial_sparsity
 
-    def method_suffix(self) -> str:
-        return f"iterative-{self.score}" + ("-id" if self.use_id else "")
+    def method_name(self, oneshot: str, target: float) -> str:
+        start = f"{oneshot}>" if self.initial_sparsity > 0 else ""
+        return start + f"iterative-{self.score}" + ("-id" if self.use_id else "")
 
     def begin(self, matrices: list[PrunableMatrix], schedule_steps: int, steps_per_epoch: int,
               target: float, ids: Mapping[str, float] | None) -> Importance:
@@ -411,7 +415,5 @@ class IterativePruning(FineTuning):
         self.counts = global_prune(self.matrices, scores, sparsity, self.ids, self.min_pruned)
         return True
 
-    def final_counts(self, matrices: list[PrunableMatrix]) -> dict[str, int] | None:
-        if self.counts is None:
-            return None
-        return dict(self.counts)
+    def final_counts(self) -> dict[str, int] | None:
+        return None if self.counts is None else dict(self.counts)

@@ -26,26 +26,14 @@ from typing import Any
 import torch
 import transformers
 from PIL import Image
-from torchvision import transforms
 
 from ecoflap_exp.models.adapter import IGNORE, LossTerm, ModelAdapter
-from ecoflap_exp.models.blip2 import square_resize
+from ecoflap_exp.models.blip2 import blip2_image_train, image_batch, square_resize
 from ecoflap_exp.models.blip_text import blip_caption
 from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, load_tokenizer, load_transformers_model
 from ecoflap_exp.models.seam import Batch, Tower, blocks_of
 
 PROMPT = "a picture of "
-
-
-def blip_image_train(size: int) -> transforms.Compose:
-    """BLIP's training view without its RandAugment: bicubic random resized crop (scale 0.5-1), a
-    random horizontal flip and CLIP's normalisation."""
-    return transforms.Compose([
-        transforms.RandomResizedCrop(size, scale=(0.5, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(CLIP_MEAN, CLIP_STD),
-    ])
 
 
 class BlipCaptionAdapter(ModelAdapter):
@@ -72,7 +60,8 @@ class BlipCaptionAdapter(ModelAdapter):
         text = self.model.config.text_config
         self.bos, self.sep, self.pad = text.bos_token_id, text.sep_token_id, text.pad_token_id
         size = self.model.config.vision_config.image_size
-        self.preprocess, self.train_preprocess = square_resize(size), blip_image_train(size)
+        # BLIP's training view is BLIP-2's (crop 0.5-1, flip) plus a RandAugment not applied here
+        self.preprocess, self.train_preprocess = square_resize(size), blip2_image_train(size)
 
     def all_towers(self) -> list[Tower]:
         vision = self.model.vision_model
@@ -97,9 +86,8 @@ class BlipCaptionAdapter(ModelAdapter):
         return 1 + len(self.tokenizer(self.prompt, add_special_tokens=False).input_ids)
 
     def pixels(self, images: list[Image.Image], augment: bool = False) -> torch.Tensor:
-        dtype = self.model.vision_model.embeddings.patch_embedding.weight.dtype
         view = self.train_preprocess if augment else self.preprocess
-        return torch.stack([view(image.convert("RGB")) for image in images]).to(self.device, dtype)
+        return image_batch(images, view, self.model.vision_model.embeddings.patch_embedding.weight)
 
     def collate(self, samples: list[tuple[Image.Image, str]], augment: bool = False) -> Batch:
         ids = [self.token_ids(self.prompt + blip_caption(caption, self.max_words)) for _, caption in samples]

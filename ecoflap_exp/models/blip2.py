@@ -66,6 +66,11 @@ def blip2_image_train(size: int) -> transforms.Compose:
     ])
 
 
+def image_batch(images: list[Image.Image], view: transforms.Compose, like: torch.Tensor) -> torch.Tensor:
+    """Images through a view, stacked, on the device and in the dtype of `like` (the patch embedding)."""
+    return torch.stack([view(image.convert("RGB")) for image in images]).to(like.device, like.dtype)
+
+
 def prefix_split(caption: str, rng: random.Random) -> tuple[str, str]:
     """ECoFLaP's prefix-LM sample: the caption is cut at a random character position drawn from
     [1, len/2]; the prefix is the model's input, the rest its target."""
@@ -172,9 +177,8 @@ class Blip2ModelAdapter(ModelAdapter):
     def pixels(self, images: list[Image.Image], augment: bool = False) -> torch.Tensor:
         """Images as the ViT's input: the eval view, or with `augment` LAVIS's training view (its
         randomness from torch's global generator, which the calibration source seeds)."""
-        dtype = self.model.vision_model.embeddings.patch_embedding.weight.dtype
         view = self.train_preprocess if augment else self.preprocess
-        return torch.stack([view(image.convert("RGB")) for image in images]).to(self.device, dtype)
+        return image_batch(images, view, self.model.vision_model.embeddings.patch_embedding.weight)
 
     def fit_weight(self, name: str, tensor: torch.Tensor, shape: torch.Size, source: str) -> torch.Tensor:
         """The ViT's position embeddings of another image size (the pretrained 224 px model's into the
