@@ -25,7 +25,7 @@ from ecoflap_exp.errors import ConfigError, UserError
 from ecoflap_exp.finetune.importance import Importance
 from ecoflap_exp.finetune.masking import FixedMasks, global_prune
 from ecoflap_exp.finetune.schedule import CubicSchedule
-from ecoflap_exp.finetune.trainer import IterativePruning, MaskedFineTuning
+from ecoflap_exp.finetune.trainer import IterativePruning, MaskedFineTuning, Progress
 from ecoflap_exp.models.adapter import IGNORE
 from ecoflap_exp.models.blip import BlipCaptionAdapter
 from ecoflap_exp.models.seam import PrunableMatrix
@@ -426,3 +426,33 @@ def test_two_data_parallel_processes_train_as_one_process_with_their_batches_tog
     ppl = {k: r["metrics"]["text/ppl"] for k, r in records.items()}
     assert ppl["two"] == pytest.approx(ppl["one"], rel=1e-5)
     assert records["two"]["achieved"]["masks_sha1"] == records["one"]["achieved"]["masks_sha1"]
+
+
+def test_iterative_from_a_one_shot_start_begins_at_its_sparsity(tmp_path):
+    record = run(config(tmp_path, "finetune=iterative", "finetune.initial_sparsity=0.3", "finetune.delta_t=1",
+                        "sparsity=0.6"))
+    tuned = record["finetune"]
+    assert record["method"] == "wanda>iterative-platon" and tuned["oneshot_sparsity"] == pytest.approx(0.3, abs=1e-4)
+    assert tuned["sparsity_trajectory"][0][1] == tuned["oneshot_sparsity"]
+    total = record["achieved"]["prunable_params"]
+    assert record["achieved"]["overall"] == round(0.6 * total) / total and tuned["zeroed_by_training"] == 0
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_platon_starts_over_at_each_epoch_as_the_reference_recreates_its_pruner(reset):
+    m = one_matrix([[1.0, 2.0]])
+    tuner = IterativePruning(score="platon", reset_each_epoch=reset, epochs=3)
+    tuner.begin([m], schedule_steps=15, steps_per_epoch=5, target=0.5, ids=None)
+    for step in range(1, 7):
+        m.param.grad = torch.tensor([[1.0, 1.0]])
+        tuner.after_step(step, epoch_start=step == 6)
+    # step 6 sits at position 6 of a 10-step window, whose running mean starts from the zero the state
+    # is created with: a fresh state gives (0 * 6 + |w g|) / 7, the kept one 6 |w g| / 7 after six steps
+    expected = [[1 / 7, 2 / 7]] if reset else [[6 / 7, 12 / 7]]
+    torch.testing.assert_close(tuner.importance.ipt["m"], torch.tensor(expected))
+
+
+def test_resume_false_ignores_a_checkpoint(tmp_path):
+    (tmp_path / "latest").write_text("step-5")
+    progress = Progress()
+    assert MaskedFineTuning(resume=False).restore(None, tmp_path, progress) == 0 and progress.step == 0
