@@ -456,3 +456,32 @@ def test_resume_false_ignores_a_checkpoint(tmp_path):
     (tmp_path / "latest").write_text("step-5")
     progress = Progress()
     assert MaskedFineTuning(resume=False).restore(None, tmp_path, progress) == 0 and progress.step == 0
+
+
+def reference_mask_with_threshold(scores: dict[str, torch.Tensor], ids: dict[str, float],
+                                  threshold: float) -> dict[str, torch.Tensor]:
+    """ID_VL_Pruning's Pruner.mask_with_threshold (useID), transcribed: True = zeroed."""
+    is_dict = {n: s * ids[n] for n, s in scores.items()}
+    all_is = torch.cat([is_dict[n].view(-1) for n in is_dict])
+    mask_threshold = torch.kthvalue(all_is, int(all_is.shape[0] * (1 - threshold)))[0].item()
+    masks = {}
+    for n, s in is_dict.items():
+        k_v, _ = torch.topk(s.view(-1), 3, largest=False)
+        masks[n] = s < max(max(k_v), mask_threshold)
+    return masks
+
+
+def test_global_prune_is_the_reference_mask_plus_the_weights_its_int_and_strict_comparison_keep():
+    g = torch.Generator().manual_seed(3)
+    matrices = [one_matrix(torch.randn(16, 24, generator=g).tolist()) for _ in range(3)]
+    for i, m in enumerate(matrices):
+        m.name = f"m{i}"
+    scores = {m.name: torch.rand(16, 24, generator=g) for m in matrices}
+    ids = {"m0": 20.0, "m1": 5.0, "m2": 60.0}
+    reference = reference_mask_with_threshold(scores, ids, threshold=0.35)  # remaining ratio 0.35
+    counts = global_prune(matrices, scores, 0.65, ids=ids, min_pruned=2)
+    ours = {m.name: m.weight == 0 for m in matrices}
+    assert sum(counts.values()) == round(3 * 16 * 24 * 0.65)
+    assert all(bool((ours[n] | ~reference[n]).all()) for n in ours)  # every weight the reference zeroes
+    # the reference zeroes the int(n (1 - r)) - 1 = 747 entries below the 748th value, we round(748.8) = 749
+    assert sum(int(reference[n].sum()) for n in ours) == int(1152 * 0.65) - 1 == 747
