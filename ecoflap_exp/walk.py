@@ -30,7 +30,7 @@ def move(obj: Any, device: torch.device) -> Any:
     """A block input (or any nest of tensors) on `device`."""
     if isinstance(obj, BlockInput):
         return BlockInput(move(obj.hidden, device), move(obj.args, device), move(obj.kwargs, device),
-                          move(obj.masks, device))
+                          move(obj.masks, device), obj.sizes)
     if isinstance(obj, torch.Tensor):
         return obj.to(device)
     if isinstance(obj, tuple | list):
@@ -56,17 +56,18 @@ def _capture(adapter: ModelAdapter, tower: Tower, batches: list[Batch], outputs:
              ) -> list[BlockInput]:
     inputs: list[BlockInput] = []
     masks: dict[str, torch.Tensor] = {}  # the token masks of the batch being run
+    sizes: list[tuple[int, ...] | None] = [None]  # and its samples' shares of a batch-less sequence
 
     def catch(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         inp = tower.split_input(args, kwargs)
-        inp.masks = masks
+        inp.masks, inp.sizes = masks, sizes[0]
         inputs.append(inp)
         raise _Reached
 
     handle = tower.blocks[0].module.register_forward_pre_hook(catch, with_kwargs=True)
     try:
         for batch in batches:
-            masks = tower.token_masks(batch)
+            masks, sizes[0] = tower.token_masks(batch), tower.sample_sizes(batch)
             try:
                 with outputs.batch(batch) if outputs else contextlib.nullcontext():
                     adapter.forward(batch)

@@ -14,6 +14,12 @@ allocate (water-filling, p_max = p + 0.1), prune. `--zeroth-blocks 1` perturbs o
 block of each tower (the memory peak does not grow with more blocks; the time does, per matrix).
 Issue 4 anchors on one GPU at full size: Wanda 8.87 GB, zeroth 8.93 GB, first-order 22.4 GB.
 
+`--model llava_15_7b` / `qwen2_vl_7b`: LLaVA-1.5-7B (CLIP ViT-L/14-336, Vicuna-7B widths and
+vocabulary) or Qwen2-VL-7B (its ViT, merger and Qwen2-7B) with `--blocks` blocks in the vision tower
+and the language model, random init, byte-tokenized one-round conversations about random 336 px
+images (576 image tokens for LLaVA, 144 for Qwen2-VL), loss on the answers; the same passes as
+BLIP-2's (the projector stays dense, as the models' configs default).
+
 `--passes forward,sparsegpt_reference_count,ist_sparsegpt` puts our SparseGPT (counting as the
 reference does, so the masks can agree) beside IST-DASLab/sparsegpt's algorithm as its code
 runs it: one Hessian accumulated per Linear (q, k and v each their own), `fasterprune` per matrix
@@ -26,7 +32,8 @@ identical in every child, so the ratios to the plain forward's figures compare l
 Only the pass itself is timed. With a GPU (`--device cuda`), peak GPU memory is reported instead
 (`--blocks 32 --dtype float16 --device cuda` for LLaMA-7B; `--blocks 39` for BLIP-2's full ViT).
 
-    python scripts/bench_prune.py [--model llama|blip2_t5] [--blocks 2] [--samples 16] [--out bench.json]
+    python scripts/bench_prune.py [--model llama|blip2_t5|llava_15_7b|qwen2_vl_7b] [--blocks 2] [--samples 16]
+                                   [--out bench.json]
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ from ecoflap_exp.allocation.waterfill import WaterFilling  # noqa: E402
 from ecoflap_exp.models.adapter import ModelAdapter  # noqa: E402
 from ecoflap_exp.models.blip2 import Blip2Adapter  # noqa: E402
 from ecoflap_exp.models.causal_lm import CausalLMAdapter  # noqa: E402
+from ecoflap_exp.models.llava import LlavaAdapter  # noqa: E402
+from ecoflap_exp.models.qwen2_vl import Qwen2VLAdapter  # noqa: E402
 from ecoflap_exp.models.seam import Batch, Tower  # noqa: E402
 from ecoflap_exp.pruning.engine import SequentialEngine  # noqa: E402
 from ecoflap_exp.pruning.magnitude import MagnitudePruner  # noqa: E402
@@ -70,9 +79,10 @@ CAPTIONS = ["a man riding a horse on a sunny beach", "two dogs playing with a re
             "a plate of pasta with tomato sauce", "an old stone bridge over a river at dusk"]
 
 
-class LeadingBlocksScored(Blip2Adapter):
-    """The same model, but while `scored` is set only the first `scored` blocks of each tower are
-    listed, so the zeroth-order scorer perturbs only those (every block still runs)."""
+class LeadingBlocksScored:
+    """Mixed into an adapter class: the same model, but while `scored` is set only the first
+    `scored` blocks of each tower are listed, so the zeroth-order scorer perturbs only those
+    (every block still runs)."""
 
     scored: int | None = None
 
@@ -83,14 +93,38 @@ class LeadingBlocksScored(Blip2Adapter):
         return towers
 
 
+def scored_leading(adapter_class: type[ModelAdapter]) -> type[ModelAdapter]:
+    return type(f"LeadingBlocksScored{adapter_class.__name__}", (LeadingBlocksScored, adapter_class), {})
+
+
+#: the chat VLMs: adapter class, architecture, image side, and the layer counts of `--blocks` blocks
+#: per tower (LLaVA-1.5 reads its ViT's second-to-last layer, so it gets one layer more)
+CHAT_VLMS = {
+    "llava_15_7b": (LlavaAdapter, 336, lambda n: {"vision_config": {"num_hidden_layers": n + 1},
+                                                  "text_config": {"num_hidden_layers": n}}),
+    "qwen2_vl_7b": (Qwen2VLAdapter, 336, lambda n: {"vision_config": {"depth": n},
+                                                    "text_config": {"num_hidden_layers": n}}),
+}
+QUESTIONS = ["What is the man doing?", "How many dogs are there?", "What is on the plate?", "When was this taken?"]
+
+
 def build(args: argparse.Namespace) -> tuple[ModelAdapter, list[Batch]]:
     if args.model == "llama":
         adapter = CausalLMAdapter(arch="llama_7b", init="random", tokenizer="bytes", dtype=args.dtype,
                                   arch_overrides={"num_hidden_layers": args.blocks})
         ids = torch.randint(3, 259, (args.samples, args.seqlen), generator=torch.Generator().manual_seed(0))
         samples = list(ids)
+    elif args.model in CHAT_VLMS:
+        adapter_class, side, layers = CHAT_VLMS[args.model]
+        extra = {"max_pixels": side * side} if adapter_class is Qwen2VLAdapter else {}
+        adapter = scored_leading(adapter_class)(arch=args.model, init="random", tokenizer="bytes", dtype=args.dtype,
+                                                arch_overrides=layers(args.blocks), **extra)
+        generator = torch.Generator().manual_seed(0)
+        pixels = torch.randint(0, 256, (args.samples, side, side, 3), generator=generator, dtype=torch.uint8)
+        samples = [(Image.fromarray(p.numpy()), (("human", QUESTIONS[i % 4]), ("gpt", CAPTIONS[i % 4])))
+                   for i, p in enumerate(pixels)]
     else:
-        adapter = LeadingBlocksScored(
+        adapter = scored_leading(Blip2Adapter)(
             arch="blip2_flan_t5_xl", init="random", tokenizer="bytes", dtype=args.dtype,
             arch_overrides={"vision_config": {"num_hidden_layers": args.blocks},
                             "text_config": {"num_layers": args.blocks, "num_decoder_layers": args.blocks}})
@@ -202,7 +236,7 @@ def run_pass(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["llama", "blip2_t5"], default="llama")
+    parser.add_argument("--model", choices=["llama", "blip2_t5", *CHAT_VLMS], default="llama")
     parser.add_argument("--blocks", type=int, default=2, help="blocks per tower")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--batch", type=int, default=1)
@@ -212,7 +246,7 @@ def main() -> None:
     parser.add_argument("--zeroth-samples", type=int, default=32, help="zeroth-order samples (the paper's 32)")
     parser.add_argument("--zeroth-blocks", type=int, default=None, help="perturb only this many blocks per tower")
     parser.add_argument("--passes", help="default: forward,wanda,sparsegpt,magnitude (llama); "
-                                         "forward,wanda,zeroth,first (blip2_t5)")
+                                         "forward,wanda,zeroth,first (the VLMs)")
     parser.add_argument("--out", help="also write the results as JSON here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()

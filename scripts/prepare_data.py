@@ -45,6 +45,7 @@ from omegaconf import OmegaConf
 
 from ecoflap_exp.data.caption_pairs import read_pairs
 from ecoflap_exp.data.captioning import read_coco_karpathy, read_nocaps
+from ecoflap_exp.data.conversations import read_conversations
 from ecoflap_exp.data.coop import COOP_LAYOUT_URL, SPLITS, read_coop_split
 from ecoflap_exp.data.coop import DATASETS as COOP_DATASETS
 from ecoflap_exp.data.flickr import read_retrieval_set
@@ -52,7 +53,7 @@ from ecoflap_exp.data.images import image_folder
 from ecoflap_exp.data.raw_files import Converter, Found, Gatherer, RawDir, convert, place_all
 from ecoflap_exp.data.release_formats import SHOWN, karpathy_to_lavis_flickr, raw_to_parquet, synset_folder
 from ecoflap_exp.data.text import read_documents
-from ecoflap_exp.data.vqa import read_gqa, read_vqa
+from ecoflap_exp.data.vqa import read_gqa, read_textvqa, read_vqa
 from ecoflap_exp.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +128,7 @@ COCO2014_VAL = "COCO 2014 val images: val2014.zip from https://images.cocodatase
 VQA_DOWNLOAD = "https://visualqa.org/download.html"
 OKVQA_DOWNLOAD = "https://okvqa.allenai.org/download.html"
 GQA_DOWNLOAD = "https://cs.stanford.edu/people/dorarad/gqa/download.html"
+TEXTVQA_DOWNLOAD = "https://textvqa.org/dataset/"
 CAPTION_DATASETS = "caption_datasets.zip from https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip"
 HF_C4 = "from the allenai/c4 dataset repo on the Hugging Face hub (https://huggingface.co/datasets/allenai/c4, en/)"
 IMAGENET_VAL = ("ImageNet val: ILSVRC2012_img_val.tar (https://image-net.org/download-images) sorted into <wnid>/ "
@@ -215,6 +217,12 @@ DATASETS: dict[str, Dataset] = {
         (File("eval/gqa:questions", f"questions1.2.zip from {GQA_DOWNLOAD}", ("questions1.2.zip",)),),
         lambda p: [s.image for s in read_gqa(p.files[0], p.images)],
         Images("eval/gqa:images", f"images.zip from {GQA_DOWNLOAD}", ("images.zip",))),
+    "textvqa": Dataset(
+        "TextVQA val", "eval=textvqa",
+        (File("eval/textvqa:annotations", f"TextVQA_0.5.1_val.json from {TEXTVQA_DOWNLOAD}"),),
+        lambda p: [s.image for s in read_textvqa(p.files[0], p.images)],
+        Images("eval/textvqa:images", f"train_val_images.zip from {TEXTVQA_DOWNLOAD} (its train_images/)",
+               ("train_val_images.zip",), by_name=True)),
     "nocaps": Dataset(
         "NoCaps val", "eval=nocaps",
         (File("eval/nocaps:annotations", "nocaps_val_4500_captions.json from https://nocaps.org/download"),),
@@ -276,6 +284,14 @@ DATASETS: dict[str, Dataset] = {
               "--out <data root>/cc3m` (its --help says how to download CC3M with img2dataset)"),),
         lambda p: [path for path, _ in read_pairs(p.files[0])],
         Images("cc3m", "scripts/prepare_cc3m.py (writes the images beside cc3m.tsv)")),
+    "llava_instruct": Dataset(
+        "LLaVA-1.5 instruction mixture (LLaVA / Qwen2-VL calibration)", "calib=llava_instruct",
+        (File("calib/llava_instruct:annotations", "llava_v1_5_mix665k.json from "
+              "https://huggingface.co/datasets/liuhaotian/LLaVA-Instruct-150K"),),
+        lambda p: [path for path, _ in read_conversations(p.files[0], p.images)],
+        Images("calib/llava_instruct:image_root", "the images of LLaVA's mixture in its layout (coco/train2017, "
+               "gqa/images, ocr_vqa/images, textvqa/train_images, vg/VG_100K, vg/VG_100K_2): see LLaVA's "
+               "docs (https://github.com/haotian-liu/LLaVA#visual-instruction-tuning)")),
     "coco_captions": Dataset(
         "COCO train2017 captions (calibration pairs)", "calib=coco_captions",
         (File("calib/coco_captions:annotations",

@@ -1,5 +1,6 @@
 """Tiny fixture files in the real released layouts."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +46,37 @@ def write_caption_pairs(root: Path, count: int = 8, seed: int = 0, numbered: boo
             "annotations": [{"id": 100 + i, "image_id": i, "caption": r["caption"]} for i, r in enumerate(rows)]}
     (root / "captions.json").write_text(json.dumps(coco))
     return {"tsv": root / "pairs.tsv", "csv": root / "pairs.csv", "json": root / "captions.json"}
+
+
+#: conversations in llava_v1_5_mix665k.json's shape: (image path or None for a text-only entry, turns)
+LLAVA_ENTRIES = [
+    ("coco/train2017/000000033471.jpg", [("human", "What are the colors of the bus in the image?\n<image>"),
+                                         ("gpt", "The bus in the image is white and red."),
+                                         ("human", "What feature can be seen on the back of the bus?"),
+                                         ("gpt", "The back of the bus features an advertisement.")]),
+    (None, [("human", "Write a haiku about spring."), ("gpt", "Blossoms drift and fall")]),
+    ("gqa/images/2354786.jpg", [("human", "<image>\nIs the sky dark?\nAnswer the question using a single word or "
+                                          "phrase."), ("gpt", "Yes")]),
+    ("vg/VG_100K/2316.jpg", [("human", "<image>\nProvide a one-sentence caption for the provided image."),
+                             ("gpt", "A man riding a wave on top of a surfboard.")]),
+    ("textvqa/train_images/011e7e629fb9ae7b.jpg", [("human", "<image>\nwhat is written on the sign?"),
+                                                   ("gpt", "stop")]),
+]
+
+
+def write_llava_conversations(root: Path, seed: int = 0) -> Path:
+    """llava_v1_5_mix665k.json (LLaVA's format) under `root`, its images in LLaVA's folders beside it."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    for i, (image, turns) in enumerate(LLAVA_ENTRIES):
+        entry = {"id": f"{i:09d}", "conversations": [{"from": role, "value": text} for role, text in turns]}
+        if image is not None:
+            entry["image"] = image
+            (root / image).parent.mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 256, (40 + 8 * i, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / image)
+        entries.append(entry)
+    path = root / "llava_v1_5_mix665k.json"
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entries))
+    return path

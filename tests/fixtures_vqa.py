@@ -132,3 +132,32 @@ def write_gqa(root: Path) -> dict[str, Path]:
     paths["official"].write_text(json.dumps(official))
     paths["lavis"].write_text(json.dumps(lavis))
     return paths
+
+
+#: TextVQA val entries in the release file's fields: (question_id, image_id, question, ten answers)
+TEXTVQA_VAL = [
+    (34602, "003a8ae2ef43b901", "what is the brand of this camera?",
+     ["nous les gosses", "dakota", "clos culombu", "dakota digital", "dakota", "dakota", "dakota digital",
+      "dakota digital", "dakota", "dakota"]),
+    (34603, "0054c91397f2fe05", "what does the small white text spell?",
+     ["copenhagen", "copenhagen", "copenhagen", "copenhagen", "copenhagen", "thursday", "copenhagen",
+      "copenhagen", "copenhagen", "copenhagen"]),
+    (34604, "005635e119b9f32f", "what kind of beer is this?",
+     ["ale", "sublimely self-righteous ale", "stone", "self righteous", "stone", "stone", "ale", "ale",
+      "stone ale", "sublimely self-righteous ale"]),
+]
+
+
+def write_textvqa(root: Path) -> dict[str, Path]:
+    """TextVQA_0.5.1_val.json and its images under train_images/<image_id>.jpg."""
+    folder = root / "textvqa"
+    data = []
+    for i, (qid, image, question, answers) in enumerate(TEXTVQA_VAL):
+        write_image(folder / "train_images" / f"{image}.jpg", 500 + i)
+        data.append({"question": question, "image_id": image, "image_classes": ["Camera"],
+                     "flickr_original_url": "", "flickr_300k_url": "", "image_width": 1024, "image_height": 664,
+                     "answers": answers, "question_tokens": question.split(), "question_id": qid, "set_name": "val"})
+    path = folder / "TextVQA_0.5.1_val.json"
+    path.write_text(json.dumps({"dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1",
+                                "data": data}))
+    return {"annotations": path, "images": folder / "train_images"}

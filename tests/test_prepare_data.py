@@ -13,14 +13,16 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from fixtures import LLAVA_ENTRIES, write_llava_conversations
 from fixtures_captioning import NOCAPS, write_nocaps
 from fixtures_coop import CLASSES, write_coop, write_imagenet_flat_val
 from fixtures_flickr import write_flickr30k
 from fixtures_text import WIKI_ROWS, write_wikitext
-from fixtures_vqa import GQA_TESTDEV, VQAV2_VAL, write_gqa, write_vqa
+from fixtures_vqa import GQA_TESTDEV, TEXTVQA_VAL, VQAV2_VAL, write_gqa, write_textvqa, write_vqa
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from ecoflap_exp.data.conversations import read_conversations
 from ecoflap_exp.data.coop import read_coop_split
 from ecoflap_exp.data.flickr import read_retrieval_set
 from ecoflap_exp.data.text import read_documents
@@ -122,6 +124,21 @@ def test_gqa_extracts_only_the_question_file_and_images_the_split_uses(tmp_path,
     assert sorted(p.name for p in (data / "gqa" / "images").iterdir()) == ["n161313.jpg", "n235859.jpg"]
     evaluation = configured_eval(data, "gqa")
     assert [s.question_id for s in evaluation.evaluated] == list(GQA_TESTDEV)
+
+
+def test_textvqa_from_its_image_zip_and_the_llava_mixture_with_its_image_folders(tmp_path, capsys):
+    raw, data = tmp_path / "raw", tmp_path / "data"
+    files = write_textvqa(raw)
+    pack_zip(raw / "train_val_images.zip", files["images"], "train_images")
+    write_llava_conversations(raw / "downloads")
+    code, out = prepare(capsys, "textvqa", raw, data)
+    assert code == 0, out
+    assert [s.question_id for s in configured_eval(data, "textvqa").evaluated] == [q for q, *_ in TEXTVQA_VAL]
+    code, out = prepare(capsys, "llava_instruct", raw, data)
+    assert code == 0, out
+    cfg = composed(data, "model=llava_tiny", "calib=llava_instruct")
+    assert [image for image, _ in read_conversations(cfg.calib.annotations, cfg.calib.image_root)] == [
+        data / "llava" / image for image, _ in LLAVA_ENTRIES if image is not None]
 
 
 def test_nocaps_linked_and_flickr30k_converted_from_karpathy(tmp_path, capsys):

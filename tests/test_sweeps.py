@@ -10,11 +10,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from fixtures import write_caption_pairs, write_image_folder
+from fixtures import write_caption_pairs, write_image_folder, write_llava_conversations
 from fixtures_captioning import write_coco_karpathy, write_nocaps
 from fixtures_coop import write_coop
 from fixtures_flickr import write_flickr30k
-from fixtures_vqa import write_gqa, write_vqa
+from fixtures_vqa import write_gqa, write_textvqa, write_vqa
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from test_run import tiny_defaults
@@ -36,6 +36,9 @@ TINY = {
     # the fine-tuning experiments: the fixtures' training splits hold 2 (COCO) and 1 (Flickr30k) captions
     "blip_caption_coco": ["model=blip_caption_tiny", "calib.num_samples=2", "calib.batch_size=2",
                           "finetune.batch_size=2"],
+    # the conversation fixture holds 4 entries with images
+    "llava_15_7b": ["model=llava_tiny", "calib.num_samples=4", "calib.batch_size=2"],
+    "qwen2_vl_7b": ["model=qwen2vl_tiny", "calib.num_samples=4", "calib.batch_size=2"],
     "clip_vitl14_336": ["model=clip_tiny", "calib.num_samples=1", "calib.batch_size=1", "finetune.batch_size=1"],
 }
 #: tiny stand-ins for the COCO-finetuned companions that score NoCaps and Flickr30k in Table 1
@@ -122,6 +125,8 @@ def write_fixture_data(root: Path) -> None:
     shutil.copy(flickr["karpathy"], root / "flickr30k" / "annotations" / "dataset_flickr30k.json")
     write_coco_karpathy(root)
     write_coop(root, "caltech101")
+    write_textvqa(root)
+    write_llava_conversations(root / "llava")
 
 
 def first_point(experiment: str) -> tuple[str, list[str]]:

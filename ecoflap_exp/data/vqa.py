@@ -58,6 +58,11 @@ DATASETS = {
         "(https://storage.googleapis.com/sfr-vision-language-research/LAVIS/datasets/gqa/testdev_balanced_questions.json)",
         "images.zip from https://cs.stanford.edu/people/dorarad/gqa/download.html",
     ),
+    "textvqa": Dataset(
+        "TextVQA",
+        "https://textvqa.org/dataset/ (TextVQA_0.5.1_val.json: questions with their 10 answers each)",
+        "train_val_images.zip from https://textvqa.org/dataset/ (the val questions' images are in train_images/)",
+    ),
 }
 
 #: question files whose images live in another COCO folder
@@ -223,6 +228,30 @@ def read_vqa(dataset: str, images: str, questions: str | None = None, annotation
         raise UserError(f"{questions} is neither an official {info.name} questions file "
                         f'({{"data_subtype", "questions": [...]}}) nor LAVIS\'s list')
     return dedup(read_official_vqa(data, questions, None, None, root), questions)
+
+
+TEXTVQA_ENTRY = '{"question_id": int, "question": str, "image_id": str, "answers": [str, ...]}'
+
+
+def read_textvqa(annotations: str, images: str) -> list[VQASample]:
+    """TextVQA samples from its release file ({"dataset_name": "textvqa", "data": [...]}), each
+    with its 10 answers; the image is <images>/<image_id>.jpg."""
+    root = Path(images).expanduser()
+    data = load_json(annotations, "textvqa", "annotations")
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise UserError(f'{annotations} is not a TextVQA release file ({{"dataset_name": "textvqa", "data": '
+                        f"[{TEXTVQA_ENTRY}, ...]}})")
+    samples = []
+    for i, entry in enumerate(data["data"]):
+        qid = field(entry, "question_id", int, annotations, f"entry {i}", TEXTVQA_ENTRY)
+        where = f"entry {i} (question_id {qid})"
+        answers = field(entry, "answers", list, annotations, where, TEXTVQA_ENTRY)
+        if not answers or not all(isinstance(a, str) for a in answers):
+            raise malformed(annotations, where, f"'answers' is {answers!r}", TEXTVQA_ENTRY)
+        image = field(entry, "image_id", str, annotations, where, TEXTVQA_ENTRY)
+        samples.append(VQASample(qid, field(entry, "question", str, annotations, where, TEXTVQA_ENTRY),
+                                 root / f"{image}.jpg", tuple(answers)))
+    return dedup(samples, annotations)
 
 
 GQA_OFFICIAL = '{"<question id>": {"imageId": str, "question": str, "answer": str, ...}}'

@@ -1,4 +1,5 @@
-"""Visual question answering with a generative image-text model (BLIP-2): VQAv2, OK-VQA, GQA.
+"""Visual question answering with a generative image-text model (BLIP-2, LLaVA, Qwen2-VL): VQAv2,
+OK-VQA, GQA, TextVQA.
 
 Protocol (LAVIS's BLIP-2 zero-shot evaluation, as ECoFLaP ran it): each question goes through
 LAVIS's `blip_question` processor (lower-case; delete . ! " ( ) * # : ; ~; strip trailing spaces;
@@ -8,7 +9,10 @@ max_new_tokens 10, min_length 1, length_penalty -1 by default). OK-VQA lemmatise
 before scoring (evals.lemmatise), as LAVIS's `apply_lemmatizer`; the answers are scored by
 evals.vqa_scoring. VQAv2 test-dev has no public answers: its eval writes the evaluation server's
 result file `[{"question_id", "answer"}]` and reports only how many questions it answered.
-`limit` evaluates and scores the first N questions.
+`limit` evaluates and scores the first N questions. Chat models (LLaVA-1.5, Qwen2-VL) take the
+question as written (`clean_question: false`) in LLaVA-1.5's prompt "{question}\nAnswer the question
+using a single word or phrase." (lmms-eval's default for both), greedy, up to 128 new tokens
+(suite llava_vqa); TextVQA is scored as VQAv2 (ten answers per question), its images by image_id.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 from PIL import Image
 
 from ecoflap_exp.data.images import decode_images
-from ecoflap_exp.data.vqa import VQASample, check_images, dataset_info, read_gqa, read_vqa
+from ecoflap_exp.data.vqa import VQASample, check_images, dataset_info, read_gqa, read_textvqa, read_vqa
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import ReadsSplit
 from ecoflap_exp.evals.lemmatise import make_lemmatiser
@@ -63,7 +67,8 @@ class GenerativeVQA(ReadsSplit):
     dataset: str
 
     def __init__(self, images: str, prompt: str = "Question: {} Short answer:", generation: dict | None = None,
-                 batch_size: int = 16, limit: int | None = None, lemmatiser: str = "none", max_words: int = 50):
+                 batch_size: int = 16, limit: int | None = None, lemmatiser: str = "none", max_words: int = 50,
+                 clean_question: bool = True):
         if prompt.count("{}") != 1:
             raise UserError(f"prompt={prompt!r} must hold exactly one {{}} where the question goes")
         if batch_size < 1 or (limit is not None and limit < 1):
@@ -75,6 +80,7 @@ class GenerativeVQA(ReadsSplit):
         self.limit = limit
         self.lemmatiser = make_lemmatiser(lemmatiser)
         self.max_words = max_words
+        self.clean_question = clean_question
         self.info: dict[str, str] = {}
 
     @abstractmethod
@@ -87,7 +93,7 @@ class GenerativeVQA(ReadsSplit):
         starts = range(0, len(samples), self.batch_size)
         for i in track(starts, f"{dataset_info(self.dataset).name} answers", total=len(starts)):
             batch = samples[i : i + self.batch_size]
-            prompts = [self.prompt.format(blip_question(s.question, self.max_words)) for s in batch]
+            prompts = [self.prompt.format(self.question_text(s.question)) for s in batch]
             answers = adapter.generate(open_batch([s.image for s in batch]), prompts, **self.generation)
             if len(answers) != len(batch):
                 raise UserError(f"{type(adapter).__name__}.generate gave {len(answers)} answers for {len(batch)} "
@@ -96,6 +102,10 @@ class GenerativeVQA(ReadsSplit):
                 answers = self.lemmatiser(list(answers))
             results.extend({"question_id": s.question_id, "answer": a} for s, a in zip(batch, answers, strict=True))
         return results
+
+    def question_text(self, question: str) -> str:
+        """LAVIS's blip_question, or the question as the dataset writes it (LLaVA's protocol)."""
+        return blip_question(question, self.max_words) if self.clean_question else question
 
     def read(self) -> list[VQASample]:
         """The evaluated questions (the first `limit`), their images checked to exist."""
@@ -129,8 +139,8 @@ class VQAAccuracy(GenerativeVQA):
                  normaliser: str = "lavis", output: str | None = None, **protocol: Any):
         if normaliser not in NORMALISERS:
             raise UserError(f"normaliser={normaliser!r} is unknown; use one of {', '.join(NORMALISERS)}")
-        if dataset not in ("vqav2", "okvqa"):
-            raise UserError(f"dataset={dataset!r}: VQA accuracy is for vqav2 or okvqa (GQA has GQAAccuracy)")
+        if dataset not in ("vqav2", "okvqa", "textvqa"):
+            raise UserError(f"dataset={dataset!r}: VQA accuracy is for vqav2, okvqa or textvqa (GQA has GQAAccuracy)")
         self.dataset = dataset
         super().__init__(images, **protocol)
         self.annotations = annotations
@@ -139,6 +149,8 @@ class VQAAccuracy(GenerativeVQA):
         self.output = output
 
     def samples(self) -> list[VQASample]:
+        if self.dataset == "textvqa":
+            return read_textvqa(self.annotations, self.images)
         return read_vqa(self.dataset, self.images, self.questions, self.annotations)
 
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:

@@ -122,7 +122,7 @@ class T5Tower(Tower):
         args[self.POSITION_BIAS] = position_bias
         if cross_bias is not None:
             args[self.CROSS_BIAS] = cross_bias
-        return BlockInput(hidden, tuple(args), inp.kwargs, inp.masks)
+        return BlockInput(hidden, tuple(args), inp.kwargs, inp.masks, inp.sizes)
 
     def passthrough(self, args: tuple, kwargs: dict) -> Any:
         inp = self.split_input(args, kwargs)

@@ -74,12 +74,15 @@ class Block:
 class BlockInput:
     """What one calibration batch hands a block: hidden states plus every other argument, and the
     masks (batch, tokens; True = a real token) of the token streams that hold padding. A stream
-    without a mask is all real tokens."""
+    without a mask is all real tokens. `sizes`: where a tower's blocks take every sample's tokens
+    as one sequence with no batch axis (Qwen2-VL's ViT), each sample's share of its rows, so that
+    per-sample measures (intrinsic dimension) can split it; None where the batch axis is there."""
 
     hidden: torch.Tensor
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    sizes: tuple[int, ...] | None = None
 
 
 def linear_matrices(prefix: str, block: nn.Module) -> list[PrunableMatrix]:
@@ -124,6 +127,9 @@ class Tower:
     are real in each stream the blocks read ({} when there is no padding), so pads never enter
     input statistics.
 
+    `sample_sizes(batch)`, for towers whose blocks see the batch as one sequence of all samples'
+    tokens, gives each sample's share of it (BlockInput.sizes).
+
     How towers feed each other (tower_outputs): `root`, the module whose output is the tower's
     output for the rest of the model (None: never served from storage), and `reads`, the names
     of the towers whose outputs that root consumes (None: every earlier tower, the safe guess).
@@ -131,13 +137,18 @@ class Tower:
 
     def __init__(self, name: str, blocks: list[Block], wanda_group: Group = "row",
                  token_masks: Callable[[Batch], dict[str, torch.Tensor]] | None = None,
-                 root: nn.Module | None = None, reads: tuple[str, ...] | None = None):
+                 root: nn.Module | None = None, reads: tuple[str, ...] | None = None,
+                 sample_sizes: Callable[[Batch], list[int]] | None = None):
         self.name = name
         self.blocks = blocks
         self.wanda_group = wanda_group
         self._token_masks = token_masks
         self.root = root
         self.reads = reads
+        self._sample_sizes = sample_sizes
+
+    def sample_sizes(self, batch: Batch) -> tuple[int, ...] | None:
+        return tuple(int(n) for n in self._sample_sizes(batch)) if self._sample_sizes else None
 
     def token_masks(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {k: v.bool() for k, v in self._token_masks(batch).items()} if self._token_masks else {}
@@ -153,7 +164,7 @@ class Tower:
 
     def next_input(self, output: Any, inp: BlockInput) -> BlockInput:
         hidden = output[0] if isinstance(output, tuple | list) else output
-        return BlockInput(hidden, inp.args, inp.kwargs, inp.masks)
+        return BlockInput(hidden, inp.args, inp.kwargs, inp.masks, inp.sizes)
 
     def passthrough(self, args: tuple, kwargs: dict) -> Any:
         """What a block returns when it is skipped (its result is not needed): something shaped

@@ -333,10 +333,33 @@ def twonn_blocks(X: torch.Tensor, max_blocks: int = 20, seed: int = 0) -> float:
     return twonn_blocks_of(neighbours_of(X), max_blocks, seed)
 
 
-def representation(hidden: torch.Tensor, kind: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+def split_samples(rows: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, features) holding every sample's tokens one after another, `sizes` each sample's
+    share of them (in any unit: a patch merger's 4x fewer rows keep the shares) -> (batch, tokens,
+    features) padded with zeros to the longest sample, and the mask of the real tokens."""
+    total = sum(sizes)
+    if any(n * rows.shape[0] % total for n in sizes):
+        raise RuntimeError(f"{rows.shape[0]} rows do not split into samples of shares {sizes}; the tower's "
+                           f"sample_sizes is wrong")
+    counts = [n * rows.shape[0] // total for n in sizes]
+    parts = torch.split(rows, counts)
+    width = max(counts)
+    padded = rows.new_zeros(len(counts), width, rows.shape[-1])
+    mask = torch.zeros(len(counts), width, dtype=torch.bool, device=rows.device)
+    for i, part in enumerate(parts):
+        padded[i, : len(part)] = part
+        mask[i, : len(part)] = True
+    return padded, mask
+
+
+def representation(hidden: torch.Tensor, kind: str, mask: torch.Tensor | None = None,
+                   sizes: tuple[int, ...] | None = None) -> torch.Tensor:
     """(batch, tokens, features) -> per sample: (batch, tokens, features) for `flatten` with the
     pads zeroed, (batch, features) for `mean` and `cls`; `mask` (batch, tokens): the real tokens
-    (None: all)."""
+    (None: all). A (rows, features) input is one vector per row, unless `sizes` says how its rows
+    split into samples (a tower with no batch axis: BlockInput.sizes)."""
+    if hidden.dim() == 2 and sizes is not None:
+        hidden, mask = split_samples(hidden, sizes)
     if hidden.dim() == 2:
         return hidden
     if kind == "cls":
@@ -437,7 +460,8 @@ class IntrinsicDimensionScorer(BlockScorer):
         def measure(block: Block, outputs: list[BlockInput]) -> None:
             with self.stores([block.name], adapter.device) as stores:
                 for out in outputs:
-                    stores[block.name].add(representation(out.hidden, self.representation, out.masks.get("hidden")))
+                    stores[block.name].add(representation(out.hidden, self.representation, out.masks.get("hidden"),
+                                                          out.sizes))
                 ids[block.name] = self.estimate(stores[block.name], block.name)
 
         for tower in adapter.towers():
@@ -458,7 +482,7 @@ class IntrinsicDimensionScorer(BlockScorer):
             for m in matrices:
                 y = output_of(m, module, args, kwargs, out)
                 stores[m.name].add(representation(per_sample(y, inp.hidden), self.representation,
-                                                  inp.masks.get(m.stream)))
+                                                  inp.masks.get(m.stream), inp.sizes))
 
         by_module: dict[torch.nn.Module, list[PrunableMatrix]] = {}
         for m in block.matrices:

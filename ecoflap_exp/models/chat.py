@@ -1,0 +1,207 @@
+"""What chat vision-language models through transformers share (LLaVA, Qwen2-VL): calibration
+conversations tokenized by the model's own processor and chat template with the loss on the
+answer tokens only, the model's own forward, generation from a one-turn chat.
+
+A conversation is an image and its turns, (role, text) pairs with role "human" or "gpt" as
+LLaVA's instruction files write them. It is rendered with the processor's chat template, the
+image first in the first human turn (LLaVA's preprocessing moves `<image>` there too), and cut
+into segments at the template's own boundaries: each prompt (everything up to and including the
+assistant header) and each answer (up to and including the template's end of turn). Segments
+are tokenized one by one, the prompt that holds the image through the processor (which expands
+the image placeholder into the model's image tokens), so which ids are answer tokens is known
+by construction, as LLaVA's training code counts them per round. An answer that does not end in
+the tokenizer's EOS gets one (llava-hf's template writes none; LLaVA's training ends every answer
+with `</s>`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.models.adapter import IGNORE, LossTerm, ModelAdapter
+from ecoflap_exp.models.seam import Batch
+
+Turns = Sequence[tuple[str, str]]
+#: LLaVA-1.5's instruction for short captions (its mix665k data), which turns an image-caption pair
+#: (CC3M) into a one-round conversation
+CAPTION_INSTRUCTION = "Provide a one-sentence caption for the provided image."
+#: per-token keys of a processor's output, padded along the sequence; the others (pixels, image
+#: grids) are concatenated along their first dimension
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+ROLES = {"human": "user", "gpt": "assistant"}
+#: where LLaVA's instruction files put the image in a turn's text
+IMAGE_MARK = "<image>"
+
+
+def messages_of(turns: Turns, with_image: bool = True) -> list[dict[str, Any]]:
+    """Turns as transformers chat messages, the image first in the first human turn."""
+    messages = []
+    for i, (role, text) in enumerate(turns):
+        if role not in ROLES:
+            raise UserError(f"conversation turn {i} has role {role!r}; use 'human' or 'gpt' (LLaVA's 'from' values)")
+        content: list[dict[str, Any]] = [{"type": "image"}] if with_image and i == 0 else []
+        if IMAGE_MARK in text:  # LLaVA's files mark the image in the text; the template places it
+            text = text.replace(IMAGE_MARK, "").strip()
+        content.append({"type": "text", "text": text})
+        messages.append({"role": ROLES[role], "content": content})
+    return messages
+
+
+class ChatVLMAdapter(ModelAdapter):
+    """A transformers image-text-to-text model with a processor that has a chat template. Subclasses
+    load `model` and `processor` and list the towers."""
+
+    sample_kinds = ("conversations", "image_captions")
+    load_hint = ("transformers.{model_class}.from_pretrained({path!r}); "
+                 "transformers.AutoProcessor.from_pretrained({path!r})")
+
+    model: nn.Module
+    processor: Any
+    #: the longest calibration sequence in tokens (image tokens included); longer ones are cut at the end
+    max_tokens: int = 2048
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def text_start(self) -> str:
+        """What the tokenizer puts before a text, as text (LLaMA: its BOS; Qwen2 and ByT5: nothing).
+        Texts are tokenized without special tokens and start with it, so no tokenizer appends an
+        EOS to a prompt (ByT5's would)."""
+        bos = self.tokenizer.bos_token_id
+        adds_bos = bos is not None and self.tokenizer("a", add_special_tokens=True).input_ids[:1] == [bos]
+        return self.tokenizer.bos_token if adds_bos else ""
+
+    def render(self, messages: list[dict[str, Any]], generation_prompt: bool = False) -> str:
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def segments(self, turns: Turns) -> list[tuple[str, bool]]:
+        """The rendered conversation cut into (text, is_answer) segments at the template's turn
+        boundaries; a last human turn with no answer is dropped."""
+        messages = messages_of(turns)
+        out: list[tuple[str, bool]] = []
+        done = ""
+        for k, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt = self.render(messages[:k], generation_prompt=True)
+            full = self.render(messages[: k + 1])
+            if not (prompt.startswith(done) and full.startswith(prompt)):
+                raise UserError("the processor's chat template does not render a conversation as a prefix of its "
+                                "continuation, so answer tokens cannot be told apart; use a template that does "
+                                "(the checkpoints' own templates of LLaVA-1.5 and Qwen2-VL do)")
+            out += [(prompt[len(done):], False), (full[len(prompt):], True)]
+            done = full
+        if not out:
+            raise UserError("a calibration conversation has no answer (gpt) turn to compute the loss on")
+        return out
+
+    def encode(self, image: Image.Image, turns: Turns) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """One conversation: the processor's tensors (ids over the whole sequence) and the labels
+        (answer ids, IGNORE elsewhere)."""
+        eos = self.tokenizer.eos_token_id
+        segments = self.segments(turns)
+        first = self.processor(text=[self.text_start + segments[0][0]], images=[image], add_special_tokens=False,
+                               return_tensors="pt")
+        keys = [key for key in SEQUENCE_KEYS if key in first]
+        pieces: dict[str, list[torch.Tensor]] = {key: [first[key]] for key in first}
+        labels = [IGNORE] * first["input_ids"].shape[1]
+        for text, answer in segments[1:]:
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            if answer and eos is not None and eos not in ids:
+                ids.append(eos)
+            pieces["input_ids"].append(torch.tensor([ids]))
+            for key in (k for k in keys if k != "input_ids"):  # the mask; the modality of each token (text: 0)
+                pieces[key].append(torch.full((1, len(ids)), int(key == "attention_mask")))
+            labels += ids if answer else [IGNORE] * len(ids)
+        encoded = {key: torch.cat(values, dim=1 if key in keys else 0) for key, values in pieces.items()}
+        return self.cut(encoded, labels)
+
+    def cut(self, encoded: dict[str, torch.Tensor], labels: list[int]) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """At most max_tokens; the image's tokens (all in the first prompt) are never cut."""
+        length = encoded["input_ids"].shape[1]
+        if length <= self.max_tokens:
+            return encoded, labels
+        image = self.processor.image_token_id
+        last_image = max(i for i, t in enumerate(encoded["input_ids"][0].tolist()) if t == image)
+        if last_image >= self.max_tokens or all(t == IGNORE for t in labels[: self.max_tokens]):
+            raise UserError(f"a calibration conversation needs more than model.max_tokens={self.max_tokens} tokens to "
+                            f"reach its first answer ({length} in all); raise model.max_tokens")
+        for key in SEQUENCE_KEYS:
+            if key in encoded:
+                encoded[key] = encoded[key][:, : self.max_tokens]
+        return encoded, labels[: self.max_tokens]
+
+    def conversation(self, sample: tuple[Image.Image, Any]) -> tuple[Image.Image, Turns]:
+        """A calibration sample as (image, turns): conversations as they are, image-caption pairs
+        (CC3M) as one round of LLaVA-1.5's caption instruction and the caption."""
+        image, payload = sample
+        if isinstance(payload, str):
+            return image, [("human", CAPTION_INSTRUCTION), ("gpt", payload)]
+        return image, payload
+
+    def collate(self, samples: list[tuple[Image.Image, Any]], augment: bool = False) -> Batch:
+        """Conversations -> one batch, padded on the right to the longest; pads and prompts get IGNORE."""
+        encoded = [self.encode(image.convert("RGB"), turns) for image, turns in map(self.conversation, samples)]
+        width = max(len(labels) for _, labels in encoded)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        batch: Batch = {}
+        for key in encoded[0][0]:
+            values = [e[key] for e, _ in encoded]
+            if key in SEQUENCE_KEYS:
+                fill = pad if key == "input_ids" else 0
+                values = [torch.cat([v, torch.full((1, width - v.shape[1]), fill, dtype=v.dtype)], dim=1)
+                          for v in values]
+            batch[key] = torch.cat(values, dim=0)
+        batch["labels"] = torch.tensor([labels + [IGNORE] * (width - len(labels)) for _, labels in encoded])
+        return {key: self.placed(key, value) for key, value in batch.items()}
+
+    def placed(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        """On the model's device; pixels in the dtype of the weights."""
+        value = value.to(self.device)
+        if value.is_floating_point():
+            value = value.to(next(self.model.parameters()).dtype)
+        return value
+
+    def inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {key: value for key, value in batch.items() if key != "labels"}
+
+    def forward(self, batch: Batch) -> Any:
+        return self.model(**self.inputs(batch), use_cache=False).logits
+
+    def loss_terms(self, batch: Batch) -> list[LossTerm]:
+        """Next-token cross-entropy on the answer tokens, mean over them."""
+        logits = self.forward(batch)
+        return [LossTerm(logits[:, :-1], batch["labels"][:, 1:])]
+
+    def language_mask(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The language model's real tokens: every token but the pads (image tokens included)."""
+        return {"hidden": batch["attention_mask"]}
+
+    @torch.no_grad()
+    def generate(self, images: list[Image.Image], prompts: list[str], **generation: Any) -> list[str]:
+        """Greedy or beam decoding from a one-turn chat per (image, prompt), left-padded; LAVIS's
+        `min_length` counts new tokens here (a decoder-only model's min_length counts the prompt)."""
+        texts = [self.text_start + self.render(messages_of([("human", prompt)]), generation_prompt=True)
+                 for prompt in prompts]
+        inputs = self.processor(text=texts, images=[image.convert("RGB") for image in images], padding=True,
+                                padding_side="left", add_special_tokens=False, return_tensors="pt")
+        inputs = {key: self.placed(key, value) for key, value in inputs.items()}
+        generation = {key: value for key, value in generation.items() if value is not None}
+        if "min_length" in generation:
+            generation["min_new_tokens"] = generation.pop("min_length")
+        out = self.model.generate(**inputs, do_sample=False, **generation)
+        new = out[:, inputs["input_ids"].shape[1]:]
+        return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    def save(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)

@@ -1,0 +1,100 @@
+"""LLaVA-1.5 through transformers: LlavaForConditionalGeneration (llava-hf/llava-1.5-7b-hf: CLIP
+ViT-L/14-336, a two-layer MLP projector, Vicuna-7B).
+
+Towers in pruning order (each one's blocks found as the longest block list under its module):
+- `vision`: the CLIP encoder layers whose output reaches the image features. LLaVA-1.5 reads the
+  second-to-last layer's hidden states (`vision_feature_layer=-2`) and drops CLS, so its last
+  ViT layer computes nothing the model uses: it is not a prunable block (its weights would only
+  dilute the sparsity that matters, and any score of it is 0);
+- `projector`: multi_modal_projector (linear_1, linear_2) as one block; pruned only when
+  `prune_towers` names it;
+- `language`: the LLaMA decoder layers, fed the prompt with the projected image features spliced
+  in at the `<image>` tokens by the model's own forward; pads are kept out of statistics.
+
+Wanda compares per output row in every tower (Wanda's LLaMA choice; CLIP's per ECoFLaP). With
+`tokenizer=bytes` (the tiny architecture, or the real one at `init=random`) the processor is built
+here: ByT5's byte tokenizer with an `<image>` token, a CLIP image processor at the tower's size,
+and a template of llava-hf's USER:/ASSISTANT: form; the model config takes its token ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import transformers
+
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.models.chat import ChatVLMAdapter
+from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, load_transformers_model, resolve_checkpoint
+from ecoflap_exp.models.seam import Block, Tower, blocks_of, find_block_list, linear_matrices
+
+#: llava-hf's chat template for LLaVA-1.5 (Vicuna's USER:/ASSISTANT: turns, images first)
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'][0]['text'] }}"
+    "{% else %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
+    "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def load_processor(tokenizer: str | None, checkpoint: str | None, config: Any) -> Any:
+    if tokenizer != "bytes":
+        name = tokenizer or checkpoint
+        if name is None:
+            raise UserError("model.tokenizer is unset and there is no checkpoint to take the processor from")
+        try:
+            return transformers.AutoProcessor.from_pretrained(resolve_checkpoint(name))
+        except OSError as err:
+            raise UserError(f"could not load the processor of {name!r} ({err}); download the checkpoint or use "
+                            f"model.tokenizer=bytes with model.init=random") from err
+    byte_tokenizer = transformers.ByT5Tokenizer()
+    byte_tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    size = config.vision_config.image_size
+    images = transformers.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                             image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    return transformers.LlavaProcessor(image_processor=images, tokenizer=byte_tokenizer,
+                                       patch_size=config.vision_config.patch_size,
+                                       vision_feature_select_strategy=config.vision_feature_select_strategy,
+                                       num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
+
+
+class LlavaAdapter(ChatVLMAdapter):
+    """`checkpoint` a hub name or folder (llava-hf/llava-1.5-7b-hf), or `init=random` with a shipped
+    `arch`; `tokenizer`: the checkpoint's processor, or `bytes`."""
+
+    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
+                 dtype: str = "float16", tokenizer: str | None = None, max_tokens: int = 2048,
+                 prune_towers: list[str] | None = None, seed: int = 0, arch_overrides: dict[str, Any] | None = None,
+                 name: str = ""):
+        self.name = name
+        self.model = load_transformers_model(transformers.LlavaForConditionalGeneration, arch, checkpoint, init, dtype,
+                                             seed, arch_overrides)
+        self.processor = load_processor(tokenizer, checkpoint, self.model.config)
+        if tokenizer == "bytes":
+            self.model.config.image_token_id = self.processor.image_token_id
+        self.max_tokens = max_tokens
+        self.prune_towers = list(prune_towers) if prune_towers is not None else ["vision", "language"]
+
+    def used_vision_layers(self, count: int) -> int:
+        """How many of the ViT's layers feed the image features: up to the deepest feature layer
+        (hidden state k is layer k-1's output; 0 is the embeddings')."""
+        layers = self.model.config.vision_feature_layer
+        deepest = max(layer if layer >= 0 else count + 1 + layer for layer in
+                      ([layers] if isinstance(layers, int) else layers))
+        return deepest
+
+    def all_towers(self) -> list[Tower]:
+        inner = self.model.model
+        path, layers = find_block_list(inner.vision_tower)
+        vision = blocks_of(f"model.vision_tower.{path}", layers)[: self.used_vision_layers(len(layers))]
+        projector = inner.multi_modal_projector
+        lm_path, lm_layers = find_block_list(inner.language_model)
+        return [
+            Tower("vision", vision, root=inner.vision_tower, reads=()),
+            Tower("projector", [Block("model.multi_modal_projector", projector,
+                                      linear_matrices("model.multi_modal_projector", projector))],
+                  root=projector, reads=("vision",)),
+            Tower("language", blocks_of(f"model.language_model.{lm_path}", lm_layers), token_masks=self.language_mask,
+                  reads=("projector",)),
+        ]
