@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from PIL import Image
 from torch import nn
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import IGNORE, LossTerm, ModelAdapter
+from ecoflap_exp.models.loading import resolve_checkpoint
 from ecoflap_exp.models.seam import Batch
 
 Turns = Sequence[tuple[str, str]]
@@ -52,6 +54,18 @@ def messages_of(turns: Turns, with_image: bool = True) -> list[dict[str, Any]]:
         content.append({"type": "text", "text": text})
         messages.append({"role": ROLES[role], "content": content})
     return messages
+
+
+def checkpoint_processor(tokenizer: str | None, checkpoint: str | None, **settings: Any) -> Any:
+    """The processor (tokenizer, image processor, chat template) of `tokenizer` or else the checkpoint."""
+    name = tokenizer or checkpoint
+    if name is None:
+        raise UserError("model.tokenizer is unset and there is no checkpoint to take the processor from")
+    try:
+        return transformers.AutoProcessor.from_pretrained(resolve_checkpoint(name), **settings)
+    except OSError as err:
+        raise UserError(f"could not load the processor of {name!r} ({err}); download the checkpoint or use "
+                        f"model.tokenizer=bytes with model.init=random") from err
 
 
 class ChatVLMAdapter(ModelAdapter):

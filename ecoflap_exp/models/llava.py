@@ -23,9 +23,8 @@ from typing import Any
 
 import transformers
 
-from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.chat import ChatVLMAdapter
-from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, load_transformers_model, resolve_checkpoint
+from ecoflap_exp.models.chat import ChatVLMAdapter, checkpoint_processor
+from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, load_transformers_model
 from ecoflap_exp.models.seam import Block, Tower, blocks_of, find_block_list, linear_matrices
 
 #: llava-hf's chat template for LLaVA-1.5 (Vicuna's USER:/ASSISTANT: turns, images first)
@@ -40,14 +39,7 @@ LLAVA_TEMPLATE = (
 
 def load_processor(tokenizer: str | None, checkpoint: str | None, config: Any) -> Any:
     if tokenizer != "bytes":
-        name = tokenizer or checkpoint
-        if name is None:
-            raise UserError("model.tokenizer is unset and there is no checkpoint to take the processor from")
-        try:
-            return transformers.AutoProcessor.from_pretrained(resolve_checkpoint(name))
-        except OSError as err:
-            raise UserError(f"could not load the processor of {name!r} ({err}); download the checkpoint or use "
-                            f"model.tokenizer=bytes with model.init=random") from err
+        return checkpoint_processor(tokenizer, checkpoint)
     byte_tokenizer = transformers.ByT5Tokenizer()
     byte_tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     size = config.vision_config.image_size

@@ -29,9 +29,8 @@ from typing import Any
 
 import transformers
 
-from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.chat import ChatVLMAdapter
-from ecoflap_exp.models.loading import load_transformers_model, resolve_checkpoint
+from ecoflap_exp.models.chat import ChatVLMAdapter, checkpoint_processor
+from ecoflap_exp.models.loading import load_transformers_model
 from ecoflap_exp.models.seam import Batch, Block, Tower, blocks_of, find_block_list, linear_matrices
 
 #: Qwen2-VL-Instruct's chat template (ChatML, a default system turn, the image inline)
@@ -49,14 +48,7 @@ SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_en
 
 def load_processor(tokenizer: str | None, checkpoint: str | None, config: Any, pixels: dict[str, int]) -> Any:
     if tokenizer != "bytes":
-        name = tokenizer or checkpoint
-        if name is None:
-            raise UserError("model.tokenizer is unset and there is no checkpoint to take the processor from")
-        try:
-            return transformers.AutoProcessor.from_pretrained(resolve_checkpoint(name), **pixels)
-        except OSError as err:
-            raise UserError(f"could not load the processor of {name!r} ({err}); download the checkpoint or use "
-                            f"model.tokenizer=bytes with model.init=random") from err
+        return checkpoint_processor(tokenizer, checkpoint, **pixels)
     byte_tokenizer = transformers.ByT5Tokenizer(eos_token="<|im_end|>")
     byte_tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
     vision = config.vision_config
