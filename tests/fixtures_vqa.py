@@ -148,6 +148,11 @@ TEXTVQA_VAL = [
 ]
 
 
+#: OCR tokens per image (the first is the first line of LLaVA's file as released)
+TEXTVQA_OCR = {"003a8ae2ef43b901": ["DAKOTA", "DIGITAL", "Single-Use", "Camera", "Pire", "digitat"],
+               "0054c91397f2fe05": ["COPENHAGEN"], "005635e119b9f32f": []}
+
+
 def write_textvqa(root: Path) -> dict[str, Path]:
     """TextVQA_0.5.1_val.json and its images under train_images/<image_id>.jpg."""
     folder = root / "textvqa"
@@ -160,4 +165,11 @@ def write_textvqa(root: Path) -> dict[str, Path]:
     path = folder / "TextVQA_0.5.1_val.json"
     path.write_text(json.dumps({"dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1",
                                 "data": data}))
-    return {"annotations": path, "images": folder / "train_images"}
+    # LLaVA's question file: question_id is the image id, the text the capitalised question, its OCR
+    # tokens joined by ", " (none: the label and its space stay) and the short-answer suffix
+    ocr = folder / "llava_textvqa_val_v051_ocr.jsonl"
+    ocr.write_text("".join(json.dumps({"question_id": image, "image": f"{image}.jpg", "text": f"{question.capitalize()}"
+                                       f"\nReference OCR token: {', '.join(TEXTVQA_OCR[image])}\nAnswer the question "
+                                       "using a single word or phrase.", "category": "default"}) + "\n"
+                           for _, image, question, _ in reversed(TEXTVQA_VAL)))
+    return {"annotations": path, "images": folder / "train_images", "ocr": ocr}

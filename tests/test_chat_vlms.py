@@ -33,12 +33,15 @@ from ecoflap_exp.walk import walk_tower
 ADAPTERS = {"llava_tiny": LlavaAdapter, "qwen2vl_tiny": Qwen2VLAdapter}
 ALL_TOWERS = ["vision", "projector", "language"]
 SHORT_ANSWER = "{}\nAnswer the question using a single word or phrase."
+#: haotian-liu/LLaVA llava/conversation.py, conv_vicuna_v1.system
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+                 "detailed, and polite answers to the user's questions.")
 
 
-def make(arch, dtype="float32", towers=ALL_TOWERS):
+def make(arch, dtype="float32", towers=ALL_TOWERS, **settings):
     extra = {"min_pixels": 1024, "max_pixels": 4096} if arch == "qwen2vl_tiny" else {}
-    return ADAPTERS[arch](arch=arch, init="random", tokenizer="bytes", dtype=dtype, max_tokens=256,
-                          prune_towers=list(towers), **extra)
+    return ADAPTERS[arch](arch=arch, init="random", tokenizer="bytes", dtype=dtype, max_tokens=512,
+                          prune_towers=list(towers), **extra, **settings)
 
 
 def image(seed, size=(40, 48)):
@@ -71,8 +74,9 @@ def answers_of(adapter, batch):
 def test_labels_are_the_answers_each_ending_its_turn():
     llava, qwen = make("llava_tiny"), make("qwen2vl_tiny")
     batch = llava.collate(SAMPLES)
-    assert answers_of(llava, batch) == [" A red cup. </s> A spoon </s>", " a dog running on the beach </s>",
-                                        " No </s>", " A small boat floats on a calm lake under a grey sky. </s>"]
+    # LLaVA's vicuna_v1 closes each answer with "</s>", no space between (llava/conversation.py: message + sep2)
+    assert answers_of(llava, batch) == [" A red cup.</s> A spoon</s>", " a dog running on the beach</s>", " No</s>",
+                                        " A small boat floats on a calm lake under a grey sky.</s>"]
     assert answers_of(qwen, qwen.collate(SAMPLES)) == [
         "A red cup.<|im_end|>\nA spoon<|im_end|>\n", "a dog running on the beach<|im_end|>\n", "No<|im_end|>\n",
         "A small boat floats on a calm lake under a grey sky.<|im_end|>\n"]
@@ -83,8 +87,8 @@ def test_labels_are_the_answers_each_ending_its_turn():
                                        if label == IGNORE and real and t != image_id])
                for rows in zip(batch["input_ids"].tolist(), batch["labels"].tolist(),
                                batch["attention_mask"].tolist(), strict=True)]
-    assert prompts[1:3] == ["USER: \nProvide a one-sentence caption for the provided image. ASSISTANT:",
-                            "USER: \nIs it raining? ASSISTANT:"]
+    assert prompts[1:3] == [f"{VICUNA_SYSTEM} USER: \nProvide a one-sentence caption for the provided image. "
+                            "ASSISTANT:", f"{VICUNA_SYSTEM} USER: \nIs it raining? ASSISTANT:"]
     assert (batch["input_ids"] == image_id).sum(dim=1).tolist() == [16] * 4  # (32 / 8)^2 patches, CLS dropped
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE).all()
 
@@ -288,8 +292,8 @@ def test_conversation_file_reader_skips_text_only_entries_and_rejects_malformed_
     source = ConversationCalibration(str(path), num_samples=4, batch_size=2, shuffle=False)
     adapter = make("llava_tiny")
     (first, _) = source.batches(adapter)
-    assert answers_of(adapter, first)[0] == (" The bus in the image is white and red. </s> The back of the bus "
-                                             "features an advertisement. </s>")
+    assert answers_of(adapter, first)[0] == (" The bus in the image is white and red.</s> The back of the bus "
+                                             "features an advertisement.</s>")
 
 
 @pytest.mark.slow
@@ -341,8 +345,8 @@ def test_chat_models_answer_from_their_template_and_textvqa_scores_as_vqa(tmp_pa
     adapter = make("llava_tiny")
     prompt = SHORT_ANSWER.format("What does the sign say?")
     assert adapter.render([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
-                          generation_prompt=True) == ("USER: <image>\nWhat does the sign say?\nAnswer the question "
-                                                      "using a single word or phrase. ASSISTANT:")
+                          generation_prompt=True) == (f"{VICUNA_SYSTEM} USER: <image>\nWhat does the sign say?\n"
+                                                      "Answer the question using a single word or phrase. ASSISTANT:")
     answers = adapter.generate([image(0), image(1, (64, 32))], [prompt, SHORT_ANSWER.format("Why?")],
                                max_new_tokens=4, num_beams=1, min_length=None)
     assert len(answers) == 2 and not any("ASSISTANT" in a or "Answer the" in a for a in answers)
@@ -423,3 +427,206 @@ def test_long_conversations_are_cut_after_the_image_and_too_short_a_limit_is_nam
     adapter.max_tokens = 20  # the 16 image tokens fit, the first answer does not
     with pytest.raises(UserError, match="model.max_tokens=20"):
         adapter.collate(SAMPLES[:1])
+
+
+def vicuna_v1_prompt(messages):
+    """LLaVA's Conversation.get_prompt for SeparatorStyle.TWO (llava/conversation.py), conv_vicuna_v1:
+    roles USER/ASSISTANT, sep " ", sep2 "</s>"; a None message is the slot to generate."""
+    seps = [" ", "</s>"]
+    ret = VICUNA_SYSTEM + seps[0]
+    for i, (role, message) in enumerate(messages):
+        ret += role + ": " + message + seps[i % 2] if message else role + ":"
+    return ret
+
+
+def test_llava_is_prompted_with_llavas_own_conversation_template():
+    """Calibration and evaluation text as LLaVA-1.5's scripts build it: conv_vicuna_v1, `<image>\\n`
+    before the first question (model_vqa_loader: DEFAULT_IMAGE_TOKEN + '\\n' + qs)."""
+    adapter = make("llava_tiny")
+    question = SHORT_ANSWER.format("What is on the table?")
+    expected = vicuna_v1_prompt([("USER", "<image>\n" + question), ("ASSISTANT", None)])
+    assert expected == (f"{VICUNA_SYSTEM} USER: <image>\nWhat is on the table?\nAnswer the question using a single "
+                        "word or phrase. ASSISTANT:")
+    seen = []
+    original = adapter.processor.__call__
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["text"])
+        return original(*args, **kwargs)
+
+    adapter.processor.__class__ = type("Spied", (type(adapter.processor),),
+                                       {"__call__": lambda self, *a, **k: spy(*a, **k)})
+    adapter.generate([image(0)], [question], max_new_tokens=2, num_beams=1)
+    assert seen[-1] == [expected]  # the byte tokenizer adds no BOS text
+    turns = (("human", "<image>\nWhat is on the table?"), ("gpt", "A red cup."), ("human", "And beside it?"),
+             ("gpt", "A spoon"))
+    adapter.collate([(image(0), turns)])
+    assert seen[-1] == [vicuna_v1_prompt([("USER", "<image>\nWhat is on the table?"), ("ASSISTANT", "A red cup."),
+                                          ("USER", "And beside it?"), ("ASSISTANT", "A spoon")])]
+    assert seen[-1][0].endswith("? ASSISTANT: A red cup.</s>USER: And beside it? ASSISTANT: A spoon</s>")
+
+
+def sentencepiece_like_tokenizer():
+    """A LLaMA-style (legacy SentencePiece) tokenizer: "▁" prepended to each text and for each space,
+    pieces never crossing a "▁" boundary, one BOS added; so a text that starts with a space gets a
+    lone "▁" token of its own, as Vicuna's slow tokenizer does."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    corpus = [VICUNA_SYSTEM, "USER: What is on the table? ASSISTANT: A red cup. USER: And beside it? ASSISTANT: "
+              "A spoon"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Strip(" ", 1, 0)])
+    alphabet = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,?:'\n▁")
+    tok.train_from_iterator(corpus * 5, trainers.BpeTrainer(vocab_size=300, initial_alphabet=alphabet,
+                                                           special_tokens=["<unk>", "<s>", "</s>", "<image>"]))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                                unk_token="<unk>")
+
+
+def tokenizer_image_token(prompt, tokenizer):
+    """llava/mm_utils.py tokenizer_image_token: each chunk between images tokenized with its BOS, one
+    BOS kept, IMAGE_TOKEN_INDEX (-200) between the chunks."""
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
+    ids, offset = [], 0
+    if chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id:
+        offset = 1
+        ids.append(chunks[0][0])
+    separated = [e for sublist in zip(chunks, [[-200] * (offset + 1)] * len(chunks), strict=True) for e in sublist][:-1]
+    for x in separated:
+        ids.extend(x[offset:])
+    return ids
+
+
+def llava_reference(conversation, tokenizer):
+    """LLaVA's training ids and targets (llava/train/train.py preprocess_v1 for conv_vicuna_v1, a
+    legacy tokenizer): per round split at "</s>", the instruction through "ASSISTANT: " masked
+    (its token count less BOS and the trailing space's), the round's tokens and its "</s>" kept."""
+    ids = tokenizer_image_token(conversation, tokenizer)
+    target = list(ids)
+    sep = " ASSISTANT: "
+    cur_len = 1
+    target[:cur_len] = [IGNORE]
+    for rou in conversation.split("</s>"):
+        if rou == "":
+            break
+        parts = rou.split(sep)
+        assert len(parts) == 2
+        parts[0] += sep
+        round_len = len(tokenizer_image_token(rou, tokenizer))
+        instruction_len = len(tokenizer_image_token(parts[0], tokenizer)) - 2
+        target[cur_len : cur_len + instruction_len] = [IGNORE] * instruction_len
+        cur_len += round_len
+    target[cur_len:] = [IGNORE] * len(target[cur_len:])
+    assert cur_len == len(ids)  # else LLaVA masks the whole sample ("tokenization mismatch")
+    return ids, target
+
+
+def test_llava_answer_tokens_are_llavas_own_targets_with_no_stray_token():
+    """With a SentencePiece-like tokenizer the answer's tokens are the ones the whole conversation
+    gives (LLaVA tokenizes it at once) and the targets are preprocess_v1's: the answer and its
+    "</s>", nothing between them and nothing from the prompt."""
+    import transformers
+
+    from ecoflap_exp.models.llava import VICUNA_V1_TEMPLATE
+
+    adapter = make("llava_tiny")
+    tokenizer = sentencepiece_like_tokenizer()
+    old = adapter.processor
+    adapter.processor = transformers.LlavaProcessor(
+        image_processor=old.image_processor, tokenizer=tokenizer, patch_size=old.patch_size,
+        vision_feature_select_strategy=old.vision_feature_select_strategy, num_additional_image_tokens=1,
+        chat_template=VICUNA_V1_TEMPLATE)
+    turns = (("human", "<image>\nWhat is on the table?"), ("gpt", "A red cup."), ("human", "And beside it?"),
+             ("gpt", "A spoon"))
+    batch = adapter.collate([(image(0), turns)])
+    conversation = vicuna_v1_prompt([("USER", "<image>\nWhat is on the table?"), ("ASSISTANT", "A red cup."),
+                                     ("USER", "And beside it?"), ("ASSISTANT", "A spoon")])
+    ref_ids, ref_target = llava_reference(conversation, tokenizer)
+    image_id = adapter.processor.image_token_id
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    first = ids.index(image_id)
+    run = ids.count(image_id)
+    assert ids[first : first + run] == [image_id] * run and run > 1
+    collapsed_ids = ids[:first] + [-200] + ids[first + run:]
+    collapsed_labels = labels[:first] + [IGNORE] + labels[first + run:]
+    assert collapsed_ids == ref_ids
+    assert collapsed_labels == ref_target
+    assert tokenizer.convert_ids_to_tokens([t for t in labels if t != IGNORE]) == [
+        "▁A", "▁red", "▁cup.", "</s>", "▁A", "▁spoon", "</s>"]
+
+
+def test_llava_pads_images_to_a_square_of_the_mean_colour_as_expand2square():
+    """llava/mm_utils.py expand2square with background tuple(int(x*255) for x in image_mean): the image
+    centred on the longer side, offsets floored ((w - h) // 2), then the processor."""
+    from ecoflap_exp.models.llava import expand2square
+
+    wide = Image.new("RGB", (5, 2), (255, 0, 0))
+    square = expand2square(wide, (122, 116, 104))
+    assert square.size == (5, 5)
+    column = [square.getpixel((0, y)) for y in range(5)]
+    assert column == [(122, 116, 104), (255, 0, 0), (255, 0, 0), (122, 116, 104), (122, 116, 104)]  # (5-2)//2 = 1
+    tall = Image.new("RGB", (2, 5), (0, 255, 0))
+    assert [expand2square(tall, (1, 2, 3)).getpixel((x, 0)) for x in range(5)] == [
+        (1, 2, 3), (0, 255, 0), (0, 255, 0), (1, 2, 3), (1, 2, 3)]
+    assert expand2square(square, (0, 0, 0)) is square
+    adapter = make("llava_tiny")
+    # CLIP's mean (0.48145466, 0.4578275, 0.40821073) * 255, truncated: LLaVA's background
+    assert adapter.background == (122, 116, 104)
+    picture = image(5, (20, 40))  # 40 wide, 20 high
+    padded = adapter.processor.image_processor(expand2square(picture, (122, 116, 104)), return_tensors="pt")
+    batch = adapter.collate([(picture, "a caption")])
+    torch.testing.assert_close(batch["pixel_values"], padded["pixel_values"])
+    cropped = make("llava_tiny", pad_to_square=False).collate([(picture, "a caption")])
+    assert not torch.allclose(cropped["pixel_values"], batch["pixel_values"])
+
+
+def test_textvqa_as_llava_prompts_and_scores_it(tmp_path):
+    """LLaVA-1.5's TextVQA: each question with its OCR tokens from LLaVA's question file, the text the
+    model gets equal to that file's line; answers and all ten human answers through the EvalAI
+    processor (m4c_evaluator.TextVQAAccuracyEvaluator)."""
+    files = write_textvqa(tmp_path)
+    seen = []
+
+    class Canned:
+        def generate(self, images, prompts, **generation):
+            seen.extend(prompts)
+            return ["Dakota.", "COPENHAGEN", "Stone ale"][: len(prompts)]
+
+    evaluation = VQAAccuracy("textvqa", str(files["annotations"]), str(files["images"]), normaliser="evalai",
+                             ocr=str(files["ocr"]), prompt=SHORT_ANSWER, clean_question=False, batch_size=4)
+    metrics = evaluation.evaluate(Canned())
+    # the first line of llava_textvqa_val_v051_ocr.jsonl as released (LLaVA's eval.zip)
+    assert seen[0] == ("What is the brand of this camera?\nReference OCR token: DAKOTA, DIGITAL, Single-Use, Camera, "
+                       "Pire, digitat\nAnswer the question using a single word or phrase.")
+    assert seen[2] == ("What kind of beer is this?\nReference OCR token: \nAnswer the question using a single word or "
+                       "phrase.")
+    # "dakota" 5 of 10 -> 1.0, "copenhagen" 9 -> 1.0, "stone ale" 1 -> 0.3
+    assert metrics["accuracy"] == pytest.approx(100 * 2.3 / 3)
+    assert evaluation.info == {"normaliser": "evalai", "ocr": str(files["ocr"])}
+    lines = files["ocr"].read_text().splitlines()
+    files["ocr"].write_text("\n".join(lines[1:]))
+    with pytest.raises(UserError, match="has no line for TextVQA question 34604"):  # the file is in reverse order
+        VQAAccuracy("textvqa", str(files["annotations"]), str(files["images"]), ocr=str(files["ocr"])).check_data()
+    with pytest.raises(UserError, match="ocr=.* is TextVQA's"):
+        VQAAccuracy("vqav2", str(files["annotations"]), str(files["images"]), ocr=str(files["ocr"]))
+
+
+def test_llava_suite_scores_as_llava_and_qwen2vl_as_lmms_eval():
+    from hydra import compose, initialize_config_dir
+    from test_run import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        llava = compose("config", ["experiment=llava_ecoflap"])
+        qwen = compose("config", ["experiment=qwen2vl_ecoflap"])
+    evals = llava.evals
+    assert (evals.vqav2.normaliser, evals.okvqa.normaliser, evals.gqa.normaliser, evals.textvqa.normaliser) == (
+        "evalai_official", "evalai_official", "llava", "evalai")
+    assert evals.okvqa.lemmatiser == "none"
+    assert evals.textvqa.ocr.endswith("textvqa/llava_textvqa_val_v051_ocr.jsonl") and qwen.evals.textvqa.ocr is None
+    assert llava.model.conversation == "vicuna_v1" and llava.model.pad_to_square
+    assert all(ev.generation == {"num_beams": 1, "max_new_tokens": 128, "min_length": None, "length_penalty": None}
+               for ev in evals.values())

@@ -57,8 +57,13 @@ HF_NAME = {"attn.in_proj.q": "self_attn.q_proj", "attn.in_proj.k": "self_attn.k_
 
 
 def twin_models():
+    """The tiny architecture in both libraries, with OpenAI CLIP's QuickGELU (the activation its weights,
+    which both configs of the ViT-B/16 load, were trained with)."""
     oc = OpenCLIPAdapter("clip_tiny", init="random", split_qkv=True)
     hf = HFCLIPAdapter(arch="clip_tiny", init="random", tokenizer="open_clip")
+    assert {type(b.mlp.gelu).__name__ for b in oc.model.transformer.resblocks} == {"QuickGELU"}
+    assert {type(layer.mlp.activation_fn).__name__ for layer in hf.model.text_model.encoder.layers} == {
+        "QuickGELUActivation"}
     missing, unexpected = hf.model.load_state_dict(open_clip_to_hf(oc.model.state_dict(), 32), strict=False)
     assert not unexpected and all("position_ids" in k for k in missing)
     return oc, hf

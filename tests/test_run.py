@@ -214,7 +214,7 @@ def test_clip_end_to_end_and_calibration_that_does_not_fit(tmp_path, model):
     ("overrides", "name"),
     [(["model=llama_7b", "calib=shipped_text", "suite=shipped_text"], "huggyllama/llama-7b"),
      (["model=vit_b16", "calib=synthetic_images", "suite=none"], "google/vit-base-patch16-224"),
-     (["model=clip_vitb16", "calib=cc3m", "suite=none"], "ViT-B-16:openai"),
+     (["model=clip_vitb16", "calib=cc3m", "suite=none"], "ViT-B-16-quickgelu:openai"),
      (["model=blip2_t5", "calib=cc3m", "suite=none"], "Salesforce/blip2-flan-t5-xl"),
      (["model=blip2_itm", "calib=cc3m", "suite=none"], "Salesforce/blip2-itm-vit-g")],
 )

@@ -41,9 +41,10 @@ TINY = {
     "qwen2_vl_7b": ["model=qwen2vl_tiny", "calib.num_samples=4", "calib.batch_size=2"],
     "clip_vitl14_336": ["model=clip_tiny", "calib.num_samples=1", "calib.batch_size=1", "finetune.batch_size=1"],
 }
-#: tiny stand-ins for the COCO-finetuned companions that score NoCaps and Flickr30k in Table 1
+#: tiny stand-ins for the COCO-finetuned companions that score NoCaps and Flickr30k in Table 1, and
+#: OK-VQA's lemmatiser without spaCy's model (not installable offline)
 COMPANIONS = {"table1_blip2": ["model@evals.nocaps.companion=blip2_t5_tiny",
-                               "model@evals.flickr30k.companion=blip2_itm_tiny"]}
+                               "model@evals.flickr30k.companion=blip2_itm_tiny", "evals.okvqa.lemmatiser=lemminflect"]}
 
 
 def cli(tmp_path, *args):

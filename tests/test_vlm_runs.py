@@ -8,6 +8,7 @@ from collections import defaultdict
 from functools import partial
 
 import pytest
+import torch
 from fixtures import write_caption_pairs
 from test_blip2 import CAPTIONS, images
 from test_run import config
@@ -122,8 +123,42 @@ def test_companion_receives_the_pruned_towers_and_is_checked_before_pruning():
     untouched = companion()
     assert metrics == pytest.approx({"is_itm": 1.0, "vision_zeros": 0.5, "qformer_sum": CompanionProbe().evaluate(
         untouched)["qformer_sum"]})
+    assert probe.info == {"companion": "transferred"}
     assert OnCompanion(CompanionProbe(), partial(Blip2Adapter, arch="blip2_t5_tiny"), []).missing(type(pruned)) == (
         "Blip2Adapter", ["ImageTextMatching (image_states, features_from_states, text_features, itm_scores)"])
+
+
+class StateProbe(Evaluation):
+    """Keeps the state of the model it runs on."""
+
+    def evaluate(self, adapter):
+        self.state = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+        return {}
+
+
+@pytest.mark.parametrize("companion", [partial(Blip2ITMAdapter, arch="blip2_itm_tiny", init="random", tokenizer="bytes",
+                                               seed=7),
+                                       partial(Blip2Adapter, arch="blip2_t5_tiny", init="random", tokenizer="bytes",
+                                               seed=7)], ids=["itm", "t5"])
+def test_an_unpruned_model_leaves_the_companion_as_released(companion):
+    """ECoFLaP's dense row scores each COCO-finetuned companion as released (its own fine-tuned ViT):
+    nothing is copied from an unpruned model; a pruned one hands over the official key set."""
+    dense = Blip2Adapter(arch="blip2_t5_tiny", init="random", tokenizer="bytes", seed=3)
+    released = companion().model.state_dict()
+    probe = StateProbe()
+    on_companion = OnCompanion(probe, companion)
+    on_companion.evaluate(dense)
+    assert on_companion.info == {"companion": "released"}
+    assert probe.state.keys() == released.keys()
+    assert all(torch.equal(probe.state[k], released[k]) for k in released)
+    plan = {b.name: 0.5 for b in dense.blocks()}
+    pairs = list(zip(images(), CAPTIONS, strict=True))
+    SequentialEngine(dense, WandaPruner(), plan).run([dense.collate(pairs[:4])])
+    on_companion.evaluate(dense)
+    assert on_companion.info == {"companion": "transferred"}
+    vit = "vision_model.encoder.layers.0.self_attn.qkv.weight"
+    assert torch.equal(probe.state[vit], dense.model.state_dict()[vit])
+    assert not torch.equal(probe.state[vit], released[vit])
 
 
 @pytest.mark.slow

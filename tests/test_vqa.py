@@ -1,6 +1,7 @@
 """VQAv2 / OK-VQA / GQA: readers on the released formats, answer normalisation, VQA accuracy under
 both normalisers, lemmatisation, and the BLIP-2 protocol with a stub adapter whose answers we set."""
 
+import importlib.machinery
 import json
 import re
 import sys
@@ -20,6 +21,7 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.lemmatise import LemminflectLemmatiser, make_lemmatiser
 from ecoflap_exp.evals.vqa import GQAAccuracy, VQAAccuracy, VQASubmission
 from ecoflap_exp.evals.vqa_scoring import (
+    evalai_answer,
     gqa_accuracy,
     process_digit_article,
     process_punctuation,
@@ -105,6 +107,53 @@ def test_process_digit_article(text, expected):
     assert process_digit_article(text) == expected
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    # outputs of LLaVA's EvalAIAnswerProcessor (llava/eval/m4c_evaluator.py, from mmf) on these inputs
+    ("Dakota digital", "dakota digital"), ("No.", "no"), ("yes, it is", "yes it is"), ("100,000", "100000"),
+    ("it's a test", "it 's test"), ("The cat's toy", "cat 's toy"), ("Whats up?", "what's up"),
+    ("a", ""), ("The", ""), ("(a)", ""), ("A B C", "b c"), ("none", "0"), ("Ten", "10"), ("twenty", "twenty"),
+    ("two dogs", "2 dogs"), ("Three.", "3"), ("x - y", "x y"), ("x-y z", "x y z"), ("e-mail", "e mail"),
+    ("50/50", "50 50"), ("C++", "c"), ("8:00", "8:00"), ("#1", "#1"), ("50%", "50%"), ("DON'T", "don't"),
+    ("Im", "im"), ("3 p.m.", "3 pm"), ("hello... world", "hello world"), ("e.g. the U.S.A.", "eg usa"),
+    ("hello\tworld\n", "hello world"), ("  spaced  out  ", "spaced out"), ("wont", "won't"), ("1.5", "1.5"),
+    ("$3.99.", "$3.99"), ("New York-City", "new york city"), ("under_score", "under score"),
+])
+def test_evalai_answer_processor(text, expected):
+    assert evalai_answer(text) == expected
+
+
+def test_evalai_processor_removes_at_most_32_periods():
+    """re.UNICODE (32) is passed where Pattern.sub takes its count, in both LLaVA's and the official script."""
+    letters = "abcdefghijklmnopqrstuvwxyzabcdefghij"
+    assert evalai_answer("".join(c.upper() + "." for c in letters)) == "abcdefghijklmnopqrstuvwxyzabcdefg.h.i.j."
+
+
+@pytest.mark.parametrize(("prediction", "answers", "scores"), [
+    # a capitalised "Yes" against ten "yes": the official script compares the raw strings when the ten
+    # agree (0); LLaVA processes every answer (1.0), and its upload is processed before the server's scoring
+    ("Yes", ["yes"] * 10, {"official": 0.0, "evalai": 1.0, "evalai_official": 1.0}),
+    # "two" against ten "2": only evalai maps the human answers too... they are digits already; the
+    # prediction becomes "2" through EvalAI's processor
+    ("two", ["2"] * 10, {"official": 0.0, "evalai": 1.0, "evalai_official": 1.0}),
+    # human answers written "Two" (unanimous): evalai processes them to "2" like the prediction; the
+    # official script compares "2" with the raw "Two"
+    ("2", ["Two"] * 10, {"official": 0.0, "evalai": 1.0, "evalai_official": 0.0}),
+    # "'s" is split off by EvalAI's processor on both sides; the official one keeps "man's"
+    ("man's", ["man's"] * 3 + ["woman"] * 7, {"official": 0.9, "evalai": 0.9, "evalai_official": 0.0}),
+])
+def test_llavas_normalisers(prediction, answers, scores):
+    for normaliser, expected in scores.items():
+        assert question_accuracy(prediction, answers, normaliser) == pytest.approx(expected), normaliser
+
+
+def test_gqa_as_llava_scores_it():
+    """convert_gqa_for_eval.py: prediction.rstrip('.').lower(); GQA's eval.py: == the answer as written."""
+    pairs = [("Yes.", "yes"), ("T-shirt", "t-shirt"), ("the woman", "woman"), ("Red..", "red"), ("blue ", "blue")]
+    samples = gqa_samples(*pairs)
+    results = [{"question_id": str(i), "answer": p} for i, (p, _) in enumerate(pairs)]
+    assert gqa_accuracy(samples, results, "llava") == pytest.approx({"accuracy": 60.0})
+
+
 def test_blip_question_processor():
     assert blip_question('What is "this" (thing)?!  ') == "what is this thing?"
     assert blip_question("Hi: A.B; c~d#e*f") == "hi ab cdef"
@@ -144,26 +193,33 @@ def fake_spacy(monkeypatch, tagged):
         return [[token(text=w, pos_=tagged[w][0], lemma_=tagged[w][1]) for w in t.split()] for t in texts]
 
     module = types.ModuleType("spacy")
+    module.__spec__ = importlib.machinery.ModuleSpec("spacy", None)  # an installed module, to find_spec
     module.load = lambda name: types.SimpleNamespace(pipe=nlp_pipe) if name == "en_core_web_sm" else None
     monkeypatch.setitem(sys.modules, "spacy", module)
 
 
 def test_spacy_lemmatiser_replaces_nouns_and_verbs_only(monkeypatch):
+    """LAVIS's _lemmatize: `token.lemma_ if token.pos_ in ["NOUN", "VERB"] else token.text`, joined by spaces."""
     fake_spacy(monkeypatch, {"dogs": ("NOUN", "dog"), "running": ("VERB", "run"), "are": ("AUX", "be"),
                              "red": ("ADJ", "red"), "Leaves": ("NOUN", "leaf")})
-    lemmatiser = make_lemmatiser("auto")
+    lemmatiser = make_lemmatiser("spacy")
     assert lemmatiser.name == "spacy"
     assert lemmatiser(["dogs are running", "red Leaves"]) == ["dog are run", "red leaf"]
 
 
-def test_lemmatiser_falls_back_without_spacy(monkeypatch):
+def test_spacy_lemmatiser_never_falls_back(monkeypatch):
     monkeypatch.setitem(sys.modules, "spacy", None)  # import spacy -> ImportError
-    assert make_lemmatiser("auto").name == "lemminflect"
-    assert make_lemmatiser("none") is None
-    with pytest.raises(UserError, match="en_core_web_sm"):
+    with pytest.raises(UserError, match=r'lemmatiser=spacy .* needs spacy, which is not installed; pip install '
+                                        r'"ecoflap_exp\[okvqa\]"'):
         make_lemmatiser("spacy")
-    with pytest.raises(UserError, match="lemmatiser='wordnet' is unknown"):
-        make_lemmatiser("wordnet")
+    fake_spacy(monkeypatch, {})
+    sys.modules["spacy"].load = lambda name: (_ for _ in ()).throw(OSError(f"[E050] Can't find model '{name}'"))
+    with pytest.raises(UserError, match="needs spaCy's en_core_web_sm model .*E050.*lemmatiser=lemminflect"):
+        make_lemmatiser("spacy")
+    assert make_lemmatiser("lemminflect").name == "lemminflect"
+    assert make_lemmatiser("none") is None
+    with pytest.raises(UserError, match="lemmatiser='auto' is unknown"):
+        make_lemmatiser("auto")
 
 
 def without_types(samples):
@@ -338,8 +394,9 @@ def test_okvqa_lemmatises_before_scoring(tmp_path, monkeypatch):
                     PROMPT.format("what kind of animal is this?"): "puppies"})
     args = ("okvqa", str(files["annotations"]), str(files["images"]), str(files["questions"]))
     # "skiing" -> "ski" (6 of 10 GT: 1.0), "puppies" -> "puppy" (2 of 10: 0.6): 80.0
-    assert VQAAccuracy(*args, lemmatiser="auto").evaluate(stub) == pytest.approx(
-        {"accuracy": 80.0, "accuracy_other": 80.0, "lemmatiser_spacy": 0.0})
+    lemmatised = VQAAccuracy(*args, lemmatiser="lemminflect")
+    assert lemmatised.evaluate(stub) == pytest.approx({"accuracy": 80.0, "accuracy_other": 80.0})
+    assert lemmatised.info["lemmatiser"] == "lemminflect"
     assert VQAAccuracy(*args).evaluate(stub) == pytest.approx({"accuracy": 0.0, "accuracy_other": 0.0})
 
 
@@ -370,6 +427,16 @@ def test_testdev_writes_the_server_file_and_reports_no_accuracy(tmp_path):
     from_list = VQASubmission(str(files["lavis"]), str(files["images"]), str(tmp_path / "submit"))
     assert from_list.evaluate(stub) == {"answered": float(len(VQAV2_TESTDEV))}
     assert json.loads(Path(from_list.info["result_file"]).read_text()) == json.loads(written.read_text())
+    # LLaVA uploads its answers through the EvalAI processor (scripts/convert_vqav2_for_submission.py)
+    loud = StubVQA({PROMPT.format("what is on the plate?"): "A Pizza.", PROMPT.format("is it sunny?"): "Yes",
+                    PROMPT.format("how many people?"): "two"})
+    processed = VQASubmission(str(files["questions"]), str(files["images"]), str(tmp_path / "llava"), answers="evalai")
+    processed.evaluate(loud)
+    assert json.loads(Path(processed.info["result_file"]).read_text()) == [
+        {"question_id": 1000, "answer": "pizza"}, {"question_id": 1001, "answer": "yes"},
+        {"question_id": 2000, "answer": "2"}]
+    with pytest.raises(UserError, match="answers='lower' is unknown"):
+        VQASubmission(str(files["questions"]), str(files["images"]), str(tmp_path), answers="lower")
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -392,6 +459,8 @@ def test_eval_configs_read_the_fixture_layout(tmp_path):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("config", [f"paths.root={tmp_path}", f"paths.data_root={tmp_path}", "suite=none",
                                  *[f"+eval@evals.{name}={name}" for name in evals]])
+    assert cfg.evals.okvqa.lemmatiser == "spacy"  # LAVIS's
+    cfg.evals.okvqa.lemmatiser = "lemminflect"  # no spaCy model here
     built = {name: instantiate(cfg.evals[name]) for name in evals}
     answers = {**VQAV2_ANSWERS, PROMPT.format("what winter sport can you do on this?"): "skiing",
                PROMPT.format("what kind of animal is this?"): "dogs", PROMPT.format("is it overcast?"): "no",
@@ -401,7 +470,7 @@ def test_eval_configs_read_the_fixture_layout(tmp_path):
     stub = StubVQA(answers)
     assert built["vqav2"].evaluate(stub)["accuracy"] == pytest.approx(87.5)
     assert built["vqav2_testdev"].evaluate(stub) == {"answered": 3.0}
-    # "skiing" -> "ski" (1.0), "dogs" -> "dog" (4 of 10: 1.0); the spaCy flag depends on the machine
+    # "skiing" -> "ski" (1.0), "dogs" -> "dog" (4 of 10: 1.0)
     assert built["okvqa"].evaluate(stub)["accuracy"] == pytest.approx(100.0)
     assert built["gqa"].evaluate(stub) == pytest.approx({"accuracy": 200 / 3})  # "shirt" != "t shirt"
     assert stub.calls[0][1] == {"num_beams": 5, "max_new_tokens": 10, "min_length": 1, "length_penalty": -1.0}
@@ -419,15 +488,16 @@ def test_vqa_evals_through_the_runner_on_tiny_blip2(tmp_path):
     record = run(config(tmp_path, "model=blip2_t5_tiny", "calib=cc3m", f"calib.annotations={pairs['tsv']}",
                         "calib.num_samples=8", "calib.batch_size=4", "suite=none", "sparsity=0.5",
                         *[f"+eval@evals.{name}={name}" for name in evals], f"evals.vqav2.output={output}",
+                        "evals.okvqa.lemmatiser=lemminflect",
                         *[f"evals.{name}.batch_size=4" for name in evals],
                         *[f"evals.{name}.generation.num_beams=1" for name in evals[1:]]))  # vqav2 keeps beam 5
     assert record["achieved"]["overall"] == pytest.approx(0.5, abs=2e-3)
     metrics = record["metrics"]
     assert record["eval_info"]["vqav2"] == {"normaliser": "lavis", "result_file": str(output)}
-    assert record["eval_info"]["okvqa"]["lemmatiser"] in ("spacy", "lemminflect")
+    assert record["eval_info"]["okvqa"]["lemmatiser"] == "lemminflect"
     assert metrics["vqav2_testdev/answered"] == 3.0
     assert {"vqav2/accuracy", "vqav2/accuracy_yes_no", "vqav2/accuracy_number", "vqav2/accuracy_other",
-            "okvqa/accuracy", "okvqa/lemmatiser_spacy", "gqa/accuracy"} <= set(metrics)
+            "okvqa/accuracy", "gqa/accuracy"} <= set(metrics)
     assert all(0.0 <= v <= 100.0 for k, v in metrics.items() if "accuracy" in k)
     # the recorded accuracy is the one the written answers score
     samples = read_vqa("vqav2", str(vqa_files["images"]), str(vqa_files["questions"]), str(vqa_files["annotations"]))

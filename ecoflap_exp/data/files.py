@@ -23,6 +23,24 @@ def read_json_file(path: str, what: str, how_to_get: str) -> Any:
         raise UserError(f"{what} {path!r} is not valid JSON ({err}); download it again ({how_to_get})") from None
 
 
+def read_jsonl_file(path: str, what: str, how_to_get: str) -> list[Any]:
+    """The JSON objects of `path`, one a line (blank lines skipped), with read_json_file's messages
+    and the number of a line that does not parse."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"{what} {path!r} does not exist; {how_to_get}")
+    rows = []
+    with file.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{what} {path!r}, line {lineno}, is not valid JSON ({err}); download it again "
+                                    f"({how_to_get})") from None
+    return rows
+
+
 def check_images_exist(paths: Sequence[Path], what: str, fix: str) -> None:
     """Every image file is there, checked before any model work, so a wrong root or layout fails at
     once (`what`: e.g. "VQAv2 images"; `fix`: where the images go)."""

@@ -14,6 +14,11 @@ tells the format from the file's content, not its name:
 - GQA, official (questions1.2/testdev_balanced_questions.json): an object keyed by question id ->
   `{"imageId", "question", "answer", "fullAnswer", ...}`; the image is `<images>/<imageId>.jpg`.
 - GQA, LAVIS's list (same file name): `[{"question_id", "question", "image": "n161313.jpg", "answer"}]`.
+- TextVQA (textvqa.org): `{"data": [{"question_id", "question", "image_id", "answers": [10 strings]}]}`,
+  the image `<images>/<image_id>.jpg`; with LLaVA's question file (llava_textvqa_val_v051_ocr.jsonl,
+  lines `{"question_id": <image_id>, "text": "<Question>\nReference OCR token: <a, b>\n<suffix>"}`),
+  each question becomes that file's first two lines, matched on (image_id, lower-cased question)
+  as LLaVA's eval_textvqa.py matches them.
 Answers keep their order (by answer_id in the official files, by position in LAVIS's lists), so
 the leave-one-annotator-out metric removes exactly one entry. A question id listed twice with the
 same content is kept once; with different content it is an error.
@@ -25,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ecoflap_exp.data.files import check_images_exist, read_json_file
+from ecoflap_exp.data.files import check_images_exist, read_json_file, read_jsonl_file
 from ecoflap_exp.errors import UserError
 
 
@@ -64,6 +69,11 @@ DATASETS = {
         "train_val_images.zip from https://textvqa.org/dataset/ (the val questions' images are in train_images/)",
     ),
 }
+#: where LLaVA-1.5's TextVQA question file (with the OCR tokens its reported number uses) comes from
+LLAVA_OCR_FILE = ("LLaVA's eval.zip (haotian-liu/LLaVA docs/Evaluation.md): "
+                  "playground/data/eval/textvqa/llava_textvqa_val_v051_ocr.jsonl")
+LLAVA_OCR_LINE = '{"question_id": "<image_id>", "text": "<Question>\\nReference OCR token: <tokens>\\n<suffix>"}'
+
 
 #: question files whose images live in another COCO folder
 COCO_IMAGE_SPLIT = {"test-dev2015": "test2015"}
@@ -233,10 +243,29 @@ def read_vqa(dataset: str, images: str, questions: str | None = None, annotation
 TEXTVQA_ENTRY = '{"question_id": int, "question": str, "image_id": str, "answers": [str, ...]}'
 
 
-def read_textvqa(annotations: str, images: str) -> list[VQASample]:
+def read_llava_ocr(path: str) -> dict[tuple[str, str], str]:
+    """LLaVA's TextVQA questions with their OCR tokens: (image_id, lower-cased question) -> the
+    question and its "Reference OCR token: ..." line, as LLaVA-1.5 is prompted."""
+    rows = read_jsonl_file(path, "LLaVA TextVQA question file", f"get it from {LLAVA_OCR_FILE}")
+    questions = {}
+    for i, row in enumerate(rows):
+        where = f"line {i + 1}"
+        text = field(row, "text", str, path, where, LLAVA_OCR_LINE)
+        lines = text.split("\n")
+        if len(lines) != 3 or not lines[1].startswith("Reference OCR token:"):
+            raise malformed(path, where, "its text is not question, OCR tokens and suffix on three lines",
+                            LLAVA_OCR_LINE)
+        questions[(str(field(row, "question_id", str, path, where, LLAVA_OCR_LINE)), lines[0].lower())] = (
+            "\n".join(lines[:2]))
+    return questions
+
+
+def read_textvqa(annotations: str, images: str, ocr: str | None = None) -> list[VQASample]:
     """TextVQA samples from its release file ({"dataset_name": "textvqa", "data": [...]}), each
-    with its 10 answers; the image is <images>/<image_id>.jpg."""
+    with its 10 answers; the image is <images>/<image_id>.jpg. `ocr`: LLaVA's question file, whose
+    question and OCR-token lines replace each question."""
     root = Path(images).expanduser()
+    prompted = read_llava_ocr(ocr) if ocr else None
     data = load_json(annotations, "textvqa", "annotations")
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise UserError(f'{annotations} is not a TextVQA release file ({{"dataset_name": "textvqa", "data": '
@@ -249,8 +278,13 @@ def read_textvqa(annotations: str, images: str) -> list[VQASample]:
         if not answers or not all(isinstance(a, str) for a in answers):
             raise malformed(annotations, where, f"'answers' is {answers!r}", TEXTVQA_ENTRY)
         image = field(entry, "image_id", str, annotations, where, TEXTVQA_ENTRY)
-        samples.append(VQASample(qid, field(entry, "question", str, annotations, where, TEXTVQA_ENTRY),
-                                 root / f"{image}.jpg", tuple(answers)))
+        question = field(entry, "question", str, annotations, where, TEXTVQA_ENTRY)
+        if prompted is not None:
+            if (image, question.lower()) not in prompted:
+                raise UserError(f"{ocr} has no line for TextVQA question {qid} ({question!r}, image {image}); is it "
+                                f"the question file of this split ({LLAVA_OCR_FILE})?")
+            question = prompted[image, question.lower()]
+        samples.append(VQASample(qid, question, root / f"{image}.jpg", tuple(answers)))
     return dedup(samples, annotations)
 
 

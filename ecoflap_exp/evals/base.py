@@ -2,7 +2,9 @@
 
 `OnCompanion` runs an evaluation on another model that first receives the pruned model's weights:
 ECoFLaP prunes the pretrained BLIP-2 once and scores NoCaps with the COCO-finetuned captioner and
-Flickr30k with the COCO-finetuned retrieval model, each carrying the pruned ViT (and FlanT5).
+Flickr30k with the COCO-finetuned retrieval model, each carrying the pruned ViT (and FlanT5). Its
+code copies them only from a pruned model: the dense row is each companion as released (BLIP-2
+fine-tuned the ViT of both COCO models), so an unpruned model's weights are not transferred.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import describe
+from ecoflap_exp.results.records import LOADED_SPARSE
 
 
 class Evaluation(ABC):
@@ -70,19 +73,22 @@ class ReadsSplit(Evaluation):
 
 class OnCompanion(Evaluation):
     """`evaluation` run on `companion` (a model config built with `_partial_: true`, so it loads
-    only when this evaluation runs, after pruning) after copying into it the pruned model's
-    weights whose names start with one of `transfer`; by default (None) the companion's own
-    `transfer_prefixes`, the key set the official evaluation transfers."""
+    only when this evaluation runs, after pruning). A pruned model (its prunable weights at least
+    LOADED_SPARSE zeros: pruned by the run, or a pruned checkpoint loaded) first copies into the
+    companion its weights whose names start with one of `transfer`, by default (None) the
+    companion's own `transfer_prefixes`, the key set the official evaluation transfers; an
+    unpruned one leaves the companion as released. `info["companion"]` says which."""
 
     def __init__(self, evaluation: Evaluation, companion: Callable[[], ModelAdapter],
                  transfer: list[str] | None = None):
         self.evaluation = evaluation
         self.companion = companion
         self.transfer = list(transfer) if transfer is not None else None
+        self.how: dict[str, str] = {}
 
     @property
     def info(self) -> Mapping[str, str]:
-        return self.evaluation.info
+        return {**self.evaluation.info, **self.how}
 
     @property
     def name(self) -> str:
@@ -103,8 +109,12 @@ class OnCompanion(Evaluation):
 
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
         companion = self.companion()
-        prefixes = self.transfer if self.transfer is not None else companion.transfer_prefixes
-        companion.load_weights(adapter.model.state_dict(), prefixes, f"the pruned {type(adapter).__name__}")
+        if adapter.zero_share() >= LOADED_SPARSE:
+            prefixes = self.transfer if self.transfer is not None else companion.transfer_prefixes
+            companion.load_weights(adapter.model.state_dict(), prefixes, f"the pruned {type(adapter).__name__}")
+            self.how = {"companion": "transferred"}
+        else:
+            self.how = {"companion": "released"}
         companion.to(adapter.device)
         try:
             return self.evaluation.evaluate(companion)

@@ -1,18 +1,17 @@
 """OK-VQA's answer lemmatisation (LAVIS's `apply_lemmatizer`): nouns and verbs -> their lemma,
-with spaCy's en_core_web_sm as LAVIS, or lemminflect where spaCy's model is not installed."""
+with spaCy's en_core_web_sm as LAVIS (the `okvqa` extra), or lemminflect only when asked for by
+name: a missing spaCy model is an error, never a silent change of the numbers."""
 
 from __future__ import annotations
 
-import logging
 import re
 
 import lemminflect
 
 from ecoflap_exp.errors import UserError
+from ecoflap_exp.extras import require
 
-log = logging.getLogger(__name__)
-
-LEMMATISERS = ("auto", "spacy", "lemminflect", "none")
+LEMMATISERS = ("spacy", "lemminflect", "none")
 
 
 class SpacyLemmatiser:
@@ -22,14 +21,16 @@ class SpacyLemmatiser:
     name = "spacy"
 
     def __init__(self) -> None:
-        try:
-            import spacy
+        require("spacy", "okvqa", "lemmatiser=spacy (LAVIS's OK-VQA answer lemmatisation)")
+        import spacy
 
+        try:
             self.nlp = spacy.load("en_core_web_sm")
-        except (ImportError, OSError) as err:
-            raise UserError(f"lemmatiser=spacy needs spaCy with its en_core_web_sm model ({err}); install them "
-                            f"(`pip install spacy` and `python -m spacy download en_core_web_sm`) or use "
-                            f"lemmatiser=lemminflect") from None
+        except OSError as err:
+            raise UserError(f"lemmatiser=spacy needs spaCy's en_core_web_sm model ({str(err).splitlines()[0]}); "
+                            f"pip install \"ecoflap_exp[okvqa]\" brings it (or `python -m spacy download "
+                            f"en_core_web_sm`); lemmatiser=lemminflect approximates it without a tagger (not "
+                            f"LAVIS's numbers)") from None
 
     def __call__(self, answers: list[str]) -> list[str]:
         return [" ".join(t.lemma_ if t.pos_ in ("NOUN", "VERB") else t.text for t in doc)
@@ -62,17 +63,9 @@ class LemminflectLemmatiser:
 
 
 def make_lemmatiser(choice: str) -> SpacyLemmatiser | LemminflectLemmatiser | None:
-    """`auto`: spaCy's en_core_web_sm when it loads (LAVIS parity), else lemminflect."""
+    """The lemmatiser named (UserError when spaCy or its model is missing for `spacy`)."""
     if choice not in LEMMATISERS:
         raise UserError(f"lemmatiser={choice!r} is unknown; use one of {', '.join(LEMMATISERS)}")
     if choice == "none":
         return None
-    if choice == "lemminflect":
-        return LemminflectLemmatiser()
-    try:
-        return SpacyLemmatiser()
-    except UserError:
-        if choice == "spacy":
-            raise
-        log.info("spaCy's en_core_web_sm is not installed: lemmatising answers with lemminflect")
-        return LemminflectLemmatiser()
+    return LemminflectLemmatiser() if choice == "lemminflect" else SpacyLemmatiser()

@@ -12,7 +12,9 @@ result file `[{"question_id", "answer"}]` and reports only how many questions it
 `limit` evaluates and scores the first N questions. Chat models (LLaVA-1.5, Qwen2-VL) take the
 question as written (`clean_question: false`) in LLaVA-1.5's prompt "{question}\nAnswer the question
 using a single word or phrase." (lmms-eval's default for both), greedy, up to 128 new tokens
-(suite llava_vqa); TextVQA is scored as VQAv2 (ten answers per question), its images by image_id.
+(suite llava_vqa), scored as LLaVA scores them (vqa_scoring: `evalai`, `evalai_official`, GQA's
+`llava`); TextVQA has ten answers per question, its images by image_id, and with `ocr` (LLaVA's
+question file) each question carries its OCR tokens as LLaVA-1.5 is prompted.
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from ecoflap_exp.data.vqa import VQASample, check_images, dataset_info, read_gqa
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import ReadsSplit
 from ecoflap_exp.evals.lemmatise import make_lemmatiser
-from ecoflap_exp.evals.vqa_scoring import GQA_NORMALISERS, NORMALISERS, answers_by_question, gqa_accuracy, vqa_accuracy
+from ecoflap_exp.evals.vqa_scoring import (
+    GQA_NORMALISERS,
+    NORMALISERS,
+    answers_by_question,
+    evalai_answer,
+    gqa_accuracy,
+    vqa_accuracy,
+)
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.blip_text import blip_question
 from ecoflap_exp.models.capabilities import GeneratesFromImages
@@ -124,56 +133,65 @@ class GenerativeVQA(ReadsSplit):
             self.info["lemmatiser"] = self.lemmatiser.name
         return samples, self.answer(adapter, samples)
 
-    def lemmatiser_metric(self) -> dict[str, float]:
-        """1.0 when spaCy lemmatised (LAVIS parity), 0.0 for the lemminflect fallback."""
-        if self.lemmatiser is None:
-            return {}
-        return {"lemmatiser_spacy": float(self.lemmatiser.name == "spacy")}
-
 
 class VQAAccuracy(GenerativeVQA):
-    """VQAv2 or OK-VQA VQA accuracy (see the module docstring); `output` optionally keeps the
-    result file [{"question_id", "answer"}]."""
+    """VQAv2, OK-VQA or TextVQA VQA accuracy (see the module docstring); `output` optionally keeps the
+    result file [{"question_id", "answer"}]; `ocr` (TextVQA only): LLaVA's question file with the
+    OCR tokens."""
 
     def __init__(self, dataset: str, annotations: str, images: str, questions: str | None = None,
-                 normaliser: str = "lavis", output: str | None = None, **protocol: Any):
+                 normaliser: str = "lavis", output: str | None = None, ocr: str | None = None, **protocol: Any):
         if normaliser not in NORMALISERS:
             raise UserError(f"normaliser={normaliser!r} is unknown; use one of {', '.join(NORMALISERS)}")
         if dataset not in ("vqav2", "okvqa", "textvqa"):
             raise UserError(f"dataset={dataset!r}: VQA accuracy is for vqav2, okvqa or textvqa (GQA has GQAAccuracy)")
+        if ocr and dataset != "textvqa":
+            raise UserError(f"ocr={ocr!r} is TextVQA's (LLaVA's question file with OCR tokens); leave it null for "
+                            f"{dataset}")
         self.dataset = dataset
         super().__init__(images, **protocol)
         self.annotations = annotations
         self.questions = questions
         self.normaliser = normaliser
         self.output = output
+        self.ocr = ocr
 
     def samples(self) -> list[VQASample]:
         if self.dataset == "textvqa":
-            return read_textvqa(self.annotations, self.images)
+            return read_textvqa(self.annotations, self.images, self.ocr)
         return read_vqa(self.dataset, self.images, self.questions, self.annotations)
 
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
         samples, results = self.answered_split(adapter)
         self.info["normaliser"] = self.normaliser
+        if self.ocr:
+            self.info["ocr"] = self.ocr
         if self.output:
             write_json(Path(self.output).expanduser(), results)
             self.info["result_file"] = str(Path(self.output).expanduser())
-        return vqa_accuracy(samples, results, self.normaliser) | self.lemmatiser_metric()
+        return vqa_accuracy(samples, results, self.normaliser)
 
 
 class VQASubmission(GenerativeVQA):
     """A split without public answers (VQAv2 test-dev): writes the evaluation server's result file
     [{"question_id", "answer"}] into `output_dir` as <questions file stem>_<digest>_results.json
     (digest of its content, so reruns with the same answers reuse the name) and reports only
-    `answered`, the number of questions answered: the accuracy comes from the server (EvalAI)."""
+    `answered`, the number of questions answered: the accuracy comes from the server (EvalAI).
+    `answers: evalai` uploads them through the EvalAI answer processor, as LLaVA's
+    convert_vqav2_for_submission.py does; `raw` as generated (LAVIS)."""
 
-    def __init__(self, questions: str, images: str, output_dir: str, dataset: str = "vqav2", **protocol: Any):
+    ANSWERS = ("raw", "evalai")
+
+    def __init__(self, questions: str, images: str, output_dir: str, dataset: str = "vqav2", answers: str = "raw",
+                 **protocol: Any):
         dataset_info(dataset)
+        if answers not in self.ANSWERS:
+            raise UserError(f"answers={answers!r} is unknown; use one of {', '.join(self.ANSWERS)}")
         self.dataset = dataset
         super().__init__(images, **protocol)
         self.questions = questions
         self.output_dir = output_dir
+        self.processed = answers == "evalai"
 
     def samples(self) -> list[VQASample]:
         return read_vqa(self.dataset, self.images, questions=self.questions, with_answers=False)
@@ -186,6 +204,8 @@ class VQASubmission(GenerativeVQA):
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
         samples, results = self.answered_split(adapter)
         answers_by_question(samples, results)
+        if self.processed:
+            results = [{**row, "answer": evalai_answer(row["answer"])} for row in results]
         path = self.result_file(results)
         write_json(path, results)
         self.info["result_file"] = str(path)
@@ -220,4 +240,4 @@ class GQAAccuracy(GenerativeVQA):
             write_json(Path(self.output).expanduser(),
                        [{"questionId": r["question_id"], "prediction": r["answer"]} for r in results])
             self.info["result_file"] = str(Path(self.output).expanduser())
-        return gqa_accuracy(samples, results, self.normaliser) | self.lemmatiser_metric()
+        return gqa_accuracy(samples, results, self.normaliser)

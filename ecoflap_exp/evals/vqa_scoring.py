@@ -11,10 +11,15 @@ question scores the mean over i (k matching entries: 0, .3, .6, .9, 1 for k = 0.
 - `official` (GT-Vision-Lab/VQA since 2021): ground truth and prediction both get processPunctuation
   + processDigitArticle, but only when the ground-truth answers are not all identical; otherwise
   the stripped strings are compared as they are.
+- `evalai` (LLaVA's TextVQA evaluator, llava/eval/m4c_evaluator.py, and lmms-eval's): the EvalAI
+  answer processor (`evalai_answer`) on the prediction and on every ground-truth answer, always.
+- `evalai_official` (LLaVA's VQAv2: the upload holds EvalAI-processed predictions, the server scores
+  them with the official evaluation): `official` applied to the processed prediction.
 GQA: exact match, 100 * mean. `normaliser: lavis` (default, for parity with ECoFLaP's numbers)
 normalises only the prediction, as LAVIS's GQATask (and ECoFLaP's copy of it) does, so an answer
 such as "t-shirt" can never be matched there; `both` normalises prediction and answer with
-processPunctuation + processDigitArticle.
+processPunctuation + processDigitArticle; `llava` compares `prediction.rstrip('.').lower()` with
+the answer as written (LLaVA's convert_gqa_for_eval.py, then GQA's eval.py).
 
 A result set that does not answer every evaluated question is an error (a question answered twice
 keeps its first answer, as LAVIS's de-duplication).
@@ -31,8 +36,10 @@ from ecoflap_exp.errors import UserError
 
 PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
 # the original pattern "(?!<=\d)(\.)(?!\d)" mistypes its lookbehind as a lookahead that always
-# holds, so it removes every period not followed by a digit ("2.5" keeps its period)
+# holds, so it removes every period not followed by a digit ("2.5" keeps its period); the scripts
+# pass re.UNICODE (32) where sub() takes its count, so at most 32 go
 PERIOD = re.compile(r"\.(?!\d)")
+PERIODS_REMOVED = int(re.UNICODE)
 DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
 NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
                 "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
@@ -80,7 +87,7 @@ def process_punctuation(text: str) -> str:
     delete_all = DIGIT_COMMA_DIGIT.search(text) is not None
     for mark in PUNCTUATION:
         out = out.replace(mark, "" if delete_all or mark + " " in text or " " + mark in text else " ")
-    return PERIOD.sub("", out)
+    return PERIOD.sub("", out, count=PERIODS_REMOVED)
 
 
 def process_digit_article(text: str) -> str:
@@ -93,7 +100,15 @@ def normalise(text: str) -> str:
     return process_digit_article(process_punctuation(text))
 
 
-NORMALISERS = ("lavis", "official")
+def evalai_answer(text: str) -> str:
+    """The EvalAI answer processor (LLaVA's m4c_evaluator.py, from mmf): lower-case, delete every ","
+    and "?", split "'s" off its word, then the official steps (whitespace, punctuation, numbers,
+    articles, contractions)."""
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    return normalise(clean(text))
+
+
+NORMALISERS = ("lavis", "official", "evalai", "evalai_official")
 
 
 def question_accuracy(prediction: str, answers: Sequence[str], normaliser: str = "lavis") -> float:
@@ -101,12 +116,15 @@ def question_accuracy(prediction: str, answers: Sequence[str], normaliser: str =
     if normaliser == "lavis":
         prediction = normalise(clean(prediction))
         truth = [process_punctuation(a) for a in answers] if len(set(answers)) > 1 else list(answers)
-    elif normaliser == "official":
-        prediction = clean(prediction)
+    elif normaliser in ("official", "evalai_official"):
+        prediction = clean(evalai_answer(prediction) if normaliser == "evalai_official" else prediction)
         truth = [clean(a) for a in answers]
         if len(set(truth)) > 1:
             truth = [normalise(a) for a in truth]
             prediction = normalise(prediction)
+    elif normaliser == "evalai":
+        prediction = evalai_answer(prediction)
+        truth = [evalai_answer(a) for a in answers]
     else:
         raise UserError(f"normaliser={normaliser!r} is unknown; use one of {', '.join(NORMALISERS)}")
     hits = [a == prediction for a in truth]
@@ -153,14 +171,20 @@ def vqa_accuracy(samples: Sequence[VQASample], results: Sequence[dict], normalis
     return metrics
 
 
-GQA_NORMALISERS = ("both", "lavis")
+GQA_NORMALISERS = ("both", "lavis", "llava")
+
+
+def gqa_match(prediction: str, answer: str, normaliser: str) -> bool:
+    if normaliser == "llava":
+        return prediction.rstrip(".").lower() == answer
+    return normalise(prediction) == (answer if normaliser == "lavis" else normalise(answer))
 
 
 def gqa_accuracy(samples: Sequence[VQASample], results: Sequence[dict], normaliser: str = "lavis") -> dict[str, float]:
-    """100 * share of exact matches after normalisation (`both` sides, or the prediction only: `lavis`)."""
+    """100 * share of exact matches after normalisation (`both` sides, the prediction only: `lavis`,
+    or LLaVA's trailing periods and case: `llava`)."""
     if normaliser not in GQA_NORMALISERS:
         raise UserError(f"normaliser={normaliser!r} is unknown for GQA; use one of {', '.join(GQA_NORMALISERS)}")
     answers = answers_by_question(samples, results)
-    truth = [s.answers[0] if normaliser == "lavis" else normalise(s.answers[0]) for s in samples]
-    correct = [normalise(answers[s.question_id]) == t for s, t in zip(samples, truth, strict=True)]
+    correct = [gqa_match(answers[s.question_id], s.answers[0], normaliser) for s in samples]
     return {"accuracy": 100.0 * sum(correct) / len(correct)}

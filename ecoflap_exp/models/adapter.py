@@ -182,4 +182,11 @@ class ModelAdapter(ABC):
         for block in self.blocks():
             yield from block.matrices
 
+    @torch.no_grad()
+    def zero_share(self) -> float:
+        """The share of zeros among the weights of every tower's prunable matrices (pruned or not)."""
+        matrices = [m for tower in self.all_towers() for block in tower.blocks for m in block.matrices]
+        zeros = sum(int((m.weight == 0).sum()) for m in matrices)
+        return zeros / max(1, sum(m.weight.numel() for m in matrices))
+
 

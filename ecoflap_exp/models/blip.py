@@ -1,5 +1,12 @@
 """BLIP captioning through transformers (BlipForConditionalGeneration): the ID paper's COCO captioner
-(BLIP ViT-B/16 at 384 px, model_base_caption_capfilt_large = Salesforce/blip-image-captioning-base).
+(BLIP ViT-B/16 at 384 px, salesforce/BLIP's model_base_caption_capfilt_large.pth).
+
+Weights: a hub name or folder, or an original BLIP checkpoint (`.pth`, salesforce/BLIP's layout:
+{"model": BLIP_Decoder's state dict}) loaded into the shipped architecture. The ID paper fine-tunes
+model_base_caption_capfilt_large.pth (COCO-finetuned); transformers' conversion script, which made
+Salesforce/blip-image-captioning-base, converts model_base_capfilt_large.pth (pre-trained only), so
+`blip_caption_coco` loads the original file. Its ViT is BLIP's (LayerNorm eps 1e-6, salesforce/BLIP
+models/vit.py), its names renamed as that conversion script renames them.
 
 Towers in pruning order, each block's matrices found by type (the paper prunes all of them):
 - `vision`: vision_model.encoder.layers (self_attn.qkv, as one fused matrix like BLIP's attn.qkv,
@@ -19,6 +26,7 @@ decoded text, as blip_decoder.generate does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,19 +35,62 @@ import torch
 import transformers
 from PIL import Image
 
+from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import IGNORE, LossTerm, ModelAdapter
-from ecoflap_exp.models.blip2 import blip2_image_train, image_batch, square_resize
+from ecoflap_exp.models.blip2 import blip2_image_train, image_batch, interpolated_positions, square_resize
 from ecoflap_exp.models.blip_text import blip_caption
-from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, load_tokenizer, load_transformers_model
+from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, load_tokenizer, load_transformers_model, merged
 from ecoflap_exp.models.seam import Batch, Tower, blocks_of
 
 PROMPT = "a picture of "
+#: where salesforce/BLIP releases its checkpoints (README), for a missing original file
+ORIGINAL_URL = "https://storage.googleapis.com/sfr-vision-language-research/BLIP/models/{name}"
+#: BLIP's ViT norms (salesforce/BLIP models/vit.py: norm_layer = partial(nn.LayerNorm, eps=1e-6))
+ORIGINAL_VISION_EPS = 1e-6
+#: BLIP_Decoder's ViT names -> BlipForConditionalGeneration's, applied in order to each name (the
+#: renames of transformers' convert_blip_original_pytorch_to_hf.py); text_decoder.* is named alike
+VISION_RENAMES = (
+    ("visual_encoder.cls_token", "vision_model.embeddings.class_embedding"),
+    ("visual_encoder.pos_embed", "vision_model.embeddings.position_embedding"),
+    ("visual_encoder.patch_embed.proj.", "vision_model.embeddings.patch_embedding."),
+    ("visual_encoder.norm.", "vision_model.post_layernorm."),
+    ("visual_encoder.blocks.", "vision_model.encoder.layers."),
+    (".norm1.", ".layer_norm1."), (".norm2.", ".layer_norm2."),
+    (".attn.qkv.", ".self_attn.qkv."), (".attn.proj.", ".self_attn.projection."),
+)
+#: buffers BLIP saves that transformers rebuilds (non-persistent there)
+REBUILT = ("text_decoder.bert.embeddings.position_ids",)
+
+
+def original_blip_state(path: str) -> dict[str, torch.Tensor]:
+    """An original BLIP checkpoint's captioner weights under transformers' names; what else it
+    holds (a pre-training checkpoint's momentum encoders, text encoder, ITM head) is left out, as
+    BLIP's load_checkpoint ignores it."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: torch raises several kinds
+        raise UserError(f"could not read the BLIP checkpoint {path} ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}); download it again") from None
+    state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not an original BLIP checkpoint: it has no 'model' state dict (salesforce/BLIP "
+                        f"saves {{'model': ...}}); give a hub name or a transformers folder instead")
+    out = {}
+    for name, tensor in state.items():
+        if name.startswith("visual_encoder."):
+            for old, new in VISION_RENAMES:
+                name = name.replace(old, new)
+            out[name] = tensor
+        elif name.startswith("text_decoder.") and name not in REBUILT:
+            out[name] = tensor
+    return out
 
 
 class BlipCaptionAdapter(ModelAdapter):
-    """`checkpoint`: a hub name or folder (Salesforce/blip-image-captioning-base, -large), or
-    `init=random` with a shipped `arch`; `tokenizer`: the checkpoint's, or `bytes` for the tiny
-    architecture."""
+    """`checkpoint`: a hub name or folder (Salesforce/blip-image-captioning-base, -large), an
+    original BLIP `.pth` (built as the shipped `arch` with BLIP's ViT norms, then loaded), or
+    `init=random` with a shipped `arch`; `tokenizer`: the checkpoint's (a hub name with a `.pth`),
+    or `bytes` for the tiny architecture."""
 
     sample_kinds = ("image_captions",)
     has_train_augmentation = True
@@ -51,8 +102,17 @@ class BlipCaptionAdapter(ModelAdapter):
                  max_text_tokens: int = 40, label_smoothing: float = 0.1, prune_towers: list[str] | None = None,
                  seed: int = 0, arch_overrides: dict[str, Any] | None = None, name: str = ""):
         self.name = name
-        self.model = load_transformers_model(transformers.BlipForConditionalGeneration, arch, checkpoint, init, dtype,
+        original = init == "pretrained" and str(checkpoint).endswith(".pth")
+        if original:
+            if tokenizer is None:
+                raise UserError(f"model.checkpoint={checkpoint} is an original BLIP checkpoint, which holds no "
+                                f"tokenizer; set model.tokenizer (Salesforce/blip-image-captioning-base)")
+            arch_overrides = merged({"vision_config": {"layer_norm_eps": ORIGINAL_VISION_EPS}}, arch_overrides or {})
+        self.model = load_transformers_model(transformers.BlipForConditionalGeneration, arch,
+                                             None if original else checkpoint, "random" if original else init, dtype,
                                              seed, arch_overrides)
+        if original:
+            self.load_original(str(checkpoint))
         self.tokenizer = load_tokenizer(tokenizer or checkpoint)
         self.prompt, self.max_words, self.max_text_tokens = prompt, max_words, max_text_tokens
         self.label_smoothing = label_smoothing
@@ -62,6 +122,31 @@ class BlipCaptionAdapter(ModelAdapter):
         size = self.model.config.vision_config.image_size
         # BLIP's training view is BLIP-2's (crop 0.5-1, flip) plus a RandAugment not applied here
         self.preprocess, self.train_preprocess = square_resize(size), blip2_image_train(size)
+
+    @classmethod
+    def check_checkpoints(cls, config: Mapping[str, Any]) -> None:
+        checkpoint = str(config.get("checkpoint"))
+        original = config.get("init", "pretrained") == "pretrained" and checkpoint.endswith(".pth")
+        if original and not Path(checkpoint).expanduser().is_file():
+            url = ORIGINAL_URL.format(name=Path(checkpoint).name)
+            raise UserError(f"model.checkpoint={checkpoint} does not exist; download the original BLIP file ({url}) to "
+                            f"that path, or set model.checkpoint")
+        super().check_checkpoints(config)
+
+    def load_original(self, path: str) -> None:
+        """Every weight of the captioner from an original BLIP checkpoint (UserError naming what is missing)."""
+        state = original_blip_state(str(Path(path).expanduser()))
+        self.load_weights(state, ("vision_model.", "text_decoder."), path)
+        missing = sorted(set(self.model.state_dict()) - set(state))
+        if missing:
+            raise UserError(f"{path} lacks {len(missing)} weight(s) of the BLIP captioner (first: {missing[0]}); is it "
+                            f"a BLIP captioning checkpoint (model_base_caption_capfilt_large.pth)?")
+
+    def fit_weight(self, name: str, tensor: torch.Tensor, shape: torch.Size, source: str) -> torch.Tensor:
+        """Position embeddings of another image size, interpolated as BLIP's load_checkpoint does."""
+        if not name.endswith("embeddings.position_embedding"):
+            return super().fit_weight(name, tensor, shape, source)
+        return interpolated_positions(tensor, shape[1])
 
     def all_towers(self) -> list[Tower]:
         vision = self.model.vision_model

@@ -71,6 +71,18 @@ def image_batch(images: list[Image.Image], view: transforms.Compose, like: torch
     return torch.stack([view(image.convert("RGB")) for image in images]).to(like.device, like.dtype)
 
 
+def interpolated_positions(positions: torch.Tensor, count: int) -> torch.Tensor:
+    """ViT position embeddings (1, 1 + side^2, dim) of another image size resized to `count`
+    positions: the class token's kept, the patch grid interpolated bicubically (LAVIS's and BLIP's
+    interpolate_pos_embed)."""
+    dim = positions.shape[-1]
+    side, new_side = round((positions.shape[1] - 1) ** 0.5), round((count - 1) ** 0.5)
+    grid = positions[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
+    patches = grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, dim).to(positions.dtype)
+    return torch.cat([positions[:, :1], patches], dim=1)
+
+
 def prefix_split(caption: str, rng: random.Random) -> tuple[str, str]:
     """ECoFLaP's prefix-LM sample: the caption is cut at a random character position drawn from
     [1, len/2]; the prefix is the model's input, the rest its target."""
@@ -185,12 +197,7 @@ class Blip2ModelAdapter(ModelAdapter):
         364 px COCO-finetuned models), interpolated bicubically over the patch grid as LAVIS does."""
         if not name.endswith("embeddings.position_embedding"):
             return super().fit_weight(name, tensor, shape, source)
-        dim = tensor.shape[-1]
-        side, new_side = round((tensor.shape[1] - 1) ** 0.5), round((shape[1] - 1) ** 0.5)
-        grid = tensor[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2).float()
-        grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
-        patches = grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, dim).to(tensor.dtype)
-        return torch.cat([tensor[:, :1], patches], dim=1)
+        return interpolated_positions(tensor, shape[1])
 
     load_hint = ("transformers.{model_class}.from_pretrained({path!r}); "
                  "transformers.Blip2Processor.from_pretrained({path!r})")

@@ -6,12 +6,14 @@ A conversation is an image and its turns, (role, text) pairs with role "human" o
 LLaVA's instruction files write them. It is rendered with the processor's chat template, the
 image first in the first human turn (LLaVA's preprocessing moves `<image>` there too), and cut
 into segments at the template's own boundaries: each prompt (everything up to and including the
-assistant header) and each answer (up to and including the template's end of turn). Segments
-are tokenized one by one, the prompt that holds the image through the processor (which expands
-the image placeholder into the model's image tokens), so which ids are answer tokens is known
-by construction, as LLaVA's training code counts them per round. An answer that does not end in
-the tokenizer's EOS gets one (llava-hf's template writes none; LLaVA's training ends every answer
-with `</s>`).
+assistant header) and each answer (up to and including the template's end of turn). An answer
+that does not end in the tokenizer's EOS gets one, right after its last character (llava-hf's
+template writes none; LLaVA's training ends every answer with `</s>`). The whole text is
+tokenized at once, as LLaVA's training tokenizes a conversation, so every token is the one the
+model sees in context (a SentencePiece tokenizer gives a segment that starts with a space an
+extra token when it stands alone); an answer's tokens are those between the token counts of the
+text up to its start and up to its end, which is the rule of LLaVA's preprocess_v1 (the prompt
+through "ASSISTANT:" is not trained on; the answer's tokens and its `</s>` are).
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ class ChatVLMAdapter(ModelAdapter):
         adds_bos = bos is not None and self.tokenizer("a", add_special_tokens=True).input_ids[:1] == [bos]
         return self.tokenizer.bos_token if adds_bos else ""
 
+    def image_view(self, image: Image.Image) -> Image.Image:
+        """An image as the processor receives it (RGB; a model may reshape it first)."""
+        return image.convert("RGB")
+
     def render(self, messages: list[dict[str, Any]], generation_prompt: bool = False) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
@@ -118,25 +124,33 @@ class ChatVLMAdapter(ModelAdapter):
             raise UserError("a calibration conversation has no answer (gpt) turn to compute the loss on")
         return out
 
+    def token_count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
     def encode(self, image: Image.Image, turns: Turns) -> tuple[dict[str, torch.Tensor], list[int]]:
         """One conversation: the processor's tensors (ids over the whole sequence) and the labels
         (answer ids, IGNORE elsewhere)."""
-        eos = self.tokenizer.eos_token_id
-        segments = self.segments(turns)
-        first = self.processor(text=[self.text_start + segments[0][0]], images=[image], add_special_tokens=False,
-                               return_tensors="pt")
-        keys = [key for key in SEQUENCE_KEYS if key in first]
-        pieces: dict[str, list[torch.Tensor]] = {key: [first[key]] for key in first}
-        labels = [IGNORE] * first["input_ids"].shape[1]
-        for text, answer in segments[1:]:
-            ids = self.tokenizer(text, add_special_tokens=False).input_ids
-            if answer and eos is not None and eos not in ids:
-                ids.append(eos)
-            pieces["input_ids"].append(torch.tensor([ids]))
-            for key in (k for k in keys if k != "input_ids"):  # the mask; the modality of each token (text: 0)
-                pieces[key].append(torch.full((1, len(ids)), int(key == "attention_mask")))
-            labels += ids if answer else [IGNORE] * len(ids)
-        encoded = {key: torch.cat(values, dim=1 if key in keys else 0) for key, values in pieces.items()}
+        eos = self.tokenizer.eos_token
+        segments = [(t.rstrip() + eos if answer and eos is not None and eos not in t else t, answer)
+                    for t, answer in self.segments(turns)]
+        text = self.text_start + "".join(t for t, _ in segments)
+        encoded = dict(self.processor(text=[text], images=[image], add_special_tokens=False, return_tensors="pt"))
+        ids = encoded["input_ids"][0].tolist()
+        plain = self.tokenizer(text, add_special_tokens=False).input_ids
+        # the processor expands the image placeholder (in the first prompt, before every answer) into
+        # the image's tokens; the rest is tokenized alike
+        shift = len(ids) - len(plain)
+        after_image = max(i for i, t in enumerate(plain) if t == self.processor.image_token_id) + 1
+        if ids[after_image + shift:] != plain[after_image:]:
+            raise RuntimeError("the processor tokenizes a conversation otherwise than its tokenizer beyond the image "
+                               "placeholder; answer tokens cannot be located")
+        labels = [IGNORE] * len(ids)
+        end = len(self.text_start)
+        for segment, answer in segments:
+            start, end = end, end + len(segment)
+            if answer:
+                first, last = self.token_count(text[:start]) + shift, self.token_count(text[:end]) + shift
+                labels[first:last] = ids[first:last]
         return self.cut(encoded, labels)
 
     def cut(self, encoded: dict[str, torch.Tensor], labels: list[int]) -> tuple[dict[str, torch.Tensor], list[int]]:
@@ -164,7 +178,7 @@ class ChatVLMAdapter(ModelAdapter):
 
     def collate(self, samples: list[tuple[Image.Image, Any]], augment: bool = False) -> Batch:
         """Conversations -> one batch, padded on the right to the longest; pads and prompts get IGNORE."""
-        encoded = [self.encode(image.convert("RGB"), turns) for image, turns in map(self.conversation, samples)]
+        encoded = [self.encode(self.image_view(image), turns) for image, turns in map(self.conversation, samples)]
         width = max(len(labels) for _, labels in encoded)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         batch: Batch = {}
@@ -206,7 +220,7 @@ class ChatVLMAdapter(ModelAdapter):
         `min_length` counts new tokens here (a decoder-only model's min_length counts the prompt)."""
         texts = [self.text_start + self.render(messages_of([("human", prompt)]), generation_prompt=True)
                  for prompt in prompts]
-        inputs = self.processor(text=texts, images=[image.convert("RGB") for image in images], padding=True,
+        inputs = self.processor(text=texts, images=[self.image_view(image) for image in images], padding=True,
                                 padding_side="left", add_special_tokens=False, return_tensors="pt")
         inputs = {key: self.placed(key, value) for key, value in inputs.items()}
         generation = {key: value for key, value in generation.items() if value is not None}

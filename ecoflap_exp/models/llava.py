@@ -15,6 +15,14 @@ Wanda compares per output row in every tower (Wanda's LLaMA choice; CLIP's per E
 `tokenizer=bytes` (the tiny architecture, or the real one at `init=random`) the processor is built
 here: ByT5's byte tokenizer with an `<image>` token, a CLIP image processor at the tower's size,
 and a template of llava-hf's USER:/ASSISTANT: form; the model config takes its token ids.
+
+LLaVA-1.5 as its authors run it (haotian-liu/LLaVA): `conversation=vicuna_v1` renders every
+conversation, in calibration and evaluation, with the `vicuna_v1` template its training and eval
+scripts use (llava/conversation.py: the system prompt, "USER: " and "ASSISTANT: " turns, " " after
+a question and "</s>" after an answer, "ASSISTANT:" to generate), where llava-hf's template has
+no system prompt and ends an answer with a space; `pad_to_square` pads each image to a square of
+the image processor's mean colour before the processor (LLaVA-1.5's image_aspect_ratio "pad":
+mm_utils.expand2square), where llava-hf's processor centre-crops.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ from __future__ import annotations
 from typing import Any
 
 import transformers
+from PIL import Image
 
+from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.chat import ChatVLMAdapter, checkpoint_processor
 from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, load_transformers_model
 from ecoflap_exp.models.seam import Block, Tower, blocks_of, find_block_list, linear_matrices
@@ -35,6 +45,32 @@ LLAVA_TEMPLATE = (
     "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
     "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
+
+
+#: LLaVA's conv_vicuna_v1 (llava/conversation.py, SeparatorStyle.TWO): system + " ", then "USER: " + question
+#: + " " and "ASSISTANT: " + answer + "</s>" per round, "ASSISTANT:" for the answer to generate
+VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                    "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+VICUNA_V1_TEMPLATE = (
+    '{{ "' + VICUNA_V1_SYSTEM + ' " }}{% for message in messages %}{% if message[\'role\'] == \'user\' %}'
+    "{{ 'USER: ' }}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}"
+    "{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}"
+    "{% endfor %}{{ ' ' }}{% elif message['role'] == 'assistant' %}{{ 'ASSISTANT: ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{{ '</s>' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+CONVERSATIONS = ("vicuna_v1", "checkpoint")
+
+
+def expand2square(image: Image.Image, background: tuple[int, ...]) -> Image.Image:
+    """LLaVA's mm_utils.expand2square: the image centred (offsets floored) on a square of its longer side."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    square = Image.new(image.mode, (side, side), background)
+    square.paste(image, ((side - width) // 2, (side - height) // 2))
+    return square
 
 
 def load_processor(tokenizer: str | None, checkpoint: str | None, config: Any) -> Any:
@@ -53,20 +89,34 @@ def load_processor(tokenizer: str | None, checkpoint: str | None, config: Any) -
 
 class LlavaAdapter(ChatVLMAdapter):
     """`checkpoint` a hub name or folder (llava-hf/llava-1.5-7b-hf), or `init=random` with a shipped
-    `arch`; `tokenizer`: the checkpoint's processor, or `bytes`."""
+    `arch`; `tokenizer`: the checkpoint's processor, or `bytes`; `conversation`: `vicuna_v1` (LLaVA's)
+    or `checkpoint` (the processor's template); `pad_to_square`: LLaVA's padding of images."""
+
+    #: the colour images are padded to a square with (None: not padded)
+    background: tuple[int, ...] | None = None
 
     def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
                  dtype: str = "float16", tokenizer: str | None = None, max_tokens: int = 2048,
                  prune_towers: list[str] | None = None, seed: int = 0, arch_overrides: dict[str, Any] | None = None,
-                 name: str = ""):
+                 conversation: str = "vicuna_v1", pad_to_square: bool = True, name: str = ""):
+        if conversation not in CONVERSATIONS:
+            raise UserError(f"model.conversation={conversation!r} is unknown; use one of {', '.join(CONVERSATIONS)}")
         self.name = name
         self.model = load_transformers_model(transformers.LlavaForConditionalGeneration, arch, checkpoint, init, dtype,
                                              seed, arch_overrides)
         self.processor = load_processor(tokenizer, checkpoint, self.model.config)
+        if conversation == "vicuna_v1":
+            self.processor.chat_template = VICUNA_V1_TEMPLATE
+        mean = self.processor.image_processor.image_mean
+        self.background = tuple(int(x * 255) for x in mean) if pad_to_square else None
         if tokenizer == "bytes":
             self.model.config.image_token_id = self.processor.image_token_id
         self.max_tokens = max_tokens
         self.prune_towers = list(prune_towers) if prune_towers is not None else ["vision", "language"]
+
+    def image_view(self, image: Image.Image) -> Image.Image:
+        image = super().image_view(image)
+        return expand2square(image, self.background) if self.background is not None else image
 
     def used_vision_layers(self, count: int) -> int:
         """How many of the ViT's layers feed the image features: up to the deepest feature layer

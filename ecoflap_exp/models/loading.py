@@ -59,11 +59,14 @@ def load_transformers_model(auto_class: Any, arch: str | None, checkpoint: str |
         import transformers
 
         cfg = merged(load_arch_config(arch), arch_overrides or {})
+        untied = False in (cfg.get("tie_word_embeddings"), (cfg.get("text_config") or {}).get("tie_word_embeddings"))
         config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
         torch.manual_seed(seed)
         # Auto classes build with from_config, concrete model classes with _from_config
         build = getattr(auto_class, "from_config", None) or auto_class._from_config
         model = build(config, dtype=dt)
+        if untied:
+            untie_output_embeddings(model)
     elif init == "pretrained":
         if checkpoint is None:
             raise UserError("model.init=pretrained needs model.checkpoint (hub name or local path)")
@@ -75,6 +78,15 @@ def load_transformers_model(auto_class: Any, arch: str | None, checkpoint: str |
     else:
         raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")
     return model.eval()
+
+
+def untie_output_embeddings(model: nn.Module) -> None:
+    """The output embedding its own copy of the input's. transformers 5 ties a T5's at construction
+    whatever the config says (T5Config sets tie_word_embeddings), and from_pretrained unties them
+    when the checkpoint holds two (FlanT5's do); a shipped architecture that says untied is built so."""
+    output, inputs = model.get_output_embeddings(), model.get_input_embeddings()
+    if output is not None and output.weight is inputs.weight:
+        output.weight = nn.Parameter(inputs.weight.detach().clone())
 
 
 def load_tokenizer(name: str | None) -> Any:

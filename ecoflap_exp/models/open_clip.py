@@ -87,6 +87,29 @@ def register_shipped_configs() -> None:
     open_clip.add_model_config(Path(str(folder)))
 
 
+def check_activation(model_name: str, pretrained: str | None) -> None:
+    """UserError unless the architecture has the activation the tag's weights were trained with.
+    open_clip's pretrained config of each tag says `quick_gelu` (OpenAI's CLIP weights: QuickGELU),
+    while its plain model configs (ViT-B-16) build nn.GELU and it only warns on the mismatch; the
+    `-quickgelu` names build QuickGELU. A tag is looked up under the name given and under the name
+    without `-quickgelu`, so a GELU-trained tag asked for with a QuickGELU name is refused too."""
+    import open_clip
+
+    if not pretrained or pretrained.startswith(SHIPPED_PREFIX):
+        return
+    model_cfg = open_clip.get_model_config(model_name)
+    base = model_name.removesuffix("-quickgelu")
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or open_clip.get_pretrained_cfg(base, pretrained)
+    if model_cfg is None or not tag_cfg:  # a local checkpoint file, or a name open_clip does not know
+        return
+    trained, built = bool(tag_cfg.get("quick_gelu", False)), bool(model_cfg.get("quick_gelu", False))
+    if trained != built:
+        fix = f"{base}-quickgelu" if trained else base
+        raise UserError(f"model.model_name={model_name!r} builds {'QuickGELU' if built else 'nn.GELU'} but the weights "
+                        f"of model.pretrained={pretrained!r} were trained with {'QuickGELU' if trained else 'nn.GELU'} "
+                        f"(open_clip's pretrained config: quick_gelu={trained}); use model.model_name={fix}")
+
+
 class DropRandomInitNotice(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "No pretrained weights loaded" not in record.getMessage()
@@ -106,8 +129,9 @@ def quiet_random_init_notice(shipped: bool) -> Iterator[None]:
 
 
 class OpenCLIPAdapter(ModelAdapter):
-    """`model_name` is any open_clip model name (ViT-B-16, ...) or a config shipped in
-    models/arch/open_clip/; `pretrained` an open_clip tag (openai, laion2b_...), a local
+    """`model_name` is any open_clip model name (ViT-B-16-quickgelu, ...) or a config shipped in
+    models/arch/open_clip/, with the activation its tag was trained with (`check_activation`, also
+    at `init=random`); `pretrained` an open_clip tag (openai, laion2b_...), a local
     checkpoint file, or `shipped:<name>` for weights in models/weights/; `init=random` builds the
     architecture with no weights. Towers: vision, text (`prune_towers` picks some). `split_qkv`:
     in_proj's q, k, v as three matrices instead of one (the official code's unit); `prune_in_proj`:
@@ -156,6 +180,7 @@ class OpenCLIPAdapter(ModelAdapter):
             raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")
         if init == "pretrained" and not pretrained:
             raise UserError("model.init=pretrained needs model.pretrained (an open_clip tag or a checkpoint path)")
+        check_activation(model_name, pretrained)
         torch.manual_seed(seed)
         shipped = init == "pretrained" and str(pretrained).startswith(SHIPPED_PREFIX)
         try:

@@ -37,8 +37,10 @@ def format_setting(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-#: a run that pruned nothing but whose weights hold at least this fraction of zeros (a reloaded
-#: pruned checkpoint) is named by what its weights hold, not as dense
+#: weights whose prunable matrices hold at least this fraction of zeros are pruned ones (released
+#: dense weights hold next to none): a run that pruned nothing but loaded such weights (a pruned
+#: checkpoint reloaded) is named by what its weights hold, not as dense, and a companion model
+#: receives them (evals.base.OnCompanion)
 LOADED_SPARSE = 0.01
 
 
