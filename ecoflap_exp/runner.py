@@ -474,6 +474,7 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
         "achieved": achieved,
         "matrices": [r.as_dict() for r in reports],
         **comparison_groups(pruner, reports),
+        **({"precision": dict(adapter.precision)} if adapter.precision else {}),
         **({"finetune": tuned.info} if tuned is not None else {}),
         "metrics": metrics,
         "eval_info": eval_info,

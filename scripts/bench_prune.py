@@ -125,7 +125,7 @@ def build(args: argparse.Namespace) -> tuple[ModelAdapter, list[Batch]]:
                    for i, p in enumerate(pixels)]
     else:
         adapter = scored_leading(Blip2Adapter)(
-            arch="blip2_flan_t5_xl", init="random", tokenizer="bytes", dtype=args.dtype,
+            arch="blip2_flan_t5_xl", init="random", tokenizer="bytes", precision=args.dtype,
             arch_overrides={"vision_config": {"num_hidden_layers": args.blocks},
                             "text_config": {"num_layers": args.blocks, "num_decoder_layers": args.blocks}})
         generator = torch.Generator().manual_seed(0)

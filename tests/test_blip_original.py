@@ -97,7 +97,7 @@ def test_a_file_that_is_not_a_blip_captioner_is_one_clear_message(tmp_path):
                                         r"text_decoder.cls.predictions.bias\)"):
         tiny(checkpoint=str(tmp_path / "pretrain.pth"), init="pretrained")
     torch.save(source.model.state_dict(), tmp_path / "plain.pth")
-    with pytest.raises(UserError, match="has no 'model' state dict"):
+    with pytest.raises(UserError, match="has no .model. state dict"):
         tiny(checkpoint=str(tmp_path / "plain.pth"), init="pretrained")
     (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="could not read the BLIP checkpoint"):
@@ -109,9 +109,9 @@ def test_the_id_papers_captioner_is_the_coco_finetuned_original_file(tmp_path):
         cfg = compose("config", ["experiment=id_platon_coco", f"paths.root={tmp_path}"])
     # ID_VL_Pruning configs/caption_coco.yaml: pretrained .../model_base_caption_capfilt_large.pth
     assert cfg.model.checkpoint == f"{tmp_path}/weights/model_base_caption_capfilt_large.pth"
-    with pytest.raises(UserError, match="model_base_caption_capfilt_large.pth does not exist; download the original "
-                                        "BLIP file .https://storage.googleapis.com/sfr-vision-language-research/BLIP/"
-                                        "models/model_base_caption_capfilt_large.pth"):
+    with pytest.raises(UserError, match="model_base_caption_capfilt_large.pth does not exist; download "
+                                        "model_base_caption_capfilt_large.pth .https://storage.googleapis.com/"
+                                        "sfr-vision-language-research/BLIP/models/model_base_caption_capfilt_large.pth"):
         BlipCaptionAdapter.check_checkpoints(cfg.model)
     # BLIP's caption protocol (salesforce/BLIP configs/caption_coco.yaml, ID_VL_Pruning's too): prompt
     # 'a picture of ', num_beams 3, max_length 20, min_length 5 (both counting the prompt's tokens)

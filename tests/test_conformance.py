@@ -50,7 +50,8 @@ def preprocess_size(transform):
 # BLIP-2: EVA ViT-g, Q-Former (hub config.json of each Salesforce/blip2-* id: transformers'
 # convert_blip_2_original_to_pytorch.py builds Blip2VisionConfig(image_size=364 if "coco" else 224);
 # LAVIS eva_vit.py create_eva_vit_g: depth=39, embed_dim=1408, num_heads=1408//88, mlp_ratio=4.3637,
-# norm_layer=partial(nn.LayerNorm, eps=1e-6), act_layer=nn.GELU (exact), q and v biases)
+# norm_layer=partial(nn.LayerNorm, eps=1e-6), act_layer=nn.GELU (exact), q and v biases; LAVIS blip2.py:
+# ln_vision = LayerNorm(num_features), torch's eps 1e-5, where transformers' post_layernorm takes 1e-6)
 # ---------------------------------------------------------------------------------------------
 
 def blip2_vision(adapter):
@@ -69,7 +70,7 @@ def blip2_vision(adapter):
 
 def eva_vit_g(image, qformer_vocab=30522):
     return {"layers": 39, "hidden": 1408, "mlp": 6144, "heads": 16, "patch": 14, "image": image,
-            "act": "GELUActivation", "norm": ("LayerNorm", 1e-6), "post_norm": ("LayerNorm", 1e-6), "qkv_bias": True,
+            "act": "GELUActivation", "norm": ("LayerNorm", 1e-6), "post_norm": ("LayerNorm", 1e-5), "qkv_bias": True,
             # LAVIS blip_image_eval: Resize((image_size, image_size), BICUBIC), no crop
             "preprocess": (image, image),
             # Q-Former: bert-base-uncased (12 layers, 768, LayerNorm eps 1e-12), 32 query tokens; the ITM
@@ -108,6 +109,36 @@ def test_blip2_flan_t5_is_built_as_released(name, image):
     adapter = built(name, "model.tokenizer=bytes")
     assert blip2_vision(adapter) == eva_vit_g(image)
     assert flan_t5(adapter) == FLAN_T5_XL
+
+
+def linear_dtypes(module):
+    return {m.weight.dtype for m in module.modules() if isinstance(m, nn.Linear)}
+
+
+#: the dtype of each part's matrices and the autocast it runs under, as LAVIS runs each model: vit_precision
+#: fp16 in blip2_pretrain_flant5xl.yaml, blip2_pretrain_opt2.7b.yaml, fp32 in blip2_caption_flant5xl.yaml
+#: and blip2_coco.yaml; the ViT under maybe_autocast() (fp16), FlanT5 cast to bf16 under bf16 autocast, OPT
+#: loaded in fp16; the Q-Former and projections fp32; the retrieval evaluation (compute_sim_matrix) without
+#: autocast
+LAVIS_PRECISION = {
+    "blip2_t5": {"vision_model": "linear fp16, others fp32, autocast fp16",
+                 "language_model": "linear bf16, others bf16, autocast bf16"},
+    "blip2_t5_coco": {"vision_model": "linear fp32, others fp32, autocast fp16",
+                      "language_model": "linear bf16, others bf16, autocast bf16"},
+    "blip2_opt": {"vision_model": "linear fp16, others fp32, autocast fp16",
+                  "language_model": "linear fp16, others fp16 (LayerNorms fp16 values held in fp32), autocast fp16"},
+    "blip2_itm_coco": {"vision_model": "linear fp32, others fp32, autocast none"},
+}
+
+
+@pytest.mark.parametrize("name", list(LAVIS_PRECISION))
+def test_blip2_parts_run_in_lavis_precision_by_default(name):
+    adapter = built(name, "model.tokenizer=bytes")
+    assert adapter.precision == {**LAVIS_PRECISION[name], "every other part": "fp32, autocast none"}
+    model = adapter.model
+    vision = LAVIS_PRECISION[name]["vision_model"].split(",")[0]
+    assert linear_dtypes(model.vision_model) == {{"linear fp16": torch.float16, "linear fp32": torch.float32}[vision]}
+    assert linear_dtypes(model.qformer) == {torch.float32} and model.query_tokens.dtype == torch.float32
 
 
 def test_blip2_opt_is_built_as_released():

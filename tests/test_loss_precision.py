@@ -73,9 +73,9 @@ def test_bf16_zeroth_scores_have_no_zero_and_rank_like_fp32(name):
 
 
 def bf16_adapters():
-    yield Blip2Adapter(arch="blip2_t5_tiny", init="random", tokenizer="bytes", dtype="bfloat16")
-    yield Blip2Adapter(arch="blip2_opt_tiny", init="random", tokenizer="bytes", dtype="bfloat16")
-    yield Blip2ITMAdapter(arch="blip2_itm_tiny", init="random", tokenizer="bytes", dtype="bfloat16")
+    yield Blip2Adapter(arch="blip2_t5_tiny", init="random", tokenizer="bytes", precision="bfloat16")
+    yield Blip2Adapter(arch="blip2_opt_tiny", init="random", tokenizer="bytes", precision="bfloat16")
+    yield Blip2ITMAdapter(arch="blip2_itm_tiny", init="random", tokenizer="bytes", precision="bfloat16")
     yield OpenCLIPAdapter("clip_tiny", init="random", dtype="bfloat16")
     yield HFCLIPAdapter(arch="clip_tiny", init="random", tokenizer="open_clip", dtype="bfloat16")
 
@@ -93,7 +93,7 @@ def test_every_calibration_loss_is_fp32():
 
 def test_t5_prefix_lm_loss_equals_transformers_own_loss_in_fp32():
     """Ours: fp32 cross-entropy of the bf16 logits; transformers' T5 reduces in the logits' dtype."""
-    adapter = Blip2Adapter(arch="blip2_t5_tiny", init="random", tokenizer="bytes", dtype="bfloat16")
+    adapter = Blip2Adapter(arch="blip2_t5_tiny", init="random", tokenizer="bytes", precision="bfloat16")
     batch = adapter.collate(list(zip(pictures(4), CAPTIONS[:4], strict=True)))
     with torch.no_grad():
         embeds, mask = adapter.language_inputs(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])

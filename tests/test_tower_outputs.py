@@ -39,7 +39,7 @@ def test_blip2_zeroth_estimates_equal_and_earlier_towers_run_once_per_batch(kind
     """vision -> qformer -> (encoder ->) decoder: a tower's blocks run in its own walk, in every
     perturbed loss of an earlier tower (they read it), and once per batch when the next tower's
     inputs are captured; never while a later tower is perturbed."""
-    adapter = tiny(kind, dtype=dtype)
+    adapter = tiny(kind, precision=dtype)
     batches = blip2_batches(adapter)
     cached, cached_counts = zeroth(adapter, batches, True)
     plain, plain_counts = zeroth(adapter, batches, False)

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -68,6 +69,12 @@ class ModelAdapter(ABC):
     load_hint: str = "transformers.{model_class}.from_pretrained({path!r})"
     #: tokenizer names that need no files (model.tokenizer=bytes: ByT5's byte tokenizer)
     builtin_tokenizers: tuple[str, ...] = ("bytes",)
+    #: how each part of the model is held and run (the record's `precision`), for a model whose parts
+    #: differ (models/precision.py)
+    precision: Mapping[str, str] = MappingProxyType({})
+    #: released checkpoint files that no hub holds, by file name -> where to download them (a missing
+    #: one is named with its source)
+    released_files: Mapping[str, str] = MappingProxyType({})
 
     @classmethod
     def wraps(cls, model: nn.Module) -> bool:
@@ -92,6 +99,10 @@ class ModelAdapter(ABC):
     def check_checkpoints(cls, config: Mapping[str, Any]) -> None:
         """UserError now when one of `checkpoints(config)` cannot be had (loading.check_checkpoint)."""
         for name in cls.checkpoints(config):
+            source = cls.released_files.get(Path(name).name)
+            if source and not Path(name).expanduser().is_file():
+                raise UserError(f"checkpoint {name} does not exist; download {Path(name).name} ({source}) to that "
+                                f"path, or point the model config's checkpoint elsewhere")
             check_checkpoint(name)
 
     @abstractmethod

@@ -26,9 +26,9 @@ decoded text, as blip_decoder.generate does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -39,12 +39,17 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import IGNORE, LossTerm, ModelAdapter
 from ecoflap_exp.models.blip2 import blip2_image_train, image_batch, interpolated_positions, square_resize
 from ecoflap_exp.models.blip_text import blip_caption
-from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, load_tokenizer, load_transformers_model, merged
+from ecoflap_exp.models.loading import (
+    CLIP_MEAN,
+    CLIP_STD,
+    load_tokenizer,
+    load_transformers_model,
+    merged,
+    wrapped_state,
+)
 from ecoflap_exp.models.seam import Batch, Tower, blocks_of
 
 PROMPT = "a picture of "
-#: where salesforce/BLIP releases its checkpoints (README), for a missing original file
-ORIGINAL_URL = "https://storage.googleapis.com/sfr-vision-language-research/BLIP/models/{name}"
 #: BLIP's ViT norms (salesforce/BLIP models/vit.py: norm_layer = partial(nn.LayerNorm, eps=1e-6))
 ORIGINAL_VISION_EPS = 1e-6
 #: BLIP_Decoder's ViT names -> BlipForConditionalGeneration's, applied in order to each name (the
@@ -66,15 +71,7 @@ def original_blip_state(path: str) -> dict[str, torch.Tensor]:
     """An original BLIP checkpoint's captioner weights under transformers' names; what else it
     holds (a pre-training checkpoint's momentum encoders, text encoder, ITM head) is left out, as
     BLIP's load_checkpoint ignores it."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: torch raises several kinds
-        raise UserError(f"could not read the BLIP checkpoint {path} ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''}); download it again") from None
-    state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise UserError(f"{path} is not an original BLIP checkpoint: it has no 'model' state dict (salesforce/BLIP "
-                        f"saves {{'model': ...}}); give a hub name or a transformers folder instead")
+    state = wrapped_state(path, "BLIP", "give a hub name or a transformers folder instead")
     out = {}
     for name, tensor in state.items():
         if name.startswith("visual_encoder."):
@@ -96,6 +93,9 @@ class BlipCaptionAdapter(ModelAdapter):
     has_train_augmentation = True
     load_hint = ("transformers.{model_class}.from_pretrained({path!r}); "
                  "transformers.BlipProcessor.from_pretrained({path!r})")
+    #: salesforce/BLIP's README: the COCO captioner (ViT-B, CapFilt-L)
+    released_files = MappingProxyType({"model_base_caption_capfilt_large.pth": "https://storage.googleapis.com/"
+                                       "sfr-vision-language-research/BLIP/models/model_base_caption_capfilt_large.pth"})
 
     def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
                  dtype: str = "float32", tokenizer: str | None = None, prompt: str = PROMPT, max_words: int = 30,
@@ -123,19 +123,9 @@ class BlipCaptionAdapter(ModelAdapter):
         # BLIP's training view is BLIP-2's (crop 0.5-1, flip) plus a RandAugment not applied here
         self.preprocess, self.train_preprocess = square_resize(size), blip2_image_train(size)
 
-    @classmethod
-    def check_checkpoints(cls, config: Mapping[str, Any]) -> None:
-        checkpoint = str(config.get("checkpoint"))
-        original = config.get("init", "pretrained") == "pretrained" and checkpoint.endswith(".pth")
-        if original and not Path(checkpoint).expanduser().is_file():
-            url = ORIGINAL_URL.format(name=Path(checkpoint).name)
-            raise UserError(f"model.checkpoint={checkpoint} does not exist; download the original BLIP file ({url}) to "
-                            f"that path, or set model.checkpoint")
-        super().check_checkpoints(config)
-
     def load_original(self, path: str) -> None:
         """Every weight of the captioner from an original BLIP checkpoint (UserError naming what is missing)."""
-        state = original_blip_state(str(Path(path).expanduser()))
+        state = original_blip_state(path)
         self.load_weights(state, ("vision_model.", "text_decoder."), path)
         missing = sorted(set(self.model.state_dict()) - set(state))
         if missing:

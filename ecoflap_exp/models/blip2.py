@@ -20,6 +20,16 @@ longest of their batch and the towers' token masks keep the pads out of every st
 batch gives the statistics its samples give one at a time (the official passes run at batch 1).
 Calibration images get LAVIS's `blip2_image_train` view by default (`calibration_augment`), as
 ECoFLaP's CC3M calibration does.
+
+`precision=official` holds and runs each part as LAVIS does (models/precision.py): the ViT's Linear
+weights in `vit_precision` (LAVIS's yaml key: fp16 for the pre-trained models, fp32 for the COCO
+fine-tunes) under fp16 autocast (the retrieval model's ViT: autocast only with fp16 weights, as its
+similarity evaluation runs without), its norms and embeddings fp32; the Q-Former and the
+projections fp32 without autocast; FlanT5 bf16 (OPT fp16) under its autocast. The projected
+queries (fp32) and the embedded text are concatenated as they are, so FlanT5's encoder keeps an
+fp32 residual stream, as in LAVIS. `ln_vision` (transformers' post_layernorm) is LAVIS's
+LayerNorm of torch's default eps 1e-5 (transformers builds it with the ViT's 1e-6). A dtype name
+holds every part in that dtype.
 """
 
 from __future__ import annotations
@@ -42,7 +52,8 @@ from torchvision import transforms
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import IGNORE, LossTerm, ModelAdapter, contrastive_terms
 from ecoflap_exp.models.blip_text import blip_caption
-from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, load_tokenizer, load_transformers_model
+from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, DTYPES, load_tokenizer, load_transformers_model
+from ecoflap_exp.models.precision import PartPrecision, apply_precision, held
 from ecoflap_exp.models.seam import Batch, Block, BlockInput, Tower, blocks_of, find_block_list, linear_matrices
 
 
@@ -167,17 +178,41 @@ def saved_state(source: str) -> dict[str, torch.Tensor]:
     return state
 
 
+PRECISIONS = ("official", *DTYPES)
+#: LAVIS's vit_precision values (blip2_*.yaml)
+VIT_PRECISIONS = {"fp16": torch.float16, "fp32": torch.float32}
+#: LAVIS's ln_vision: LayerNorm(visual_encoder.num_features), torch's default eps
+LN_VISION_EPS = 1e-5
+
+
+def load_blip2(auto_class: Any, arch: str | None, checkpoint: str | None, init: str, precision: str,
+               vit_precision: str, seed: int, arch_overrides: dict[str, Any] | None) -> nn.Module:
+    """The model in fp32 for `precision=official` (the parts are cast after), else in that dtype."""
+    if precision not in PRECISIONS:
+        raise UserError(f"model.precision={precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
+    if vit_precision not in VIT_PRECISIONS:
+        raise UserError(f"model.vit_precision={vit_precision!r} is unknown; use one of {', '.join(VIT_PRECISIONS)}")
+    dtype = "float32" if precision == "official" else precision
+    return load_transformers_model(auto_class, arch, checkpoint, init, dtype, seed, arch_overrides)
+
+
 class Blip2ModelAdapter(ModelAdapter):
-    """What both BLIP-2 heads share: image preprocessing, the vision tower, weight transfer."""
+    """What both BLIP-2 heads share: image preprocessing, the vision tower, weight transfer, precision."""
 
     sample_kinds = ("image_captions",)
     calibration_augment = "train"
     has_train_augmentation = True
 
-    def __init__(self, model: nn.Module, tokenizer: Any, max_text_tokens: int):
+    def __init__(self, model: nn.Module, tokenizer: Any, max_text_tokens: int, precision: str,
+                 official: dict[str, PartPrecision]):
         self.model = model
         self.tokenizer = tokenizer
         self.max_text_tokens = max_text_tokens
+        model.vision_model.post_layernorm.eps = LN_VISION_EPS
+        if precision == "official":
+            self.precision = {**apply_precision(model, official), "every other part": "fp32, autocast none"}
+        else:
+            self.precision = held(model)
         size = model.config.vision_config.image_size
         self.preprocess = square_resize(size)
         self.train_preprocess = blip2_image_train(size)
@@ -217,20 +252,26 @@ class Blip2ModelAdapter(ModelAdapter):
 class Blip2Adapter(Blip2ModelAdapter):
     """Blip2ForConditionalGeneration: `checkpoint` a hub name or folder (Salesforce/blip2-flan-t5-xl,
     Salesforce/blip2-opt-2.7b, the -coco captioners), or `init=random` with a shipped `arch`.
-    `tokenizer`: the checkpoint's, or `bytes` for the tiny architectures. Calibration batches are
+    `tokenizer`: the checkpoint's, or `bytes` for the tiny architectures; `precision`: `official`
+    (with LAVIS's `vit_precision`) or a dtype (module docstring). Calibration batches are
     image-caption pairs; each caption is cleaned (blip_caption) and split at a seeded random
     character for the prefix-LM loss, truncated to `max_text_tokens` tokens per side."""
 
     def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
-                 dtype: str = "float32", tokenizer: str | None = None, max_text_tokens: int = 32,
-                 prune_towers: list[str] | None = None, seed: int = 0, arch_overrides: dict[str, Any] | None = None,
-                 name: str = ""):
+                 precision: str = "float32", vit_precision: str = "fp16", tokenizer: str | None = None,
+                 max_text_tokens: int = 32, prune_towers: list[str] | None = None, seed: int = 0,
+                 arch_overrides: dict[str, Any] | None = None, name: str = ""):
         self.name = name
-        model = load_transformers_model(transformers.AutoModelForImageTextToText, arch, checkpoint, init, dtype, seed,
-                                        arch_overrides)
-        super().__init__(model, load_tokenizer(tokenizer or checkpoint), max_text_tokens)
-        self.transfer_prefixes = VISION_TRANSFER + LANGUAGE_TRANSFER
+        model = load_blip2(transformers.AutoModelForImageTextToText, arch, checkpoint, init, precision, vit_precision,
+                           seed, arch_overrides)
         self.encoder_decoder = not model.config.use_decoder_only_language_model
+        # LAVIS: blip2_t5.py casts FlanT5 to bf16 and runs it under bf16 autocast; blip2_opt.py loads OPT in fp16
+        # and runs it under (fp16) maybe_autocast; the ViT runs under maybe_autocast() (fp16) in both
+        language = torch.bfloat16 if self.encoder_decoder else torch.float16
+        official = {"vision_model": PartPrecision(VIT_PRECISIONS[vit_precision], torch.float32, torch.float16),
+                    "language_model": PartPrecision(language, language, language, norms_fp32=not self.encoder_decoder)}
+        super().__init__(model, load_tokenizer(tokenizer or checkpoint), max_text_tokens, precision, official)
+        self.transfer_prefixes = VISION_TRANSFER + LANGUAGE_TRANSFER
         self.split_rng = random.Random(seed)
         names = [t.name for t in self.all_towers()]
         self.prune_towers = list(prune_towers) if prune_towers is not None else [n for n in names if n != "qformer"]
@@ -307,10 +348,11 @@ class Blip2Adapter(Blip2ModelAdapter):
 
     def language_inputs(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                         attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The language model's input embeddings: projected query outputs, then the embedded text."""
+        """The language model's input embeddings: projected query outputs, then the embedded text,
+        concatenated in the wider of their dtypes (LAVIS's torch.cat of fp32 queries and bf16 text)."""
         queries = self.model.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
         text = self.model.language_model.get_input_embeddings()(input_ids)
-        return torch.cat([queries.to(text.dtype), text], dim=1), self.language_mask(attention_mask)
+        return torch.cat([queries, text], dim=1), self.language_mask(attention_mask)
 
     def forward(self, batch: Batch) -> Any:
         """The language model's logits (T5: decoder fed the shifted targets, as with labels)."""
@@ -358,13 +400,17 @@ class Blip2ITMAdapter(Blip2ModelAdapter):
         return super().checkpoints(config) + ([vision_from] if isinstance(vision_from, str) else [])
 
     def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
-                 dtype: str = "float32", tokenizer: str | None = None, max_text_tokens: int = 35,
-                 vision_from: str | None = None, prune_towers: list[str] | None = None, seed: int = 0,
-                 arch_overrides: dict[str, Any] | None = None, name: str = ""):
+                 precision: str = "float32", vit_precision: str = "fp32", tokenizer: str | None = None,
+                 max_text_tokens: int = 35, vision_from: str | None = None, prune_towers: list[str] | None = None,
+                 seed: int = 0, arch_overrides: dict[str, Any] | None = None, name: str = ""):
         self.name = name
-        model = load_transformers_model(transformers.Blip2ForImageTextRetrieval, arch, checkpoint, init, dtype, seed,
-                                        arch_overrides)
-        super().__init__(model, load_tokenizer(tokenizer or checkpoint), max_text_tokens)
+        model = load_blip2(transformers.Blip2ForImageTextRetrieval, arch, checkpoint, init, precision, vit_precision,
+                           seed, arch_overrides)
+        # LAVIS's compute_sim_matrix (the retrieval evaluation) runs without autocast: the COCO model (vit_precision
+        # fp32) entirely in fp32; fp16 ViT weights run under maybe_autocast, as its forward
+        vit = VIT_PRECISIONS[vit_precision]
+        official = {"vision_model": PartPrecision(vit, torch.float32, torch.float16 if vit == torch.float16 else None)}
+        super().__init__(model, load_tokenizer(tokenizer or checkpoint), max_text_tokens, precision, official)
         self.transfer_prefixes = VISION_TRANSFER
         self.prune_towers = prune_towers
         if vision_from:

@@ -80,6 +80,22 @@ def load_transformers_model(auto_class: Any, arch: str | None, checkpoint: str |
     return model.eval()
 
 
+def wrapped_state(path: str, what: str, otherwise: str) -> dict[str, torch.Tensor]:
+    """The state dict a salesforce/BLIP-style checkpoint file holds under "model" (BLIP, UPop and
+    their descendants save {"model": state_dict, ...}); `otherwise`: where another layout goes."""
+    try:
+        checkpoint = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    except Exception as err:  # missing, truncated or foreign: torch raises several kinds
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise UserError(f"could not read the {what} checkpoint {path} ({type(err).__name__}: {detail}); download it "
+                        f"again") from None
+    state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a {what} checkpoint: it has no 'model' state dict ({what} saves "
+                        f"{{'model': ...}}); {otherwise}")
+    return state
+
+
 def untie_output_embeddings(model: nn.Module) -> None:
     """The output embedding its own copy of the input's. transformers 5 ties a T5's at construction
     whatever the config says (T5Config sets tie_word_embeddings), and from_pretrained unties them

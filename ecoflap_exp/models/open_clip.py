@@ -10,6 +10,10 @@ module's own input; plus the MLP's c_fc and c_proj.
 prunes it: one zeroth-order perturbation over all 3d rows, SparseGPT's mask chosen over all of
 them, one group for the allocation. `split_qkv=true` makes its q, k and v row slices three
 matrices, as transformers' CLIP has them (per-row Wanda is the same either way).
+The ID paper's CLIP (Nofear18/ID_VL_Pruning on sdc17/UPop) starts from UPop's Flickr30k fine-tune
+(`checkpoint`: {"model": OpenAI CLIP's state dict, plus momentum encoders and queues}), sees images
+resized to a square (`resize=square`: UPop's transform_test, no centre crop) and captions cleaned
+by BLIP's pre_caption to 30 words (`caption_words`), in training and evaluation alike.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -31,7 +36,8 @@ from torchvision import transforms
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import LossTerm, ModelAdapter, contrastive_terms
-from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, SHIPPED_PREFIX, hub_load_error, torch_dtype
+from ecoflap_exp.models.blip_text import blip_caption
+from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, SHIPPED_PREFIX, hub_load_error, torch_dtype, wrapped_state
 from ecoflap_exp.models.seam import Batch, Block, PrunableMatrix, Tower
 
 
@@ -77,6 +83,25 @@ def shipped_weights(name: str) -> dict[str, torch.Tensor]:
         raise UserError(f"no shipped weights named {name!r} (models/weights/{name}.safetensors); "
                         f"scripts/train_{name}.py trains them")
     return {k: v.float() for k, v in load_file(str(path)).items()}
+
+
+RESIZES = ("crop", "square")
+
+
+def upop_state(path: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of `model` from a UPop/BLIP-style checkpoint ({"model": state dict named as OpenAI's
+    CLIP, which open_clip's CLIP shares}); its momentum encoders (`*_m`) and queues are not the model."""
+    state = wrapped_state(path, "UPop", "an open_clip checkpoint goes to model.pretrained")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise UserError(f"{path} lacks {len(missing)} weight(s) of {type(model).__name__} (first: {missing[0]}); is it "
+                        f"a CLIP of model.model_name's architecture?")
+    wrong = [k for k in own if state[k].shape != own[k].shape]
+    if wrong:
+        raise UserError(f"{path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the model "
+                        f"{tuple(own[wrong[0]].shape)}; is it a CLIP of model.model_name's architecture?")
+    return {k: state[k] for k in own}
 
 
 def register_shipped_configs() -> None:
@@ -137,17 +162,30 @@ class OpenCLIPAdapter(ModelAdapter):
     in_proj's q, k, v as three matrices instead of one (the official code's unit); `prune_in_proj`:
     false leaves it out (the ID paper's CLIP). Training images (fine-tuning, `augment`) get UPop's
     retrieval view, which the ID paper's CLIP fine-tuning uses: a bicubic random resized crop
-    (scale 0.5-1) and a random flip (its RandAugment is not applied)."""
+    (scale 0.5-1) and a random flip (its RandAugment is not applied). `checkpoint`: a UPop
+    checkpoint loaded over the architecture (the tag in `pretrained` then names the weights it
+    descends from, for the activation check, and is not loaded); `resize`: `crop` (open_clip's and
+    OpenAI's view: shorter side, centre crop) or `square` (UPop's); `caption_words`: captions
+    cleaned by BLIP's pre_caption to that many words (null: as written)."""
 
     sample_kinds = ("image_captions",)
     has_train_augmentation = True
     prune_in_proj = True
+    caption_words: int | None = None
+    #: UPop's Flickr30k CLIP (sdc17/UPop README, "Uncompressed Model" of CLIP on Flickr30k), the ID paper's start
+    released_files = MappingProxyType({
+        "clip_large_retrieval_flickr.pth": "https://drive.google.com/uc?id=1-MZP6xQRnmLZr1_pqUK4TvOA8Ic7XCoI"})
 
     @classmethod
     def checkpoints(cls, config: Mapping[str, Any]) -> list[str]:
-        """A local checkpoint file (open_clip tags and hf-hub: names are open_clip's to resolve)."""
+        """A local checkpoint file (open_clip tags and hf-hub: names are open_clip's to resolve), or
+        the UPop checkpoint that replaces the tag's weights."""
         pretrained = config.get("pretrained")
-        if config.get("init", "pretrained") != "pretrained" or not isinstance(pretrained, str):
+        if config.get("init", "pretrained") != "pretrained":
+            return []
+        if isinstance(config.get("checkpoint"), str):
+            return [config["checkpoint"]]
+        if not isinstance(pretrained, str):
             return []
         local = not pretrained.startswith(("hf-hub:", SHIPPED_PREFIX)) and ("/" in pretrained or "." in pretrained)
         return [pretrained] if local else []
@@ -171,27 +209,37 @@ class OpenCLIPAdapter(ModelAdapter):
 
     def __init__(self, model_name: str, pretrained: str | None = None, init: str = "pretrained",
                  dtype: str = "float32", seed: int = 0, prune_towers: list[str] | None = None,
-                 split_qkv: bool = False, prune_in_proj: bool = True, name: str = ""):
+                 split_qkv: bool = False, prune_in_proj: bool = True, checkpoint: str | None = None,
+                 resize: str = "crop", caption_words: int | None = None, name: str = ""):
         import open_clip
 
         self.name = name
         register_shipped_configs()
         if init not in ("pretrained", "random"):
             raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")
-        if init == "pretrained" and not pretrained:
+        if init == "pretrained" and not (pretrained or checkpoint):
             raise UserError("model.init=pretrained needs model.pretrained (an open_clip tag or a checkpoint path)")
+        if resize not in RESIZES:
+            raise UserError(f"model.resize={resize!r} is unknown; use one of {', '.join(RESIZES)}")
+        if caption_words is not None and caption_words < 1:
+            raise UserError(f"model.caption_words={caption_words} must be >= 1 (null: captions as written)")
         check_activation(model_name, pretrained)
         torch.manual_seed(seed)
-        shipped = init == "pretrained" and str(pretrained).startswith(SHIPPED_PREFIX)
+        own = init == "pretrained" and (checkpoint is not None or str(pretrained).startswith(SHIPPED_PREFIX))
         try:
-            with quiet_random_init_notice(shipped):
+            with quiet_random_init_notice(own):
                 self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-                    model_name, pretrained=pretrained if init == "pretrained" and not shipped else None)
+                    model_name, pretrained=pretrained if init == "pretrained" and not own else None)
         except RuntimeError as err:
             raise hub_load_error(f"{model_name}:{pretrained}", err) from err
-        if shipped:
+        if init == "pretrained" and checkpoint is not None:
+            self.model.load_state_dict(upop_state(checkpoint, self.model))
+        elif own:
             self.model.load_state_dict(shipped_weights(str(pretrained).removeprefix(SHIPPED_PREFIX)))
         self.model.to(torch_dtype(dtype)).eval()
+        if resize == "square":
+            self.preprocess = self.square_view()
+        self.caption_words = caption_words
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.construction = {"model_name": model_name}
         self.prune_towers = prune_towers
@@ -210,16 +258,34 @@ class OpenCLIPAdapter(ModelAdapter):
                 reads=()))
         return towers
 
-    def train_view(self) -> transforms.Compose:
+    def image_size(self) -> int:
         size = self.model.visual.image_size
-        size = size[0] if isinstance(size, tuple | list) else size
+        return size[0] if isinstance(size, tuple | list) else size
+
+    def normalise(self) -> transforms.Normalize:
         config = getattr(self.model.visual, "preprocess_cfg", None) or {}
+        return transforms.Normalize(config.get("mean", CLIP_MEAN), config.get("std", CLIP_STD))
+
+    def train_view(self) -> transforms.Compose:
         return transforms.Compose([
-            transforms.RandomResizedCrop(size, scale=(0.5, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.RandomResizedCrop(self.image_size(), scale=(0.5, 1.0),
+                                         interpolation=transforms.InterpolationMode.BICUBIC),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
-            transforms.Normalize(config.get("mean", CLIP_MEAN), config.get("std", CLIP_STD)),
+            self.normalise(),
         ])
+
+    def square_view(self) -> transforms.Compose:
+        """UPop's transform_test (data/__init__.py): both sides to the image size, bicubic, no crop."""
+        size = self.image_size()
+        return transforms.Compose([
+            transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.ToTensor(),
+            self.normalise(),
+        ])
+
+    def captions(self, texts: list[str]) -> list[str]:
+        return [blip_caption(t, self.caption_words) for t in texts] if self.caption_words else list(texts)
 
     def collate(self, samples: list[tuple[Image.Image, str]], augment: bool = False) -> Batch:
         if self.preprocess is None or self.tokenizer is None:
@@ -228,7 +294,8 @@ class OpenCLIPAdapter(ModelAdapter):
         dtype = next(self.model.parameters()).dtype
         view = self.train_view() if augment else self.preprocess
         images = torch.stack([view(image.convert("RGB")) for image, _ in samples])
-        return {"image": images.to(self.device, dtype), "text": self.tokenizer([c for _, c in samples]).to(self.device)}
+        texts = self.tokenizer(self.captions([c for _, c in samples]))
+        return {"image": images.to(self.device, dtype), "text": texts.to(self.device)}
 
     def forward(self, batch: Batch) -> Any:
         return self.model(batch["image"], batch["text"])
@@ -246,7 +313,8 @@ class OpenCLIPAdapter(ModelAdapter):
 
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> torch.Tensor:
-        return F.normalize(self.model.encode_text(self.tokenizer(texts).to(self.device)).float(), dim=-1)
+        tokens = self.tokenizer(self.captions(texts)).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
     load_hint = "open_clip.create_model_and_transforms('local-dir:' + {path!r})"
 
