@@ -466,10 +466,10 @@ def test_llava_is_prompted_with_llavas_own_conversation_template():
     assert seen[-1][0].endswith("? ASSISTANT: A red cup.</s>USER: And beside it? ASSISTANT: A spoon</s>")
 
 
-def sentencepiece_like_tokenizer():
+def sentencepiece_like_tokenizer(words=True):
     """A LLaMA-style (legacy SentencePiece) tokenizer: "▁" prepended to each text and for each space,
-    pieces never crossing a "▁" boundary, one BOS added; so a text that starts with a space gets a
-    lone "▁" token of its own, as Vicuna's slow tokenizer does."""
+    pieces never crossing a "▁" boundary (`words`), one BOS added; so a text that starts with a space
+    gets a lone "▁" token of its own, as Vicuna's slow tokenizer does."""
     import transformers
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -477,7 +477,8 @@ def sentencepiece_like_tokenizer():
               "A spoon"]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+    if words:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Strip(" ", 1, 0)])
     alphabet = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,?:'\n▁")
     tok.train_from_iterator(corpus * 5, trainers.BpeTrainer(vocab_size=300, initial_alphabet=alphabet,
@@ -525,21 +526,33 @@ def llava_reference(conversation, tokenizer):
     return ids, target
 
 
-def test_llava_answer_tokens_are_llavas_own_targets_with_no_stray_token():
-    """With a SentencePiece-like tokenizer the answer's tokens are the ones the whole conversation
-    gives (LLaVA tokenizes it at once) and the targets are preprocess_v1's: the answer and its
-    "</s>", nothing between them and nothing from the prompt."""
+def llava_with(tokenizer):
     import transformers
 
     from ecoflap_exp.models.llava import VICUNA_V1_TEMPLATE
 
     adapter = make("llava_tiny")
-    tokenizer = sentencepiece_like_tokenizer()
     old = adapter.processor
     adapter.processor = transformers.LlavaProcessor(
         image_processor=old.image_processor, tokenizer=tokenizer, patch_size=old.patch_size,
         vision_feature_select_strategy=old.vision_feature_select_strategy, num_additional_image_tokens=1,
         chat_template=VICUNA_V1_TEMPLATE)
+    return adapter
+
+
+def test_a_tokenizer_that_merges_a_prompt_into_its_answer_is_named():
+    """Pieces across word boundaries ("T:▁A▁"): the answer's first token would hold the prompt's end."""
+    adapter = llava_with(sentencepiece_like_tokenizer(words=False))
+    with pytest.raises(UserError, match="merges tokens across the boundary of a prompt and its answer"):
+        adapter.collate([(image(0), (("human", "<image>\nWhat is on the table?"), ("gpt", "A red cup.")))])
+
+
+def test_llava_answer_tokens_are_llavas_own_targets_with_no_stray_token():
+    """With a SentencePiece-like tokenizer the answer's tokens are the ones the whole conversation
+    gives (LLaVA tokenizes it at once) and the targets are preprocess_v1's: the answer and its
+    "</s>", nothing between them and nothing from the prompt."""
+    adapter = llava_with(sentencepiece_like_tokenizer())
+    tokenizer = adapter.tokenizer
     turns = (("human", "<image>\nWhat is on the table?"), ("gpt", "A red cup."), ("human", "And beside it?"),
              ("gpt", "A spoon"))
     batch = adapter.collate([(image(0), turns)])

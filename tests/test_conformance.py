@@ -253,11 +253,15 @@ def test_transformers_clip_is_built_as_released():
 # BLIP captioner, LLaMA, ViT, LLaVA-1.5, Qwen2-VL
 # ---------------------------------------------------------------------------------------------
 
-def test_blip_captioner_is_built_as_released():
-    """Salesforce/blip-image-captioning-base config.json (BlipConfig defaults, text heads 12): ViT-B/16 at
-    384 px, GELU, vision LayerNorm eps 1e-5; BERT-base decoder with cross-attention, vocab 30524 ([DEC],
-    [ENC]), eps 1e-12. (The original BLIP .pth file builds BLIP's eps 1e-6: test_blip_original.)"""
-    model = built("blip_caption_coco", "model.tokenizer=bytes").model
+@pytest.mark.parametrize(("checkpoint", "vision_eps"), [(None, 1e-6), ("Salesforce/blip-image-captioning-base", 1e-5)])
+def test_blip_captioner_is_built_as_released(checkpoint, vision_eps):
+    """BLIP_Decoder (salesforce/BLIP models/blip.py, vit.py, med_config.json) and the hub conversion's config.json
+    (BlipConfig defaults, text heads 12): ViT-B/16 at 384 px, GELU, qkv bias; BERT-base decoder with
+    cross-attention, vocab 30524 ([DEC], [ENC]), eps 1e-12. The ViT's LayerNorm eps: 1e-6 in BLIP's own
+    (partial(nn.LayerNorm, eps=1e-6)), the config's default, `model_base_caption_capfilt_large.pth`;
+    transformers' 1e-5 for the hub checkpoint."""
+    overrides = [f"model.checkpoint={checkpoint}"] if checkpoint else []
+    model = built("blip_caption_coco", "model.tokenizer=bytes", *overrides).model
     vision, text = model.vision_model, model.text_decoder.bert
     layer = vision.encoder.layers[0]
     assert {"layers": len(vision.encoder.layers), "hidden": layer.self_attn.qkv.in_features,
@@ -269,7 +273,7 @@ def test_blip_captioner_is_built_as_released():
             "vocab": text.embeddings.word_embeddings.num_embeddings, "text_norm": norm(text.embeddings.LayerNorm),
             "cross_attention": hasattr(text.encoder.layer[0], "crossattention")} == {
         "layers": 12, "hidden": 768, "heads": 12, "image": 384, "patch": 16, "act": "GELUActivation",
-        "norm": ("LayerNorm", 1e-5), "qkv_bias": True, "text_layers": 12, "text_heads": 12, "vocab": 30524,
+        "norm": ("LayerNorm", vision_eps), "qkv_bias": True, "text_layers": 12, "text_heads": 12, "vocab": 30524,
         "text_norm": ("LayerNorm", 1e-12), "cross_attention": True}
 
 

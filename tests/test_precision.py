@@ -8,6 +8,7 @@ parameter `.bfloat16()` and runs it under `maybe_autocast(dtype=torch.bfloat16)`
 torch.cat([inputs_t5 (fp32), inputs_embeds (bf16)]), which is fp32; blip2_opt.py loads OPT in fp16.
 """
 
+import warnings
 from functools import partial
 
 import pytest
@@ -33,7 +34,8 @@ def dtypes(module):
 def test_official_precision_holds_each_part_as_lavis():
     adapter = tiny("t5", precision="official", vit_precision="fp16")
     model = adapter.model
-    assert dtypes(model.vision_model) == ({F16}, {F32})  # convert_weights_to_fp16: Linear (and conv) weights only
+    # convert_weights_to_fp16 halves Linear and conv weights; the patch conv is held fp32 (precision.py says why)
+    assert dtypes(model.vision_model) == ({F16}, {F32})
     assert model.vision_model.encoder.layers[0].layer_norm1.weight.dtype == F32
     assert model.vision_model.embeddings.position_embedding.dtype == F32
     assert dtypes(model.qformer) == ({F32}, {F32}) and model.query_tokens.dtype == F32
@@ -110,13 +112,30 @@ def test_a_dtype_holds_every_part_in_it_but_what_transformers_keeps_fp32():
     assert tiny("t5").precision["qformer"] == "fp32"
 
 
-def test_apply_precision_on_a_parameter_and_a_module():
-    model = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
-    model.register_parameter("scale", nn.Parameter(torch.ones(1)))
-    described = apply_precision(model, {"0": PartPrecision(F16, F32), "scale": PartPrecision(BF16, BF16)})
-    assert model[0].weight.dtype == F16 and model[0].bias.dtype == F16 and model.scale.dtype == BF16
-    assert described == {"0": "linear fp16, others fp32, autocast none",
-                         "scale": "linear bf16, others bf16, autocast none"}
+def test_apply_precision_casts_each_part_and_refuses_a_shared_tensor_held_two_ways():
+    model = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), nn.Sequential(nn.Embedding(3, 2), nn.Linear(2, 3)))
+    described = apply_precision(model, {"0": PartPrecision(F16, F32), "1": PartPrecision(BF16, BF16)})
+    assert model[0].weight.dtype == F16 and model[0].bias.dtype == F16 and model[1].weight.dtype == BF16
+    assert described == {"0": "linear fp16, others fp32, autocast none", "1": "linear bf16, others bf16, autocast none"}
+    model[2][1].weight = model[2][0].weight  # a tied output embedding
+    with pytest.raises(ValueError, match="shared with a module held in"):
+        apply_precision(model, {"2": PartPrecision(F16, F32)})
+
+
+def test_an_autocast_hook_that_fails_closes_nothing_it_did_not_open():
+    """The exit hook runs when the forward raises; it must not close an outer module's autocast."""
+    broken = nn.Sequential(nn.Sequential(nn.Linear(2, 2)))
+    apply_precision(broken, {"": PartPrecision(F32, F32, BF16)})
+    broken[0].register_forward_pre_hook(lambda module, args: (_ for _ in ()).throw(RuntimeError("broken")),
+                                        prepend=True)
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(RuntimeError, match="broken"):
+        warnings.simplefilter("always")
+        broken(torch.ones(1, 2))
+    assert not [w for w in caught if "silenced" in str(w.message)]  # no exit hook failed on a context it lacks
+    assert not torch.is_autocast_enabled("cpu")  # the outer module's autocast closed by its own exit
+    working = nn.Sequential(nn.Linear(2, 2))
+    apply_precision(working, {"": PartPrecision(F32, F32, BF16)})
+    assert working(torch.ones(1, 2)).dtype == BF16 and not torch.is_autocast_enabled("cpu")
 
 
 @pytest.mark.slow

@@ -159,6 +159,13 @@ def test_an_unpruned_model_leaves_the_companion_as_released(companion):
     vit = "vision_model.encoder.layers.0.self_attn.qkv.weight"
     assert torch.equal(probe.state[vit], dense.model.state_dict()[vit])
     assert not torch.equal(probe.state[vit], released[vit])
+    # pruned is judged on the towers the run prunes, as its achieved sparsity: the ViT alone at 3% is pruned
+    vision_only = Blip2Adapter(arch="blip2_t5_tiny", init="random", tokenizer="bytes", seed=3, prune_towers=["vision"])
+    SequentialEngine(vision_only, WandaPruner(), {b.name: 0.03 for b in vision_only.blocks()}).run(
+        [vision_only.collate(pairs[:4])])
+    assert vision_only.zero_share() == pytest.approx(0.03, abs=1e-3)
+    on_companion.evaluate(vision_only)
+    assert on_companion.info == {"companion": "transferred"}
 
 
 @pytest.mark.slow

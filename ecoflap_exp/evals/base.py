@@ -73,8 +73,8 @@ class ReadsSplit(Evaluation):
 
 class OnCompanion(Evaluation):
     """`evaluation` run on `companion` (a model config built with `_partial_: true`, so it loads
-    only when this evaluation runs, after pruning). A pruned model (its prunable weights at least
-    LOADED_SPARSE zeros: pruned by the run, or a pruned checkpoint loaded) first copies into the
+    only when this evaluation runs, after pruning). A pruned model (the prunable weights of the towers
+    it prunes at least LOADED_SPARSE zeros: pruned by the run, or a pruned checkpoint loaded) first copies into the
     companion its weights whose names start with one of `transfer`, by default (None) the
     companion's own `transfer_prefixes`, the key set the official evaluation transfers; an
     unpruned one leaves the companion as released. `info["companion"]` says which."""
@@ -108,6 +108,7 @@ class OnCompanion(Evaluation):
         return cls.__name__, [describe(need) for need in self.evaluation.needs if not issubclass(cls, need)]
 
     def evaluate(self, adapter: ModelAdapter) -> dict[str, float]:
+        self.how = {}
         companion = self.companion()
         if adapter.zero_share() >= LOADED_SPARSE:
             prefixes = self.transfer if self.transfer is not None else companion.transfer_prefixes

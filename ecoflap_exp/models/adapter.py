@@ -195,8 +195,9 @@ class ModelAdapter(ABC):
 
     @torch.no_grad()
     def zero_share(self) -> float:
-        """The share of zeros among the weights of every tower's prunable matrices (pruned or not)."""
-        matrices = [m for tower in self.all_towers() for block in tower.blocks for m in block.matrices]
+        """The share of zeros among the weights of the prunable matrices of the towers to prune (the
+        set a run's achieved sparsity is measured over)."""
+        matrices = list(self.matrices())
         zeros = sum(int((m.weight == 0).sum()) for m in matrices)
         return zeros / max(1, sum(m.weight.numel() for m in matrices))
 

@@ -36,8 +36,8 @@ import transformers
 from PIL import Image
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.adapter import IGNORE, LossTerm, ModelAdapter
-from ecoflap_exp.models.blip2 import blip2_image_train, image_batch, interpolated_positions, square_resize
+from ecoflap_exp.models.adapter import IGNORE, LossTerm
+from ecoflap_exp.models.blip2 import InterpolatesPositions, blip2_image_train, image_batch, square_resize
 from ecoflap_exp.models.blip_text import blip_caption
 from ecoflap_exp.models.loading import (
     CLIP_MEAN,
@@ -83,7 +83,7 @@ def original_blip_state(path: str) -> dict[str, torch.Tensor]:
     return out
 
 
-class BlipCaptionAdapter(ModelAdapter):
+class BlipCaptionAdapter(InterpolatesPositions):
     """`checkpoint`: a hub name or folder (Salesforce/blip-image-captioning-base, -large), an
     original BLIP `.pth` (built as the shipped `arch` with BLIP's ViT norms, then loaded), or
     `init=random` with a shipped `arch`; `tokenizer`: the checkpoint's (a hub name with a `.pth`),
@@ -102,12 +102,12 @@ class BlipCaptionAdapter(ModelAdapter):
                  max_text_tokens: int = 40, label_smoothing: float = 0.1, prune_towers: list[str] | None = None,
                  seed: int = 0, arch_overrides: dict[str, Any] | None = None, name: str = ""):
         self.name = name
-        original = init == "pretrained" and str(checkpoint).endswith(".pth")
-        if original:
-            if tokenizer is None:
-                raise UserError(f"model.checkpoint={checkpoint} is an original BLIP checkpoint, which holds no "
-                                f"tokenizer; set model.tokenizer (Salesforce/blip-image-captioning-base)")
+        if str(checkpoint).endswith(".pth"):  # BLIP's own architecture, also when its shapes are built at random
             arch_overrides = merged({"vision_config": {"layer_norm_eps": ORIGINAL_VISION_EPS}}, arch_overrides or {})
+        original = init == "pretrained" and str(checkpoint).endswith(".pth")
+        if original and tokenizer is None:
+            raise UserError(f"model.checkpoint={checkpoint} is an original BLIP checkpoint, which holds no "
+                            f"tokenizer; set model.tokenizer (Salesforce/blip-image-captioning-base)")
         self.model = load_transformers_model(transformers.BlipForConditionalGeneration, arch,
                                              None if original else checkpoint, "random" if original else init, dtype,
                                              seed, arch_overrides)
@@ -131,12 +131,6 @@ class BlipCaptionAdapter(ModelAdapter):
         if missing:
             raise UserError(f"{path} lacks {len(missing)} weight(s) of the BLIP captioner (first: {missing[0]}); is it "
                             f"a BLIP captioning checkpoint (model_base_caption_capfilt_large.pth)?")
-
-    def fit_weight(self, name: str, tensor: torch.Tensor, shape: torch.Size, source: str) -> torch.Tensor:
-        """Position embeddings of another image size, interpolated as BLIP's load_checkpoint does."""
-        if not name.endswith("embeddings.position_embedding"):
-            return super().fit_weight(name, tensor, shape, source)
-        return interpolated_positions(tensor, shape[1])
 
     def all_towers(self) -> list[Tower]:
         vision = self.model.vision_model

@@ -196,7 +196,18 @@ def load_blip2(auto_class: Any, arch: str | None, checkpoint: str | None, init: 
     return load_transformers_model(auto_class, arch, checkpoint, init, dtype, seed, arch_overrides)
 
 
-class Blip2ModelAdapter(ModelAdapter):
+class InterpolatesPositions(ModelAdapter):
+    """A ViT whose position embeddings from weights of another image size are interpolated over the
+    patch grid when loaded (the pretrained 224 px BLIP-2's into its 364 px COCO fine-tunes, as LAVIS
+    does; BLIP's load_checkpoint likewise)."""
+
+    def fit_weight(self, name: str, tensor: torch.Tensor, shape: torch.Size, source: str) -> torch.Tensor:
+        if not name.endswith("embeddings.position_embedding"):
+            return super().fit_weight(name, tensor, shape, source)
+        return interpolated_positions(tensor, shape[1])
+
+
+class Blip2ModelAdapter(InterpolatesPositions):
     """What both BLIP-2 heads share: image preprocessing, the vision tower, weight transfer, precision."""
 
     sample_kinds = ("image_captions",)
@@ -226,13 +237,6 @@ class Blip2ModelAdapter(ModelAdapter):
         randomness from torch's global generator, which the calibration source seeds)."""
         view = self.train_preprocess if augment else self.preprocess
         return image_batch(images, view, self.model.vision_model.embeddings.patch_embedding.weight)
-
-    def fit_weight(self, name: str, tensor: torch.Tensor, shape: torch.Size, source: str) -> torch.Tensor:
-        """The ViT's position embeddings of another image size (the pretrained 224 px model's into the
-        364 px COCO-finetuned models), interpolated bicubically over the patch grid as LAVIS does."""
-        if not name.endswith("embeddings.position_embedding"):
-            return super().fit_weight(name, tensor, shape, source)
-        return interpolated_positions(tensor, shape[1])
 
     load_hint = ("transformers.{model_class}.from_pretrained({path!r}); "
                  "transformers.Blip2Processor.from_pretrained({path!r})")

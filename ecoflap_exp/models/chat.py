@@ -124,8 +124,23 @@ class ChatVLMAdapter(ModelAdapter):
             raise UserError("a calibration conversation has no answer (gpt) turn to compute the loss on")
         return out
 
-    def token_count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+    def tokens_up_to(self, text: str, end: int, plain: list[int]) -> int:
+        """How many of the whole text's tokens (`plain`) cover text[:end]; UserError when the tokenizer
+        merges across that boundary, where an answer's tokens could not be told apart."""
+        ids = self.tokenizer(text[:end], add_special_tokens=False).input_ids
+        if plain[: len(ids)] != ids:
+            raise UserError(f"the tokenizer merges tokens across the boundary of a prompt and its answer "
+                            f"({text[max(0, end - 20):end]!r} | {text[end:end + 20]!r}), so the answer's tokens cannot "
+                            f"be told apart; use a chat template that ends its prompts where tokens end")
+        return len(ids)
+
+    def last_image_token(self, ids: list[int]) -> int:
+        """The position of the last image token (UserError when the conversation has none)."""
+        found = [i for i, t in enumerate(ids) if t == self.processor.image_token_id]
+        if not found:
+            raise UserError("a calibration conversation has no image token after the processor; does the chat "
+                            "template place the image (model.conversation)?")
+        return found[-1]
 
     def encode(self, image: Image.Image, turns: Turns) -> tuple[dict[str, torch.Tensor], list[int]]:
         """One conversation: the processor's tensors (ids over the whole sequence) and the labels
@@ -140,7 +155,7 @@ class ChatVLMAdapter(ModelAdapter):
         # the processor expands the image placeholder (in the first prompt, before every answer) into
         # the image's tokens; the rest is tokenized alike
         shift = len(ids) - len(plain)
-        after_image = max(i for i, t in enumerate(plain) if t == self.processor.image_token_id) + 1
+        after_image = self.last_image_token(plain) + 1
         if ids[after_image + shift:] != plain[after_image:]:
             raise RuntimeError("the processor tokenizes a conversation otherwise than its tokenizer beyond the image "
                                "placeholder; answer tokens cannot be located")
@@ -149,7 +164,8 @@ class ChatVLMAdapter(ModelAdapter):
         for segment, answer in segments:
             start, end = end, end + len(segment)
             if answer:
-                first, last = self.token_count(text[:start]) + shift, self.token_count(text[:end]) + shift
+                first = self.tokens_up_to(text, start, plain) + shift
+                last = self.tokens_up_to(text, end, plain) + shift
                 labels[first:last] = ids[first:last]
         return self.cut(encoded, labels)
 
@@ -158,8 +174,7 @@ class ChatVLMAdapter(ModelAdapter):
         length = encoded["input_ids"].shape[1]
         if length <= self.max_tokens:
             return encoded, labels
-        image = self.processor.image_token_id
-        last_image = max(i for i, t in enumerate(encoded["input_ids"][0].tolist()) if t == image)
+        last_image = self.last_image_token(encoded["input_ids"][0].tolist())
         if last_image >= self.max_tokens or all(t == IGNORE for t in labels[: self.max_tokens]):
             raise UserError(f"a calibration conversation needs more than model.max_tokens={self.max_tokens} tokens to "
                             f"reach its first answer ({length} in all); raise model.max_tokens")
