@@ -27,13 +27,17 @@ class InputStats(ABC):
 
 
 class ColumnNorms(InputStats):
-    """Mean over calibration samples of the squared L2 norm of each input column."""
+    """Mean over calibration samples of the squared L2 norm of each input column, accumulated as
+    locuslab/wanda's WrappedGPT.add_batch does, bit for bit: per batch, `torch.norm(inp.t(), p=2,
+    dim=1) ** 2` of the fp32 tokens (a sum of squares rounds differently, and a near-tie in the
+    ranking then flips)."""
 
     def __init__(self, cols: int, device: torch.device):
         self.sq_norms = torch.zeros(cols, device=device, dtype=torch.float32)
 
     def accumulate(self, tokens: torch.Tensor, rescale: float) -> None:
-        self.sq_norms.mul_(rescale).add_(tokens.pow(2).sum(0) / self.samples)
+        self.sq_norms.mul_(rescale)
+        self.sq_norms += torch.norm(tokens.t(), p=2, dim=1) ** 2 / self.samples
 
 
 def wanda_metric(weight: torch.Tensor, norms: InputStats) -> torch.Tensor:

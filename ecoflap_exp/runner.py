@@ -432,7 +432,8 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
             with timer("allocate"):
                 plan = allocation.plan(scores, Groups.of(adapter), oneshot, ceiling, sketches)
             with timer("prune"):
-                reports = SequentialEngine(adapter, pruner, plan, target.nm, device, cfg.offload).run(batches)
+                reports = SequentialEngine(adapter, pruner, plan, target.nm, device, cfg.offload,
+                                           calib.pads_in_stats).run(batches)
     with timer("verify"):
         achieved = verify(adapter, plan or dict.fromkeys(plan_keys(adapter), 0.0), target.nm, reports,
                           exact=pruner.count == "exact")

@@ -97,10 +97,11 @@ def real_tokens(matrix: PrunableMatrix, x: torch.Tensor, masks: dict[str, torch.
 
 def collect_stats(
     tower: Tower, block: Block, inputs: list[BlockInput], new_stats: Callable[[int, torch.device], InputStats],
-    device: torch.device,
+    device: torch.device, pads: bool = False,
 ) -> dict[PrunableMatrix, InputStats]:
     """Run the block over every cached input with hooks that feed each matrix's statistics, from
-    the real tokens of each input (its stream's mask; pads never enter).
+    the real tokens of each input (its stream's mask; pads never enter), or with `pads` from every
+    token.
 
     Matrices handed the very same input tensor (q, k and v; gate and up) share one statistics
     object, so it is accumulated and stored once (a SparseGPT Hessian is cols x cols).
@@ -119,7 +120,7 @@ def collect_stats(
                 stats[m] = same or new_stats(m.shape[1], device)
             if same is None:
                 seen.append((x, stats[m]))
-                stats[m].add(*real_tokens(m, x, current[0].masks))
+                stats[m].add(*real_tokens(m, x, {} if pads else current[0].masks))
             elif same is not stats[m]:
                 raise RuntimeError(f"{m.name}: its input was shared differently in an earlier batch")
 

@@ -332,3 +332,30 @@ def test_calibration_images_get_lavis_training_view_seeded():
     state = torch.random.get_rng_state()
     pixels("train", 3)
     assert torch.equal(torch.random.get_rng_state(), state)  # the run's own random stream is untouched
+
+
+def test_pads_enter_the_statistics_only_where_the_official_run_lets_them():
+    """pads_in_stats (ECoFLaP's zeroth-order run, batches of 8 hooked at every position): the T5 encoder's
+    statistics equal every token's, pads included; by default the real tokens' only."""
+    from ecoflap_exp.input_stats import ColumnNorms
+    from ecoflap_exp.walk import capture_inputs, collect_stats
+
+    adapter = tiny("t5")
+    encoder = next(t for t in adapter.towers() if t.name == "encoder")
+    block = encoder.blocks[0]
+    data = batches(adapter)
+    inputs = capture_inputs(adapter, encoder, data)
+    assert any(not b["attention_mask"].all() for b in data)  # the captions are padded
+    q = block.matrices[0]
+    seen = []
+    handle = q.input_module.register_forward_hook(
+        lambda mod, args, out: seen.append(args[0].reshape(-1, args[0].shape[-1])))
+    with torch.no_grad():
+        for inp in inputs:
+            encoder.run_block(block, inp)
+    handle.remove()
+    every = torch.cat(seen).float().pow(2).sum(0) / 8
+    with_pads = collect_stats(encoder, block, inputs, ColumnNorms, adapter.device, pads=True)[q]
+    torch.testing.assert_close(with_pads.sq_norms, every, rtol=1e-5, atol=1e-6)
+    without = collect_stats(encoder, block, inputs, ColumnNorms, adapter.device)[q]
+    assert not torch.allclose(without.sq_norms, every)

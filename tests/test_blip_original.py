@@ -119,3 +119,42 @@ def test_the_id_papers_captioner_is_the_coco_finetuned_original_file(tmp_path):
     caption = cfg.evals.coco_caption
     assert caption.prompt == "a picture of "
     assert dict(caption.generation) == {"num_beams": 3, "max_length": 20, "min_length": 5, "repetition_penalty": 1.0}
+
+
+def test_wanda_ranks_blips_vit_per_whole_matrix_and_its_text_per_row():
+    """UPop's BLIP pruner (ECoFLaP's BLIP rows): VITLayerWandaPruner sorts |W| ||X|| over the whole matrix;
+    the BERT decoder is ranked per output row."""
+    from torchvision.transforms.functional import to_pil_image
+
+    from ecoflap_exp.pruning.engine import SequentialEngine
+    from ecoflap_exp.pruning.wanda import WandaPruner
+
+    adapter = tiny(seed=4)
+    g = torch.Generator().manual_seed(0)
+    pairs = [(to_pil_image(torch.rand(3, 32, 32, generator=g)), c) for c in ["a dog", "two cats", "a car", "a cup"]]
+    batch = adapter.collate(pairs)
+    vit, text = adapter.towers()[0].blocks[0], adapter.towers()[1].blocks[0]
+    norms, handles = {}, []
+    for m in [*vit.matrices, *text.matrices]:
+        def hook(mod, args, out, m=m):
+            x = m.input_of(args, {})
+            x = x[batch["attention_mask"].bool()] if m.name.startswith("text_") and m.stream == "hidden" else x
+            norms[m.name] = x.reshape(-1, x.shape[-1]).float().pow(2).sum(0)
+        handles.append(m.input_module.register_forward_hook(hook))
+    with torch.no_grad():
+        adapter.forward(batch)
+    for h in handles:
+        h.remove()
+    metrics = {m.name: m.weight.abs() * norms[m.name].sqrt() for m in [*vit.matrices, *text.matrices]}
+    plan = {b.name: 0.5 if b.name in (vit.name, text.name) else 0.0 for b in adapter.blocks()}
+    reports = SequentialEngine(adapter, WandaPruner(), plan).run([batch])
+    assert {r.group for r in reports if r.block == vit.name} == {"matrix"}
+    assert {r.group for r in reports if r.block == text.name} == {"row"}
+    pruned = {m.name: m.weight == 0 for m in adapter.matrices()}
+    for name, metric in metrics.items():
+        expected = torch.zeros_like(metric, dtype=torch.bool)
+        if name.startswith("vision_model."):
+            expected.view(-1)[torch.sort(metric.flatten(), stable=True).indices[: round(metric.numel() * 0.5)]] = True
+        else:
+            expected.scatter_(1, torch.sort(metric, dim=1, stable=True).indices[:, : metric.shape[1] // 2], True)
+        assert torch.equal(pruned[name], expected), name

@@ -86,6 +86,42 @@ def test_recomputed_context_is_what_out_proj_receives(causal):
             torch.testing.assert_close(attention_context(mha, (x, x, x), {"attn_mask": bool_mask}), context)
 
 
+def coop_hacky_attention(attn, x):
+    """CoOp's pruner (ylsung/ECoFLaP CoOp fork): the shadow Attention module sharing in_proj and out_proj,
+    called without any mask: q * scale @ k^T, softmax, @ v; out_proj's input is that context."""
+    batch, tokens, width = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).reshape(batch, tokens, 3, heads, width // heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    scores = (q * (width // heads) ** -0.5) @ k.transpose(-2, -1)
+    return (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, tokens, width)
+
+
+def test_text_out_proj_statistics_as_coops_pruner_collects_them():
+    """text_attention_stats=unmasked (ECoFLaP's CLIP rows): the text tower's out_proj statistics come from
+    attention over every position (CoOp's shadow module, no causal mask); its forward stays causal."""
+    adapter = tiny_clip(text_attention_stats="unmasked")
+    tower = adapter.towers()[1]
+    block = tower.blocks[0]
+    inputs = capture_inputs(adapter, tower, batches(adapter))
+    stats = collect_stats(tower, block, inputs, WandaPruner().new_stats, adapter.device)
+    out = block.matrices[1]
+    normed = [block.module.ln_1(inp.hidden) for inp in inputs]
+    contexts = [coop_hacky_attention(block.module.attn, n) for n in normed]
+    expected = torch.cat([c.reshape(-1, 32) for c in contexts]).pow(2).sum(0) / 8
+    torch.testing.assert_close(stats[out].sq_norms, expected, rtol=1e-5, atol=1e-6)
+    twin = tiny_clip()  # the same weights, causal statistics
+    twin_tower = twin.towers()[1]
+    causal = collect_stats(twin_tower, twin_tower.blocks[0], inputs, WandaPruner().new_stats, twin.device)
+    assert not torch.allclose(causal[twin_tower.blocks[0].matrices[1]].sq_norms, stats[out].sq_norms)
+    # the masks Wanda then chooses differ in the text tower's out_proj only
+    for a in (adapter, twin):
+        SequentialEngine(a, WandaPruner(), {b.name: 0.5 for b in a.blocks()}).run(batches(a))
+    changed = {m.name for m, n in zip(adapter.matrices(), twin.matrices(), strict=True)
+               if not torch.equal(m.weight == 0, n.weight == 0)}
+    assert changed and all(name.startswith("transformer.") for name in changed)
+
+
 def test_statistics_come_from_the_real_inputs():
     adapter = tiny_clip()
     tower = adapter.towers()[1]  # text: causal mask

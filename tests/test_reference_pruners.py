@@ -101,18 +101,56 @@ def test_sparsegpt_equals_the_slow_reference(case, data, count):
         assert not pruned[:, [3, 4, 5, 6, 40, 77]].any()  # zeroed whatever the mask kept
 
 
-def ist_fasterprune(W, H, sparsity, blocksize, percdamp=0.01):
+def ist_inverse(H, percdamp):
+    """IST-DASLab/sparsegpt fasterprune: damped once, then the three factorisations."""
+    damp = percdamp * torch.mean(torch.diag(H))
+    diag = torch.arange(H.shape[0])
+    H[diag, diag] += damp
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+
+def clip_inf(H):
+    if (torch.isinf(H) * (H > 0)).float().sum() > 0:
+        pos = torch.isinf(H) * (H > 0)
+        H[pos] = torch.quantile(H, 0.999)
+    if (torch.isinf(H) * (H < 0)).float().sum() > 0:
+        pos = torch.isinf(H) * (H < 0)
+        H[pos] = torch.quantile(H, 0.001)
+
+
+def factorised_while_failing(H, damp, upper):
+    """The fork's `while True: try: cholesky ... except: H[diag, diag] += damp` loop (both of its copies)."""
+    diag = torch.arange(H.shape[0])
+    while True:
+        try:
+            decompose_H = torch.linalg.cholesky(H, upper=upper)
+            if not torch.isnan(decompose_H).any():
+                return decompose_H
+            H[diag, diag] += damp
+        except RuntimeError:
+            H[diag, diag] += damp
+
+
+def ecoflap_inverse(H, percdamp):
+    """ylsung/ECoFLaP's fasterprune (LAVIS and CoOp forks, 59dac0a): infinities clipped, the Cholesky
+    tried undamped and the damping added only while it raises or gives NaN; then the same for H^-1."""
+    clip_inf(H)
+    H = factorised_while_failing(H, percdamp * torch.mean(torch.diag(H)), upper=False)
+    H = torch.cholesky_inverse(H)
+    clip_inf(H)
+    return factorised_while_failing(H, percdamp * torch.mean(torch.diag(H).abs()), upper=True)
+
+
+def ist_fasterprune(W, H, sparsity, blocksize, percdamp=0.01, inverse=ist_inverse):
     """IST-DASLab/sparsegpt `fasterprune` (unstructured) op for op, as its code runs it: the
-    weights cast to float32 and back, the rank-1 update as err x Hinv1[i, i:] per column."""
+    weights cast to float32 and back, the rank-1 update as err x Hinv1[i, i:] per column;
+    `inverse`: ECoFLaP's fork's factorisations instead of IST's."""
     dtype, W, H = W.dtype, W.clone().float(), H.clone()
     columns = W.shape[1]
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    damp = percdamp * torch.mean(torch.diag(H))
-    diag = torch.arange(columns)
-    H[diag, diag] += damp
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Hinv = inverse(H, percdamp)
     for i1 in range(0, columns, blocksize):
         i2 = min(i1 + blocksize, columns)
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
@@ -150,6 +188,26 @@ def test_sparsegpt_reference_count_is_the_reference_code_bit_for_bit(dtype, shap
     assert torch.equal(mask | (W == 0), expected == 0)
 
 
+@pytest.mark.parametrize("hessian", ["positive definite", "singular", "with infinities"])
+def test_sparsegpt_with_ecoflaps_damping_is_its_fork_bit_for_bit(hessian):
+    """damping=ecoflap: no damping where H factorises (so not IST's numbers), damping added until it
+    does where H is singular (fewer tokens than columns), infinities clipped to H's quantiles."""
+    W, X = layer(24, 96, tokens=400 if hessian != "singular" else 40, dead=(3,))
+    pruner = SparseGPTPruner(blocksize=32, count="reference", damping="ecoflap")
+    stats = pruner.new_stats(W.shape[1], torch.device("cpu"))
+    stats.add(X, 4)
+    if hessian == "with infinities":
+        stats.H[7, 9] = stats.H[9, 7] = float("inf")
+    expected = ist_fasterprune(W, stats.H, 0.6, blocksize=32, inverse=ecoflap_inverse)
+    pruned = W.clone()
+    pruner.prepare(pruned, stats)
+    pruner.prune(pruned, stats, 0.6, None, None)
+    assert torch.equal(pruned, expected)
+    if hessian == "positive definite":
+        ist = ist_fasterprune(W, stats.H, 0.6, blocksize=32)
+        assert not torch.equal(ist, expected)
+
+
 def test_sparsegpt_reference_count_prunes_one_more_per_block():
     W, X = layer()
     _, exact = ours(SparseGPTPruner(blocksize=32), W, X, 0.5)
@@ -178,3 +236,44 @@ def test_wanda_row_counts_differ_only_where_cols_times_p_is_fractional():
     _, reference = ours(WandaPruner("row", count="reference"), W, X, 0.35)
     assert int(exact.sum()) == 28 and int(reference.sum()) == 8 * 3  # round(80 x 0.35) vs 8 x int(3.5)
     assert torch.equal(reference, reference & exact)  # the reference's prunes are among ours
+
+
+class WrappedGPT:
+    """locuslab/wanda lib/layerwrapper.py WrappedGPT, its statistics as released."""
+
+    def __init__(self, columns):
+        self.scaler_row = torch.zeros(columns)
+        self.nsamples = 0
+
+    def add_batch(self, inp):
+        if len(inp.shape) == 2:
+            inp = inp.unsqueeze(0)
+        tmp = inp.shape[0]
+        if len(inp.shape) == 3:
+            inp = inp.reshape((-1, inp.shape[-1]))
+        inp = inp.t()
+        self.scaler_row *= self.nsamples / (self.nsamples + tmp)
+        self.nsamples += tmp
+        inp = inp.type(torch.float32)
+        self.scaler_row += torch.norm(inp, p=2, dim=1) ** 2 / self.nsamples
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_wanda_column_norms_are_bit_identical_to_locuslab_wanda(dtype):
+    """LLaMA-like activations (a few large outlier columns) in batches of 4 x 128 tokens, in the model's
+    dtype: the running mean of squared norms equals WrappedGPT's exactly, where a sum of squares
+    (`x.pow(2).sum(0)`) differs in the last bits."""
+    from ecoflap_exp.input_stats import ColumnNorms
+
+    g = torch.Generator().manual_seed(0)
+    reference, ours = WrappedGPT(512), ColumnNorms(512, torch.device("cpu"))
+    summed = torch.zeros(512)
+    seen = 0
+    for _ in range(4):
+        x = (torch.randn(4, 128, 512, generator=g) * torch.logspace(-2, 2, 512)).to(dtype)
+        reference.add_batch(x)
+        ours.add(x.reshape(-1, 512), 4)
+        summed = summed * (seen / (seen + 4)) + x.float().reshape(-1, 512).pow(2).sum(0) / (seen + 4)
+        seen += 4
+    assert torch.equal(ours.sq_norms, reference.scaler_row)
+    assert not torch.equal(summed, reference.scaler_row)  # the rounding this test is about

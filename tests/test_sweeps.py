@@ -194,6 +194,18 @@ def test_method_presets_set_the_papers_settings(method, scorer, pruner, samples,
     assert cfg.scorer._target_.endswith(scorer) and cfg.pruner._target_.endswith(pruner)
     assert cfg.scorer.get("num_samples") == samples and cfg.calib.batch_size == batch
     assert cfg.calib.num_samples == 128 and cfg.max_sparsity_delta == 0.1
+    # ecoflap_zeroth.py hooks every position of its batches of 8; the batch-1 scripts see no pads
+    assert cfg.calib.pads_in_stats == (method == "ecoflap_zeroth")
+    # ECoFLaP's fork damps SparseGPT only where the Cholesky fails
+    assert cfg.pruner.get("damping") == ("ecoflap" if method == "sparsegpt" else None)
+
+
+def test_the_ecoflap_clip_rows_run_as_coops_pruner():
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", ["experiment=table2_clip", "pruner=sparsegpt_ecoflap"])
+        llama = compose("config", ["experiment=llama_wikitext", "pruner=sparsegpt"])
+    assert cfg.model.text_attention_stats == "unmasked" and cfg.pruner.damping == "ecoflap"
+    assert llama.pruner.damping == "ist"  # Wanda's and SparseGPT's LLaMA scripts always damp
 
 
 @pytest.mark.parametrize("dataset", COOP_DATASETS)

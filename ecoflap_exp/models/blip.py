@@ -10,7 +10,7 @@ models/vit.py), its names renamed as that conversion script renames them.
 
 Towers in pruning order, each block's matrices found by type (the paper prunes all of them):
 - `vision`: vision_model.encoder.layers (self_attn.qkv, as one fused matrix like BLIP's attn.qkv,
-  self_attn.projection, mlp.fc1, mlp.fc2);
+  self_attn.projection, mlp.fc1, mlp.fc2); Wanda ranks each whole matrix, as UPop's BLIP pruner;
 - `text`: text_decoder.bert.encoder.layer (self-attention q, k, v and output, cross-attention q,
   k, v (reading the image states) and output, intermediate and output dense).
 
@@ -140,7 +140,10 @@ class BlipCaptionAdapter(InterpolatesPositions):
             cross = block.module.crossattention.self
             memory = {id(cross.key.weight), id(cross.value.weight)}
             block.matrices = [replace(m, stream="memory") if id(m.param) in memory else m for m in block.matrices]
-        return [Tower("vision", blocks_of("vision_model.encoder.layers", vision.encoder.layers), root=vision, reads=()),
+        # UPop's BLIP pruner, which ECoFLaP's BLIP rows run, ranks its ViT per whole matrix
+        # (VITLayerWandaPruner), the text decoder per row
+        return [Tower("vision", blocks_of("vision_model.encoder.layers", vision.encoder.layers), wanda_group="matrix",
+                      root=vision, reads=()),
                 Tower("text", text, token_masks=lambda batch: {"hidden": batch["attention_mask"]}, reads=("vision",))]
 
     def token_ids(self, text: str) -> list[int]:

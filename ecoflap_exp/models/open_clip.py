@@ -41,14 +41,15 @@ from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, SHIPPED_PREFIX, hub_
 from ecoflap_exp.models.seam import Batch, Block, PrunableMatrix, Tower
 
 
-def attention_context(mha: nn.MultiheadAttention, args: tuple, kwargs: dict) -> torch.Tensor:
-    """The input of `mha.out_proj` for a self-attention call mha(x, x, x, attn_mask=...)."""
+def attention_context(mha: nn.MultiheadAttention, args: tuple, kwargs: dict, masked: bool = True) -> torch.Tensor:
+    """The input of `mha.out_proj` for a self-attention call mha(x, x, x, attn_mask=...); with
+    `masked=False` the context of attention over every position, the call's mask left out."""
     x = args[0] if mha.batch_first else args[0].transpose(0, 1)
     batch, tokens, width = x.shape
     heads = mha.num_heads
     qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
     q, k, v = (t.reshape(batch, tokens, heads, width // heads).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
-    mask = kwargs.get("attn_mask", args[4] if len(args) > 4 else None)
+    mask = kwargs.get("attn_mask", args[4] if len(args) > 4 else None) if masked else None
     if mask is not None and mask.dtype == torch.bool:  # MHA: True = masked out; SDPA: True = attend
         mask = torch.zeros_like(mask, dtype=q.dtype).masked_fill(mask, float("-inf"))
     context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -56,9 +57,11 @@ def attention_context(mha: nn.MultiheadAttention, args: tuple, kwargs: dict) -> 
     return context if mha.batch_first else context.transpose(0, 1)
 
 
-def resblock_matrices(name: str, block: nn.Module, split_qkv: bool, in_proj: bool = True) -> list[PrunableMatrix]:
+def resblock_matrices(name: str, block: nn.Module, split_qkv: bool, in_proj: bool = True,
+                      masked_context: bool = True) -> list[PrunableMatrix]:
     """A residual block's matrices; without `in_proj` only out_proj, c_fc and c_proj (the ID
-    paper's CLIP pruner leaves the packed q, k, v parameter alone)."""
+    paper's CLIP pruner leaves the packed q, k, v parameter alone); `masked_context`: out_proj's
+    input recomputed with the block's attention mask (what its forward computes) or without."""
     attn: nn.MultiheadAttention = block.attn
     width = attn.embed_dim
     if not in_proj:
@@ -69,7 +72,7 @@ def resblock_matrices(name: str, block: nn.Module, split_qkv: bool, in_proj: boo
     else:
         matrices = [PrunableMatrix(f"{name}.attn.in_proj", attn.in_proj_weight, attn)]
     matrices.append(PrunableMatrix(f"{name}.attn.out_proj", attn.out_proj.weight, attn,
-                                   input_of=lambda args, kwargs: attention_context(attn, args, kwargs)))
+                                   input_of=lambda args, kwargs: attention_context(attn, args, kwargs, masked_context)))
     for linear in ("c_fc", "c_proj"):
         module = getattr(block.mlp, linear)
         matrices.append(PrunableMatrix(f"{name}.mlp.{linear}", module.weight, module))
@@ -86,6 +89,7 @@ def shipped_weights(name: str) -> dict[str, torch.Tensor]:
 
 
 RESIZES = ("crop", "square")
+ATTENTION_STATS = ("causal", "unmasked")
 
 
 def upop_state(path: str, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -166,12 +170,16 @@ class OpenCLIPAdapter(ModelAdapter):
     checkpoint loaded over the architecture (the tag in `pretrained` then names the weights it
     descends from, for the activation check, and is not loaded); `resize`: `crop` (open_clip's and
     OpenAI's view: shorter side, centre crop) or `square` (UPop's); `caption_words`: captions
-    cleaned by BLIP's pre_caption to that many words (null: as written)."""
+    cleaned by BLIP's pre_caption to that many words (null: as written); `text_attention_stats`:
+    the text tower's out_proj statistics from its `causal` attention (what its forward computes) or
+    `unmasked` (CoOp's pruner, behind ECoFLaP's CLIP rows, hooks a shadow attention called without
+    the causal mask, so every position attends to every other, pads included)."""
 
     sample_kinds = ("image_captions",)
     has_train_augmentation = True
     prune_in_proj = True
     caption_words: int | None = None
+    text_attention_stats = "causal"
     #: UPop's Flickr30k CLIP (sdc17/UPop README, "Uncompressed Model" of CLIP on Flickr30k), the ID paper's start
     released_files = MappingProxyType({
         "clip_large_retrieval_flickr.pth": "https://drive.google.com/uc?id=1-MZP6xQRnmLZr1_pqUK4TvOA8Ic7XCoI"})
@@ -210,7 +218,8 @@ class OpenCLIPAdapter(ModelAdapter):
     def __init__(self, model_name: str, pretrained: str | None = None, init: str = "pretrained",
                  dtype: str = "float32", seed: int = 0, prune_towers: list[str] | None = None,
                  split_qkv: bool = False, prune_in_proj: bool = True, checkpoint: str | None = None,
-                 resize: str = "crop", caption_words: int | None = None, name: str = ""):
+                 resize: str = "crop", caption_words: int | None = None, text_attention_stats: str = "causal",
+                 name: str = ""):
         import open_clip
 
         self.name = name
@@ -223,6 +232,9 @@ class OpenCLIPAdapter(ModelAdapter):
             raise UserError(f"model.resize={resize!r} is unknown; use one of {', '.join(RESIZES)}")
         if caption_words is not None and caption_words < 1:
             raise UserError(f"model.caption_words={caption_words} must be >= 1 (null: captions as written)")
+        if text_attention_stats not in ATTENTION_STATS:
+            raise UserError(f"model.text_attention_stats={text_attention_stats!r} is unknown; use causal or unmasked "
+                            f"(CoOp's)")
         check_activation(model_name, pretrained)
         torch.manual_seed(seed)
         own = init == "pretrained" and (checkpoint is not None or str(pretrained).startswith(SHIPPED_PREFIX))
@@ -244,6 +256,7 @@ class OpenCLIPAdapter(ModelAdapter):
         self.construction = {"model_name": model_name}
         self.prune_towers = prune_towers
         self.split_qkv, self.prune_in_proj = split_qkv, prune_in_proj
+        self.text_attention_stats = text_attention_stats
 
     def all_towers(self) -> list[Tower]:
         """Vision, then text, which meet only in the loss; the text's padding to the context length
@@ -252,10 +265,11 @@ class OpenCLIPAdapter(ModelAdapter):
         towers = []
         for tower_name, path, root in (("vision", "visual.transformer.resblocks", self.model.visual),
                                        ("text", "transformer.resblocks", self.model.transformer)):
+            masked = tower_name == "vision" or self.text_attention_stats == "causal"
             blocks = self.model.get_submodule(path)
             towers.append(Tower(tower_name, [Block(f"{path}.{i}", b, resblock_matrices(
-                f"{path}.{i}", b, self.split_qkv, self.prune_in_proj)) for i, b in enumerate(blocks)], root=root,
-                reads=()))
+                f"{path}.{i}", b, self.split_qkv, self.prune_in_proj, masked)) for i, b in enumerate(blocks)],
+                root=root, reads=()))
         return towers
 
     def image_size(self) -> int:

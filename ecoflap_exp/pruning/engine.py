@@ -52,8 +52,10 @@ class SequentialEngine:
         nm: NM | None = None,
         device: torch.device | str | None = None,
         offload: bool = False,
+        pads_in_stats: bool = False,
     ):
         self.adapter = adapter
+        self.pads_in_stats = pads_in_stats
         self.pruner = pruner
         self.plan = plan
         self.nm = nm
@@ -78,8 +80,8 @@ class SequentialEngine:
         return reports
 
     def prune_block(self, tower: Tower, block: Block, inputs: list[BlockInput]) -> list[MatrixReport]:
-        stats = (collect_stats(tower, block, inputs, self.pruner.new_stats, self.device) if self.pruner.needs_inputs
-                 else dict.fromkeys(block.matrices))
+        stats = (collect_stats(tower, block, inputs, self.pruner.new_stats, self.device, self.pads_in_stats)
+                 if self.pruner.needs_inputs else dict.fromkeys(block.matrices))
         group = self.pruner.group_for(tower)
         reports = []
         for m in block.matrices:

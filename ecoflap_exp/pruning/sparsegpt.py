@@ -3,8 +3,11 @@
 
 Per matrix: H = 2/n sum X X^T. Weights of input columns that are always zero (diag H = 0) are
 zeroed before any mask is chosen and their diagonal set to 1; H is dampened by `percdamp` x
-mean(diag H); the upper Cholesky factor of H^-1 drives column-by-column error compensation with
-lazy updates between blocks of `blocksize` columns. The mask is chosen adaptively from
+mean(diag H) (`damping=ist`; `damping=ecoflap`, ECoFLaP's fork for its BLIP-2 and CLIP rows:
+infinities clipped to H's 0.1% / 99.9% quantiles, the Cholesky tried undamped and the damping
+added, again and again, only while it fails; the same for H^-1's upper factor with the damping
+of its own diagonal); the upper Cholesky factor of H^-1 drives column-by-column error
+compensation with lazy updates between blocks of `blocksize` columns. The mask is chosen adaptively from
 w^2 / [H^-1]_jj^2 on the weights as the sweep has updated them: unstructured, over the whole
 rows x block tile when the sweep enters a block; N:M, per group of M columns when the sweep
 reaches the group's first column.
@@ -29,7 +32,7 @@ from ecoflap_exp.pruning.masks import NM, at_or_below_quantile, nm_mask, planned
 class Hessian(InputStats):
     def __init__(self, cols: int, device: torch.device):
         self.H = torch.zeros(cols, cols, device=device, dtype=torch.float32)
-        self.inverted: tuple[float, torch.Tensor] | None = None
+        self.inverted: tuple[tuple[float, str], torch.Tensor] | None = None
 
     def accumulate(self, tokens: torch.Tensor, rescale: float) -> None:
         self.H.mul_(rescale)
@@ -40,11 +43,14 @@ class Hessian(InputStats):
         """Input columns that were zero in every calibration token."""
         return torch.diag(self.H) == 0
 
-    def inverse(self, percdamp: float) -> torch.Tensor:
-        """`inverse_cholesky` of H, computed once for all the matrices that share these inputs
-        (q, k and v; gate and up), where the reference inverts the same Hessian for each."""
-        if self.inverted is None or self.inverted[0] != percdamp:
-            self.inverted = (percdamp, inverse_cholesky(self.H, percdamp))
+    def inverse(self, percdamp: float, damping: str = "ist") -> torch.Tensor:
+        """The upper Cholesky factor of H^-1 (`damping` picks the reference), computed once for all
+        the matrices that share these inputs (q, k and v; gate and up), where the reference inverts
+        the same Hessian for each."""
+        key = (percdamp, damping)
+        if self.inverted is None or self.inverted[0] != key:
+            invert = ecoflap_inverse_cholesky if damping == "ecoflap" else inverse_cholesky
+            self.inverted = (key, invert(self.H, percdamp))
         return self.inverted[1]
 
 
@@ -73,16 +79,69 @@ def inverse_cholesky(H: torch.Tensor, percdamp: float, tries: int = 5) -> torch.
     )
 
 
+def quantile(t: torch.Tensor, q: float) -> torch.Tensor:
+    """torch.quantile(t, q), which the reference calls; past the 2^24 elements it takes (where the
+    reference fails), the same linear interpolation between sorted neighbours."""
+    if t.numel() <= 1 << 24:
+        return torch.quantile(t, q)
+    flat = t.flatten().sort().values
+    rank = q * (flat.numel() - 1)
+    low = int(rank)
+    return torch.lerp(flat[low], flat[min(low + 1, flat.numel() - 1)], rank - low)
+
+
+def clip_infinities(A: torch.Tensor) -> None:
+    """ECoFLaP's fasterprune: +inf entries to the 99.9% quantile of the matrix, -inf to its 0.1%."""
+    for sign, q in ((1, 0.999), (-1, 0.001)):
+        where = torch.isinf(A) & (A * sign > 0)
+        if where.any():
+            A[where] = quantile(A, q)
+
+
+def cholesky_damped_on_failure(A: torch.Tensor, damp: torch.Tensor, upper: bool, tries: int = 10_000) -> torch.Tensor:
+    """ECoFLaP's loop: the Cholesky factor of A, adding `damp` to A's diagonal (in place, so it
+    builds up) each time the factorisation fails or gives NaN."""
+    for _ in range(tries):
+        factor, info = torch.linalg.cholesky_ex(A, upper=upper)
+        if info == 0 and not torch.isnan(factor).any():
+            return factor
+        A.diagonal().add_(damp)
+    raise UserError("SparseGPT (damping=ecoflap): the input Hessian is not positive definite after 10^4 dampings; "
+                    "the calibration inputs are degenerate (NaN/inf activations?)")
+
+
+def ecoflap_inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """ECoFLaP's fasterprune (its LAVIS and CoOp forks): infinities clipped; the Cholesky of H
+    tried undamped, percdamp x mean(diag H) added only while it fails; then the same for the upper
+    factor of H^-1 with percdamp x mean(|diag H^-1|)."""
+    A = H.clone()
+    dead = torch.diag(A) == 0
+    A[dead, dead] = 1
+    clip_infinities(A)
+    L = cholesky_damped_on_failure(A, percdamp * torch.mean(torch.diag(A)), upper=False)
+    del A
+    Hinv = torch.cholesky_inverse(L)
+    clip_infinities(Hinv)
+    return cholesky_damped_on_failure(Hinv, percdamp * torch.mean(torch.diag(Hinv).abs()), upper=True)
+
+
+DAMPINGS = ("ist", "ecoflap")
+
+
 class SparseGPTPruner(LocalPruner):
     name = "sparsegpt"
 
-    def __init__(self, blocksize: int = 128, percdamp: float = 0.01, count: str = "exact"):
+    def __init__(self, blocksize: int = 128, percdamp: float = 0.01, count: str = "exact", damping: str = "ist"):
         super().__init__(count)
         if blocksize < 1 or not percdamp > 0:
             raise UserError(f"pruner.blocksize={blocksize} must be >= 1 and pruner.percdamp={percdamp} positive "
                             f"(the reference: 128 and 0.01)")
+        if damping not in DAMPINGS:
+            raise UserError(f"pruner.damping={damping!r} is unknown; use ist (IST-DASLab: always damped) or ecoflap "
+                            f"(ECoFLaP's fork: damped only where the Cholesky fails)")
         self.blocksize = blocksize
         self.percdamp = percdamp
+        self.damping = damping
 
     def new_stats(self, cols: int, device: torch.device) -> Hessian:
         return Hessian(cols, device)
@@ -103,7 +162,7 @@ class SparseGPTPruner(LocalPruner):
         WT[stats.dead_columns()] = 0
         cols, rows = WT.shape
         count = planned_prune_count(rows, cols, sparsity, None)
-        Hinv = stats.inverse(self.percdamp)
+        Hinv = stats.inverse(self.percdamp, self.damping)
         mask = torch.zeros(rows, cols, dtype=torch.bool, device=WT.device)
         # N:M groups must not straddle two column blocks
         step = self.blocksize if nm is None else max(nm.m, self.blocksize // nm.m * nm.m)
