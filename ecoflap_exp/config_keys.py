@@ -22,7 +22,7 @@ from ecoflap_exp.errors import UserError
 #: the keys of the composed primary config (configs/config.yaml with its groups)
 TOP_LEVEL_KEYS = ("calib", "data", "allocation", "scorer", "pruner", "evals", "logger", "finetune", "model",
                   "sparsity", "nm", "max_sparsity", "max_sparsity_delta", "experiment_name", "seed", "device",
-                  "threads", "offload", "cache_gb", "save_model", "push_to_hub", "force", "paths")
+                  "threads", "offload", "pads_in_stats", "cache_gb", "save_model", "push_to_hub", "force", "paths")
 PATHS_KEYS = ("root", "results_dir", "scores_dir", "models_dir", "checkpoints_dir", "data_root", "weights_dir")
 #: keys Hydra itself reads in a node it instantiates
 HYDRA_NODE_KEYS = ("_target_", "_recursive_", "_convert_", "_partial_", "_args_")

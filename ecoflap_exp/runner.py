@@ -79,6 +79,8 @@ def validate(cfg: DictConfig) -> Target:
         raise UserError(f"threads={cfg.threads} must be auto or a positive number of CPU threads")
     if isinstance(cfg.cache_gb, bool) or not isinstance(cfg.cache_gb, int | float) or cfg.cache_gb < 0:
         raise UserError(f"cache_gb={cfg.cache_gb} must be a number of GB >= 0 (0 stores no tower outputs)")
+    if not isinstance(cfg.pads_in_stats, bool):
+        raise UserError(f"pads_in_stats={cfg.pads_in_stats!r} must be true or false")
     if cfg.push_to_hub and not cfg.save_model:
         raise UserError(f"push_to_hub={cfg.push_to_hub} uploads the saved model; add save_model=true")
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
@@ -433,7 +435,7 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
                 plan = allocation.plan(scores, Groups.of(adapter), oneshot, ceiling, sketches)
             with timer("prune"):
                 reports = SequentialEngine(adapter, pruner, plan, target.nm, device, cfg.offload,
-                                           calib.pads_in_stats).run(batches)
+                                           cfg.pads_in_stats).run(batches)
     with timer("verify"):
         achieved = verify(adapter, plan or dict.fromkeys(plan_keys(adapter), 0.0), target.nm, reports,
                           exact=pruner.count == "exact")
@@ -448,7 +450,8 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
         oneshot_achieved = achieved["overall"]
         with timer("finetune"):
             tuned = fine_tune(cfg, rid, plugins, adapter, target, ids)
-        tuned.info.update(oneshot_sparsity=oneshot_achieved, **({"intrinsic_dim": ids} if ids else {}))
+        id_points = {key: finetune.id.info[key] for key in ("id_points", "id_samples")} if ids else {}
+        tuned.info.update(oneshot_sparsity=oneshot_achieved, **({"intrinsic_dim": ids} if ids else {}), **id_points)
         if tuned.pruned is not None:
             plan, reports = iterative_plan(adapter, tuned.pruned)
         reports, tuned.info["zeroed_by_training"] = zeroed_in_training(adapter, reports)

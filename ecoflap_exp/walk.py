@@ -4,8 +4,13 @@ statistics from real tokens, and walk the tower block by block.
 `capture_inputs` runs the model once per calibration batch up to the tower's first block and keeps
 that block's inputs (hidden states, every other argument, the tower's token masks of the batch);
 towers whose outputs cannot have changed are served from tower_outputs when a scope is open.
-`walk_tower` then hands each block its inputs over all batches and, once the consumer is done with
-it (it may have pruned it), re-runs the block to make the next block's inputs. `collect_stats`
+`capture_arguments` also keeps what the model's forward hands every later block besides its hidden
+states (the tower's blocks pass their input through meanwhile, computing nothing): blocks need not
+share their arguments (Gemma-3 alternates sliding-window and global attention, each with its own
+mask and rotary table; Qwen2.5-VL's ViT alternates windowed and full attention, each with its own
+sequence boundaries). `walk_tower` then hands each block its inputs over all batches and, once the
+consumer is done with it (it may have pruned it), re-runs the block to make the next block's
+inputs: its output as hidden states with the next block's own arguments. `collect_stats`
 runs one block over its inputs with hooks that feed each matrix's statistics. Beyond the model,
 memory holds one block's inputs and one block's statistics.
 """
@@ -15,10 +20,12 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import torch
 
+from ecoflap_exp.errors import UserError
 from ecoflap_exp.input_stats import InputStats
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, Tower
@@ -47,36 +54,60 @@ class _Reached(Exception):
 def capture_inputs(adapter: ModelAdapter, tower: Tower, batches: list[Batch]) -> list[BlockInput]:
     """The inputs of the tower's first block per batch; within an open tower_outputs scope, the
     towers it reads and those beside it are served their stored outputs."""
+    return [per_block[0] for per_block in capture_arguments(adapter, tower, batches, 1)]
+
+
+def capture_arguments(adapter: ModelAdapter, tower: Tower, batches: list[Batch], count: int | None = None
+                      ) -> list[list[BlockInput]]:
+    """Per batch, what the model's forward hands each of the tower's first `count` blocks (all by
+    default): block 0's whole input, the others' arguments (their hidden states are block 0's,
+    passed through)."""
     outputs = active(adapter)
     with outputs.serving(outputs.capturing(tower.name)) if outputs else contextlib.nullcontext():
-        return _capture(adapter, tower, batches, outputs)
+        return _capture(adapter, tower, batches, outputs, count or len(tower.blocks))
 
 
-def _capture(adapter: ModelAdapter, tower: Tower, batches: list[Batch], outputs: TowerOutputs | None
-             ) -> list[BlockInput]:
-    inputs: list[BlockInput] = []
+def _capture(adapter: ModelAdapter, tower: Tower, batches: list[Batch], outputs: TowerOutputs | None, count: int
+             ) -> list[list[BlockInput]]:
+    captured: list[list[BlockInput]] = []
     masks: dict[str, torch.Tensor] = {}  # the token masks of the batch being run
     sizes: list[tuple[int, ...] | None] = [None]  # and its samples' shares of a batch-less sequence
+    blocks = tower.blocks[:count]
 
-    def catch(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def catch(module: torch.nn.Module, args: tuple, kwargs: dict, index: int) -> None:
+        if index != len(captured[-1]):
+            raise UserError(f"tower {tower.name}: the model's forward ran {blocks[index].name} after "
+                            f"{len(captured[-1])} of the blocks before it; a tower whose blocks do not run in order "
+                            f"cannot be walked block by block")
         inp = tower.split_input(args, kwargs)
         inp.masks, inp.sizes = masks, sizes[0]
-        inputs.append(inp)
-        raise _Reached
+        captured[-1].append(inp)
+        if index == count - 1:
+            raise _Reached
 
-    handle = tower.blocks[0].module.register_forward_pre_hook(catch, with_kwargs=True)
+    handles = [block.module.register_forward_pre_hook(partial(catch, index=i), with_kwargs=True)
+               for i, block in enumerate(blocks)]
+    for block in blocks[:-1]:  # computing nothing: only the arguments the next blocks get are kept
+        block.module.forward = lambda *args, **kwargs: tower.passthrough(args, kwargs)
     try:
         for batch in batches:
             masks, sizes[0] = tower.token_masks(batch), tower.sample_sizes(batch)
+            captured.append([])
             try:
                 with outputs.batch(batch) if outputs else contextlib.nullcontext():
                     adapter.forward(batch)
             except _Reached:
                 continue
-            raise RuntimeError(f"tower {tower.name}: the model's forward never reached {tower.blocks[0].name}")
+            reached = len(captured[-1])
+            raise UserError(f"tower {tower.name}: the model's forward never reached {blocks[reached].name} (block "
+                            f"{reached} of {len(tower.blocks)}), so what it hands each block cannot be captured; "
+                            f"this model cannot be walked block by block")
     finally:
-        handle.remove()
-    return inputs
+        for handle in handles:
+            handle.remove()
+        for block in blocks[:-1]:
+            del block.module.forward
+    return captured
 
 
 def real_tokens(matrix: PrunableMatrix, x: torch.Tensor, masks: dict[str, torch.Tensor]
@@ -158,14 +189,20 @@ def walk_tower(
     (it may have pruned it), the block is re-run to turn its inputs into the next block's, which
     `after(block, outputs)` may inspect.
     """
-    inputs = [move(inp, device) for inp in capture_inputs(adapter, tower, batches)]
-    for block in track(tower.blocks, description or tower.name, total=len(tower.blocks)):
+    captured = capture_arguments(adapter, tower, batches)
+    inputs = [move(per_block[0], device) for per_block in captured]
+    for index, block in enumerate(track(tower.blocks, description or tower.name, total=len(tower.blocks))):
         home = next(block.module.parameters()).device
         if offload:
             block.module.to(device)
         yield block, inputs
         for i, inp in enumerate(inputs):
-            inputs[i] = tower.next_input(tower.run_block(block, inp), inp)
+            if index + 1 < len(tower.blocks):  # the next block's own arguments, this block's output
+                own = captured[i][index + 1]
+                nxt = BlockInput(inp.hidden, move(own.args, device), move(own.kwargs, device), inp.masks, inp.sizes)
+            else:
+                nxt = inp
+            inputs[i] = tower.next_input(tower.run_block(block, inp), nxt)
         if after is not None:
             after(block, inputs)
         if offload:

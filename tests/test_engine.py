@@ -142,7 +142,7 @@ def test_sparsegpt_inverts_each_distinct_hessian_once(monkeypatch):
     plan = {b.name: 0.5 for b in shared.blocks()}
     SequentialEngine(shared, SparseGPTPruner(blocksize=16), plan).run(batches_for(shared))
     assert len(inversions) == 4 * len(list(shared.blocks()))
-    monkeypatch.setattr(sparsegpt.Hessian, "inverse", lambda self, p: invert(self.H, p))
+    monkeypatch.setattr(sparsegpt.Hessian, "inverse", lambda self, p, damping: invert(self.H, p))
     SequentialEngine(fresh, SparseGPTPruner(blocksize=16), plan).run(batches_for(fresh))
     for a, b in zip(shared.matrices(), fresh.matrices(), strict=True):
         assert torch.equal(a.weight, b.weight), a.name
@@ -170,3 +170,127 @@ def test_block_inputs_move_whole():
     moved = move(inp, torch.device("meta"))
     tensors = [moved.hidden, *moved.args, *moved.kwargs["position_embeddings"], *moved.masks.values()]
     assert isinstance(moved, BlockInput) and all(t.device.type == "meta" for t in tensors)
+
+
+def tiny_gemma3(seed=0):
+    """Gemma-3's text model, tiny: sliding-window (4 tokens) and global attention alternating, each with
+    its own mask and its own rotary table (local base 10^4, global 10^6)."""
+    import transformers
+
+    config = transformers.Gemma3TextConfig(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, sliding_window=4, max_position_embeddings=64,
+        layer_types=["sliding_attention", "full_attention"] * 2, rope_theta=1e6, rope_local_base_freq=1e4)
+    torch.manual_seed(seed)
+    return CausalLMAdapter.wrapping(transformers.Gemma3ForCausalLM(config).eval())
+
+
+def test_each_block_gets_the_arguments_the_models_forward_hands_it():
+    """Gemma-3's global blocks get the global mask and rotary table, not block 0's sliding ones."""
+    from ecoflap_exp.walk import capture_arguments
+
+    adapter = tiny_gemma3()
+    (tower,) = adapter.towers()
+    batches = batches_for(adapter)
+    seen = {}
+    hooks = [b.module.register_forward_pre_hook(lambda m, a, kw, i=i: seen.update({i: kw}) and None, with_kwargs=True)
+             for i, b in enumerate(tower.blocks)]
+    with torch.no_grad():
+        adapter.forward(batches[0])
+    for h in hooks:
+        h.remove()
+    captured = capture_arguments(adapter, tower, batches)[0]
+    for i, inp in enumerate(captured):
+        for key in ("attention_mask", "position_embeddings"):
+            expected, got = seen[i][key], inp.kwargs[key]
+            if expected is None:
+                assert got is None, (i, key)
+            else:
+                assert all(torch.equal(a, b) for a, b in zip(expected if isinstance(expected, tuple) else (expected,),
+                                                                got if isinstance(got, tuple) else (got,), strict=True))
+    assert not torch.equal(captured[0].kwargs["position_embeddings"][0], captured[1].kwargs["position_embeddings"][0])
+
+
+@pytest.mark.parametrize("pruner", [WandaPruner(), SparseGPTPruner(blocksize=16)])
+def test_engine_equals_the_full_forward_reference_where_blocks_differ(pruner):
+    fast, slow = tiny_gemma3(), tiny_gemma3()
+    plan = {b.name: 0.3 + 0.1 * i for i, b in enumerate(fast.blocks())}
+    SequentialEngine(fast, pruner, plan).run(batches_for(fast))
+    prune_by_full_forwards(slow, pruner, plan, batches_for(slow))
+    assert_same_pruning(fast, slow)
+
+
+class Qwen25VisionTower:
+    """Qwen2.5-VL's ViT alone (tiny): windowed attention in blocks 0 and 2, full attention in 1 and 3
+    (`fullatt_block_indexes`), each kind with its own cu_seqlens, over two images of 8 x 8 and 4 x 8 patches."""
+
+    @staticmethod
+    def make(seed=0):
+        import transformers
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+        from ecoflap_exp.models.adapter import ModelAdapter
+        from ecoflap_exp.models.seam import Tower, blocks_of
+
+        class Adapter(ModelAdapter):
+            def __init__(self, model):
+                self.model, self.name = model, "qwen2.5-vl vit"
+
+            def all_towers(self):
+                return [Tower("vision", blocks_of("blocks", self.model.blocks), root=self.model, reads=())]
+
+            def collate(self, samples):
+                raise NotImplementedError
+
+            def forward(self, batch):
+                return self.model(batch["pixels"], grid_thw=batch["grid"]).last_hidden_state
+
+            def loss_terms(self, batch):
+                raise NotImplementedError
+
+            def save(self, path):
+                raise NotImplementedError
+
+        config = transformers.Qwen2_5_VLVisionConfig(
+            depth=4, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=4, spatial_merge_size=2,
+            temporal_patch_size=2, window_size=16, fullatt_block_indexes=[1, 3], out_hidden_size=32, in_channels=3)
+        torch.manual_seed(seed)
+        return Adapter(Qwen2_5_VisionTransformerPretrainedModel._from_config(config).eval())
+
+    @staticmethod
+    def batches():
+        g = torch.Generator().manual_seed(2)
+        grid = torch.tensor([[1, 8, 8], [1, 4, 8]])
+        return [{"pixels": torch.randn(96, 96, generator=g), "grid": grid} for _ in range(2)]
+
+
+@pytest.mark.parametrize("pruner", [WandaPruner(), SparseGPTPruner(blocksize=16)])
+def test_engine_equals_the_reference_on_qwen25_vl_windowed_vision_blocks(pruner):
+    from ecoflap_exp.walk import capture_arguments
+
+    fast, slow = Qwen25VisionTower.make(), Qwen25VisionTower.make()
+    (tower,) = fast.towers()
+    captured = capture_arguments(fast, tower, Qwen25VisionTower.batches())[0]
+    bounds = [inp.kwargs["cu_seqlens"].tolist() for inp in captured]
+    assert bounds[0] == bounds[2] != bounds[1] == bounds[3] == [0, 64, 96]  # windows, then whole images
+    plan = {b.name: 0.5 for b in fast.blocks()}
+    SequentialEngine(fast, pruner, plan).run(Qwen25VisionTower.batches())
+    prune_by_full_forwards(slow, pruner, plan, Qwen25VisionTower.batches())
+    assert_same_pruning(fast, slow)
+
+
+def test_a_tower_whose_blocks_cannot_be_captured_is_refused_with_one_message():
+    from ecoflap_exp.errors import UserError
+    from ecoflap_exp.models.seam import Tower
+
+    adapter = make_llama()
+    (tower,) = adapter.towers()
+    reversed_tower = Tower("decoder", list(reversed(tower.blocks)))
+    adapter.towers = lambda: [reversed_tower]
+    with pytest.raises(UserError, match="ran model.layers.0 after 0 of the blocks before it"):
+        SequentialEngine(adapter, WandaPruner(), {b.name: 0.5 for b in tower.blocks}).run(batches_for(adapter))
+    stray = Tower("decoder", [tower.blocks[0], type(tower.blocks[0])("stray", torch.nn.Identity(), [])])
+    adapter.towers = lambda: [stray]
+    with pytest.raises(UserError, match=r"never reached stray \(block 1 of 2\)"):
+        SequentialEngine(adapter, WandaPruner(), {"model.layers.0": 0.5, "stray": 0.5}).run(batches_for(adapter))
+    assert "forward" not in vars(tower.blocks[0].module)  # the capture's pass-through is undone

@@ -34,17 +34,21 @@ TINY = {
     "blip2_t5": ["model=blip2_t5_tiny", "calib.num_samples=8", "calib.batch_size=4"],
     "clip_vitb16": ["model=clip_tiny", "calib.num_samples=4", "calib.batch_size=2"],
     # the fine-tuning experiments: the fixtures' training splits hold 2 (COCO) and 1 (Flickr30k) captions
-    "blip_caption_coco": ["model=blip_caption_tiny", "calib.num_samples=2", "calib.batch_size=2",
-                          "finetune.batch_size=2"],
+    "blip_caption_coco": ["model=blip_caption_tiny", "calib=coco_karpathy_train", "calib.num_samples=2",
+                          "calib.batch_size=2", "finetune.batch_size=2"],
     # the conversation fixture holds 4 entries with images
     "llava_15_7b": ["model=llava_tiny", "calib.num_samples=4", "calib.batch_size=2"],
     "qwen2_vl_7b": ["model=qwen2vl_tiny", "calib.num_samples=4", "calib.batch_size=2"],
-    "clip_vitl14_336": ["model=clip_tiny", "calib.num_samples=1", "calib.batch_size=1", "finetune.batch_size=1"],
+    "clip_vitl14_336": ["model=clip_tiny", "calib=flickr30k_train", "calib.num_samples=1", "calib.batch_size=1",
+                        "finetune.batch_size=1"],
 }
-#: tiny stand-ins for the COCO-finetuned companions that score NoCaps and Flickr30k in Table 1, and
-#: OK-VQA's lemmatiser without spaCy's model (not installable offline)
-COMPANIONS = {"table1_blip2": ["model@evals.nocaps.companion=blip2_t5_tiny",
-                               "model@evals.flickr30k.companion=blip2_itm_tiny", "evals.okvqa.lemmatiser=lemminflect"]}
+#: per experiment, what its first point needs on the tiny stand-ins and fixtures: the COCO-finetuned companions
+#: that score NoCaps and Flickr30k in Table 1, OK-VQA's lemmatiser without spaCy's model (not installable
+#: offline), zeroth-order scores from the 2 captions the COCO fixture's training split holds
+PER_EXPERIMENT = {"table1_blip2": ["model@evals.nocaps.companion=blip2_t5_tiny",
+                                   "model@evals.flickr30k.companion=blip2_itm_tiny",
+                                   "evals.okvqa.lemmatiser=lemminflect"],
+                  "ecoflap_finetune_blip": ["scorer.num_samples=2"]}
 
 
 def cli(tmp_path, *args):
@@ -149,7 +153,7 @@ def test_every_experiment_composes_and_runs_its_first_point_on_tiny_models(tmp_p
     write_fixture_data(tmp_path / "data")
     model, point = first_point(experiment)
     cfg = compose_config(tmp_path, f"experiment={experiment}", *point, *TINY.get(model, []),
-                         *COMPANIONS.get(experiment, []), "sparsity=0.5", tiny=False)
+                         *PER_EXPERIMENT.get(experiment, []), "sparsity=0.5", tiny=False)
     record = run(cfg)
     assert record["config"]["experiment_name"] == cfg.experiment_name
     assert len({m.split("/", 1)[0] for m in record["metrics"]}) == len(cfg.evals)  # every eval reported
@@ -195,7 +199,7 @@ def test_method_presets_set_the_papers_settings(method, scorer, pruner, samples,
     assert cfg.scorer.get("num_samples") == samples and cfg.calib.batch_size == batch
     assert cfg.calib.num_samples == 128 and cfg.max_sparsity_delta == 0.1
     # ecoflap_zeroth.py hooks every position of its batches of 8; the batch-1 scripts see no pads
-    assert cfg.calib.pads_in_stats == (method == "ecoflap_zeroth")
+    assert cfg.pads_in_stats == (method == "ecoflap_zeroth")
     # ECoFLaP's fork damps SparseGPT only where the Cholesky fails
     assert cfg.pruner.get("damping") == ("ecoflap" if method == "sparsegpt" else None)
 

@@ -30,9 +30,6 @@ class CalibrationSource(ABC):
     #: what the last `batches()` drew, for the run record: source, samples, seed, the files read
     #: (with their sizes) and a SHA-1 of the collated batches' contents
     identity: Mapping[str, Any] = MappingProxyType({})
-    #: the pruner's input statistics take every token of a batch, pads included (ECoFLaP's
-    #: zeroth-order BLIP-2 run hooks every position of its batches of 8); else real tokens only
-    pads_in_stats: bool = False
 
     def __init__(self, num_samples: int = 128, batch_size: int = 8, seed: int = 0):
         if num_samples < 1 or batch_size < 1:

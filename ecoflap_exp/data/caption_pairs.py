@@ -203,17 +203,14 @@ class ImageCaptionCalibration(LocalImageCalibration):
 
     def __init__(self, annotations: str, num_samples: int = 128, batch_size: int = 8, seed: int = 0,
                  shuffle: bool = False, max_bad_fraction: float = 0.05, image_root: str | None = None,
-                 augment: str = "eval", pads_in_stats: bool = False):
+                 augment: str = "eval"):
         """`annotations`: an annotation file (.tsv/.csv/.json) or webdataset shards (a folder of
         .tar, a glob, one .tar); `image_root`: where the file's image paths start (default: its
         folder); `augment`: `train` gives each image the model's training augmentation (BLIP-2:
-        LAVIS's blip2_image_train, as ECoFLaP calibrates), `eval` its eval transform;
-        `pads_in_stats`: the pruner's statistics take the captions' pads too (ECoFLaP's
-        zeroth-order run)."""
+        LAVIS's blip2_image_train, as ECoFLaP calibrates), `eval` its eval transform."""
         super().__init__(num_samples, batch_size, seed, shuffle, max_bad_fraction, augment)
         self.annotations = annotations
         self.image_root = image_root
-        self.pads_in_stats = pads_in_stats
 
     def files(self) -> list[str]:
         return [str(self.annotations)]

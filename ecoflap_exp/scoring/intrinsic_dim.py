@@ -23,6 +23,7 @@ lose the small distances of long vectors, see tests/test_scoring.py).
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from collections.abc import Iterator
@@ -42,8 +43,11 @@ from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, To
 from ecoflap_exp.scoring.base import BlockScorer, check_choice, check_granularity
 from ecoflap_exp.walk import walk_tower
 
+log = logging.getLogger(__name__)
+
 ESTIMATORS = ("twonn", "mle", "twonn_blocks")
 REPRESENTATIONS = ("flatten", "mean", "cls")
+PADS = ("zero", "computed")
 
 #: the float32 centred Gram matrix's error in a squared distance is taken to be at most this
 #: fraction of |x_i|^2 + |x_j|^2 (rounding is about sqrt(features) x 2^-24 of it: 4e-5 for a
@@ -403,18 +407,26 @@ class IntrinsicDimensionScorer(BlockScorer):
     files there instead of memory (the paper's 2000 samples of a BLIP-2 ViT block are 27 GB in
     float32; scripts/bench_scoring.py --setting id measures time and peak memory).
 
+    `pads`: a padded sample's representation with its pad positions `zero` (it does not depend on
+    its batch) or `computed` (the layer's outputs there, as ID_VL_Pruning's hooks keep them up to
+    each batch's longest caption; zeros beyond, as its expand_dim1).
+
     Scores are IDs per weight summed over each group, ID x group size, so equal IDs give every
     group the target under water-filling and global ranking reads the ID back per weight. The raw
-    IDs are in `info["intrinsic_dim"]` (the record's scorer_info), with their mean per tower.
+    IDs are in `info["intrinsic_dim"]` (the record's scorer_info), with their mean per tower, and the
+    number of distinct points each rests on in `info["id_points"]` (an image repeated in the eval
+    view is one point in the vision layers); a tower whose IDs rest on fewer than half the samples
+    is warned about.
     """
 
     name = "id"
 
     def __init__(self, estimator: str = "twonn", representation: str = "flatten", discard_fraction: float = 0.1,
                  granularity: str = "block", num_samples: int | None = None, store_dir: str | None = None,
-                 seed: int = 0):
+                 seed: int = 0, pads: str = "zero"):
         check_choice("scorer.estimator", estimator, ESTIMATORS)
         check_choice("scorer.representation", representation, REPRESENTATIONS)
+        check_choice("scorer.pads", pads, PADS)
         if num_samples is not None and num_samples < 4:
             raise UserError(f"scorer.num_samples={num_samples}: TwoNN needs at least 4 samples (the paper: 2000)")
         self.estimator = estimator
@@ -424,6 +436,11 @@ class IntrinsicDimensionScorer(BlockScorer):
         self.num_samples = num_samples
         self.store_dir = Path(store_dir) if store_dir else None
         self.seed = seed
+        self.pads = pads
+        self.points: dict[str, tuple[int, int]] = {}  # group -> (distinct points, samples) of its estimate
+
+    def pad_mask(self, masks: dict[str, torch.Tensor], stream: str) -> torch.Tensor | None:
+        return masks.get(stream) if self.pads == "zero" else None
 
     def check_samples(self, pruner_samples: int) -> None:
         if self.estimator == "twonn_blocks":
@@ -431,6 +448,7 @@ class IntrinsicDimensionScorer(BlockScorer):
 
     def estimate(self, store: VectorStore, where: str) -> float:
         neighbours = store.neighbours()
+        self.points[where] = (len(neighbours.distinct), store.points)
         if self.estimator == "mle":
             value = mle_of(neighbours)
         elif self.estimator == "twonn_blocks":
@@ -460,8 +478,8 @@ class IntrinsicDimensionScorer(BlockScorer):
         def measure(block: Block, outputs: list[BlockInput]) -> None:
             with self.stores([block.name], adapter.device) as stores:
                 for out in outputs:
-                    stores[block.name].add(representation(out.hidden, self.representation, out.masks.get("hidden"),
-                                                          out.sizes))
+                    stores[block.name].add(representation(out.hidden, self.representation,
+                                                          self.pad_mask(out.masks, "hidden"), out.sizes))
                 ids[block.name] = self.estimate(stores[block.name], block.name)
 
         for tower in adapter.towers():
@@ -482,7 +500,7 @@ class IntrinsicDimensionScorer(BlockScorer):
             for m in matrices:
                 y = output_of(m, module, args, kwargs, out)
                 stores[m.name].add(representation(per_sample(y, inp.hidden), self.representation,
-                                                  inp.masks.get(m.stream), inp.sizes))
+                                                  self.pad_mask(inp.masks, m.stream), inp.sizes))
 
         by_module: dict[torch.nn.Module, list[PrunableMatrix]] = {}
         for m in block.matrices:
@@ -512,10 +530,22 @@ class IntrinsicDimensionScorer(BlockScorer):
                extended: list[Batch] | None = None) -> dict[str, float]:
         batches = self.reads(batches, extended)
         adapter.model.eval()
+        self.points = {}
         ids = self.matrix_ids(adapter, batches) if self.granularity == "matrix" else self.block_ids(adapter, batches)
         groups = Groups.of(adapter)
         by_tower: dict[str, list[float]] = {}
+        fewest: dict[str, tuple[int, int]] = {}
         for name, value in ids.items():
-            by_tower.setdefault(groups.towers[name], []).append(value)
-        self.info = {"intrinsic_dim": ids, "tower_mean_id": {t: sum(v) / len(v) for t, v in by_tower.items()}}
+            tower = groups.towers[name]
+            by_tower.setdefault(tower, []).append(value)
+            fewest[tower] = min(fewest.get(tower, self.points[name]), self.points[name])
+        for tower, (distinct, samples) in fewest.items():
+            if distinct < samples / 2:
+                log.warning("the intrinsic dimensions of tower %s rest on as few as %d distinct points of %d samples "
+                            "(a calibration that repeats each image in its eval view gives one point per image in "
+                            "the vision layers); draw the samples at random (calib.shuffle=true) in the training "
+                            "view (calib.augment=train), as ID_VL_Pruning does", tower, distinct, samples)
+        self.info = {"intrinsic_dim": ids, "tower_mean_id": {t: sum(v) / len(v) for t, v in by_tower.items()},
+                     "id_points": {name: self.points[name][0] for name in ids},
+                     "id_samples": max(samples for _, samples in self.points.values())}
         return {name: value * groups.sizes[name] for name, value in ids.items()}

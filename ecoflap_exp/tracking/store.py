@@ -30,7 +30,7 @@ NON_IDENTITY_KEYS = ("force", "paths", "save_model", "push_to_hub", "logger", "h
 
 
 #: what a dense run (sparsity 0, no N:M) does not depend on: how it would have been pruned
-PRUNING_KEYS = ("scorer", "allocation", "pruner", "calib", "max_sparsity", "max_sparsity_delta")
+PRUNING_KEYS = ("scorer", "allocation", "pruner", "calib", "max_sparsity", "max_sparsity_delta", "pads_in_stats")
 
 
 def run_id(config: dict[str, Any]) -> str:
