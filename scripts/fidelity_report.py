@@ -17,7 +17,11 @@ OMP_NUM_THREADS=1 for figures that repeat):
   in_proj weights whose SparseGPT mask differs, and zero-shot accuracy after ECoFLaP zeroth + Wanda
   and after SparseGPT.
 
-    OMP_NUM_THREADS=1 python scripts/fidelity_report.py [--section zeroth|padding|fused|all]
+- `choices`: per paper experiment and method, each official choice of the pruning pass as the run's
+  config and the model's towers set it, beside what ECoFLaP's code does (no model is run: the configs
+  compose and the tiny stand-ins give the towers' Wanda groups).
+
+    OMP_NUM_THREADS=1 python scripts/fidelity_report.py [--section zeroth|padding|fused|choices|all]
 """
 
 from __future__ import annotations
@@ -180,14 +184,54 @@ def fused() -> None:
               f"split {accuracy[True, method]:.2f}")
 
 
+#: what ECoFLaP's code does (ylsung/ECoFLaP 59dac0a): SparseGPT's damping, Wanda's group per tower, whether pads
+#: enter the statistics, the calibration images' view, CLIP's text out_proj statistics, BLIP-2's precision
+OFFICIAL = {
+    ("table1_blip2", "wanda"): {"groups": "vision=matrix encoder=row decoder=row", "pads": False, "view": "train",
+                                "precision": "official"},
+    ("table1_blip2", "sparsegpt"): {"damping": "ecoflap", "pads": False, "view": "train", "precision": "official"},
+    ("table1_blip2", "ecoflap_first"): {"groups": "vision=matrix encoder=row decoder=row", "pads": False,
+                                        "view": "train", "precision": "official"},
+    ("table1_blip2", "ecoflap_zeroth"): {"groups": "vision=matrix encoder=row decoder=row", "pads": True,
+                                         "view": "train", "precision": "official"},
+    ("table2_clip", "wanda"): {"groups": "vision=row text=row", "view": "eval", "text_attention": "unmasked"},
+    ("table2_clip", "sparsegpt_ecoflap"): {"damping": "ecoflap", "view": "eval", "text_attention": "unmasked"},
+}
+TINY = {"blip2_t5": "blip2_t5_tiny", "clip_vitb16": "clip_tiny"}
+
+
+def choices() -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from ecoflap_exp.pruning.wanda import WandaPruner
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    print(f"\n{'experiment':14s} {'method':18s} {'choice':15s} {'ours':40s} official")
+    for (experiment, method), official in OFFICIAL.items():
+        point = [f"+experiment/method={method}"] if experiment == "table1_blip2" else [f"pruner={method}"]
+        with initialize_config_dir(config_dir=str(root), version_base="1.3"):
+            cfg = compose("config", [f"experiment={experiment}", *point])
+            tiny = compose("config", [f"model={TINY[cfg.model.name]}"])
+        # a calibration with no augment option has no training view
+        ours = {"damping": cfg.pruner.get("damping"), "pads": cfg.pads_in_stats,
+                "view": cfg.calib.get("augment") or "eval", "precision": cfg.model.get("precision"),
+                "text_attention": cfg.model.get("text_attention_stats")}
+        wanda = WandaPruner()
+        ours["groups"] = " ".join(f"{t.name}={wanda.group_for(t)}" for t in instantiate(tiny.model).towers())
+        for key, expected in official.items():
+            mark = "" if ours[key] == expected else "  <- differs"
+            print(f"{experiment:14s} {method:18s} {key:15s} {str(ours[key]):40s} {expected}{mark}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--section", choices=["zeroth", "padding", "fused", "all"], default="all")
+    parser.add_argument("--section", choices=["zeroth", "padding", "fused", "choices", "all"], default="all")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     random.seed(0)
     torch.manual_seed(0)
-    for name, section in (("zeroth", zeroth), ("padding", padding), ("fused", fused)):
+    for name, section in (("zeroth", zeroth), ("padding", padding), ("fused", fused), ("choices", choices)):
         if args.section in (name, "all"):
             section()
 
