@@ -131,7 +131,7 @@ class TowerOutputs:
 
     def capturing(self, tower: str) -> dict[str, bool]:
         """While `tower`'s block inputs are captured: the towers it reads (exact outputs) and those
-        beside it (any stored output: it never reaches the tower's first block)."""
+        beside it (any stored output: it never reaches the tower's blocks)."""
         return {name: not self.reads(tower, name) for name in self.towers
                 if name != tower and not self.reads(name, tower)}
 

@@ -48,7 +48,28 @@ def move(obj: Any, device: torch.device) -> Any:
 
 
 class _Reached(Exception):
-    """Raised inside the model's forward once the tower's first block has its inputs."""
+    """Raised inside the model's forward once the tower's blocks have their inputs."""
+
+
+@contextlib.contextmanager
+def passing_through(skipped: list[tuple[Tower, Block]]) -> Iterator[None]:
+    """Within, each block returns its input as its tower hands it on (Tower.passthrough), computing
+    nothing; each block's own `forward` attribute (another patch's, or none) is restored after."""
+    saved = [(block.module, vars(block.module).get("forward")) for _, block in skipped]
+    try:
+        for tower, block in skipped:
+            block.module.forward = partial(skipped_forward, tower)
+        yield
+    finally:
+        for module, previous in saved:
+            if previous is None:
+                vars(module).pop("forward", None)
+            else:
+                module.forward = previous
+
+
+def skipped_forward(tower: Tower, *args: Any, **kwargs: Any) -> Any:
+    return tower.passthrough(args, kwargs)
 
 
 def capture_inputs(adapter: ModelAdapter, tower: Tower, batches: list[Batch]) -> list[BlockInput]:
@@ -70,8 +91,7 @@ def capture_arguments(adapter: ModelAdapter, tower: Tower, batches: list[Batch],
 def _capture(adapter: ModelAdapter, tower: Tower, batches: list[Batch], outputs: TowerOutputs | None, count: int
              ) -> list[list[BlockInput]]:
     captured: list[list[BlockInput]] = []
-    masks: dict[str, torch.Tensor] = {}  # the token masks of the batch being run
-    sizes: list[tuple[int, ...] | None] = [None]  # and its samples' shares of a batch-less sequence
+    current: dict[str, Any] = {}  # the batch being run: its token masks, its samples' shares of a batch-less sequence
     blocks = tower.blocks[:count]
 
     def catch(module: torch.nn.Module, args: tuple, kwargs: dict, index: int) -> None:
@@ -80,33 +100,32 @@ def _capture(adapter: ModelAdapter, tower: Tower, batches: list[Batch], outputs:
                             f"{len(captured[-1])} of the blocks before it; a tower whose blocks do not run in order "
                             f"cannot be walked block by block")
         inp = tower.split_input(args, kwargs)
-        inp.masks, inp.sizes = masks, sizes[0]
+        inp.masks, inp.sizes = current["masks"], current["sizes"]
         captured[-1].append(inp)
         if index == count - 1:
             raise _Reached
 
-    handles = [block.module.register_forward_pre_hook(partial(catch, index=i), with_kwargs=True)
-               for i, block in enumerate(blocks)]
-    for block in blocks[:-1]:  # computing nothing: only the arguments the next blocks get are kept
-        block.module.forward = lambda *args, **kwargs: tower.passthrough(args, kwargs)
+    handles = []
     try:
-        for batch in batches:
-            masks, sizes[0] = tower.token_masks(batch), tower.sample_sizes(batch)
-            captured.append([])
-            try:
-                with outputs.batch(batch) if outputs else contextlib.nullcontext():
-                    adapter.forward(batch)
-            except _Reached:
-                continue
-            reached = len(captured[-1])
-            raise UserError(f"tower {tower.name}: the model's forward never reached {blocks[reached].name} (block "
-                            f"{reached} of {len(tower.blocks)}), so what it hands each block cannot be captured; "
-                            f"this model cannot be walked block by block")
+        handles += [block.module.register_forward_pre_hook(partial(catch, index=i), with_kwargs=True)
+                    for i, block in enumerate(blocks)]
+        # the blocks before the last compute nothing: only the arguments the next blocks get are kept
+        with passing_through([(tower, block) for block in blocks[:-1]]):
+            for batch in batches:
+                current.update(masks=tower.token_masks(batch), sizes=tower.sample_sizes(batch))
+                captured.append([])
+                try:
+                    with outputs.batch(batch) if outputs else contextlib.nullcontext():
+                        adapter.forward(batch)
+                except _Reached:
+                    continue
+                reached = len(captured[-1])
+                raise UserError(f"tower {tower.name}: the model's forward never reached {blocks[reached].name} "
+                                f"(block {reached} of {len(tower.blocks)}), so what it hands each block cannot be "
+                                f"captured; this model cannot be walked block by block")
     finally:
         for handle in handles:
             handle.remove()
-        for block in blocks[:-1]:
-            del block.module.forward
     return captured
 
 
@@ -191,6 +210,9 @@ def walk_tower(
     """
     captured = capture_arguments(adapter, tower, batches)
     inputs = [move(per_block[0], device) for per_block in captured]
+    # later blocks' own arguments only: their captured hidden states are block 0's, not kept alive
+    arguments = [[(inp.args, inp.kwargs) for inp in per_block[1:]] for per_block in captured]
+    del captured
     for index, block in enumerate(track(tower.blocks, description or tower.name, total=len(tower.blocks))):
         home = next(block.module.parameters()).device
         if offload:
@@ -198,8 +220,8 @@ def walk_tower(
         yield block, inputs
         for i, inp in enumerate(inputs):
             if index + 1 < len(tower.blocks):  # the next block's own arguments, this block's output
-                own = captured[i][index + 1]
-                nxt = BlockInput(inp.hidden, move(own.args, device), move(own.kwargs, device), inp.masks, inp.sizes)
+                args, kwargs = arguments[i][index]
+                nxt = BlockInput(inp.hidden, move(args, device), move(kwargs, device), inp.masks, inp.sizes)
             else:
                 nxt = inp
             inputs[i] = tower.next_input(tower.run_block(block, inp), nxt)

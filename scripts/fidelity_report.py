@@ -192,7 +192,7 @@ OFFICIAL = {
     ("table1_blip2", "sparsegpt"): {"damping": "ecoflap", "pads": False, "view": "train", "precision": "official"},
     ("table1_blip2", "ecoflap_first"): {"groups": "vision=matrix encoder=row decoder=row", "pads": False,
                                         "view": "train", "precision": "official"},
-    ("table1_blip2", "ecoflap_zeroth"): {"groups": "vision=matrix encoder=row decoder=row", "pads": True,
+    ("table1_blip2", "ecoflap_zeroth_blip2"): {"groups": "vision=matrix encoder=row decoder=row", "pads": True,
                                          "view": "train", "precision": "official"},
     ("table2_clip", "wanda"): {"groups": "vision=row text=row", "view": "eval", "text_attention": "unmasked"},
     ("table2_clip", "sparsegpt_ecoflap"): {"damping": "ecoflap", "view": "eval", "text_attention": "unmasked"},

@@ -294,3 +294,17 @@ def test_a_tower_whose_blocks_cannot_be_captured_is_refused_with_one_message():
     with pytest.raises(UserError, match=r"never reached stray \(block 1 of 2\)"):
         SequentialEngine(adapter, WandaPruner(), {"model.layers.0": 0.5, "stray": 0.5}).run(batches_for(adapter))
     assert "forward" not in vars(tower.blocks[0].module)  # the capture's pass-through is undone
+
+
+def test_capture_restores_a_forward_patched_before_it():
+    """A block whose forward another tool patched on the instance gets that patch back, not none."""
+    from ecoflap_exp.walk import capture_arguments
+
+    adapter = make_llama()
+    (tower,) = adapter.towers()
+    block = tower.blocks[0].module
+    own = block.forward
+    block.forward = lambda *args, **kwargs: own(*args, **kwargs)
+    patched = vars(block)["forward"]
+    captured = capture_arguments(adapter, tower, batches_for(adapter))
+    assert vars(block)["forward"] is patched and len(captured[0]) == len(tower.blocks)

@@ -190,7 +190,8 @@ def test_the_paper_suite_lists_the_five_table1_tasks_under_their_metric_prefixes
     [("wanda", "UniformScorer", "WandaPruner", None, 8), ("sparsegpt", "UniformScorer", "SparseGPTPruner", None, 8),
      # ECoFLaP's BLIP-2 scripts: first-order 128 samples in batches of 1, zeroth-order 32 in batches of 8
      ("ecoflap_first", "FirstOrderScorer", "WandaPruner", 128, 1),
-     ("ecoflap_zeroth", "ZerothOrderScorer", "WandaPruner", 32, 8)],
+     ("ecoflap_zeroth", "ZerothOrderScorer", "WandaPruner", 32, 8),
+     ("ecoflap_zeroth_blip2", "ZerothOrderScorer", "WandaPruner", 32, 8)],
 )
 def test_method_presets_set_the_papers_settings(method, scorer, pruner, samples, batch):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
@@ -198,8 +199,9 @@ def test_method_presets_set_the_papers_settings(method, scorer, pruner, samples,
     assert cfg.scorer._target_.endswith(scorer) and cfg.pruner._target_.endswith(pruner)
     assert cfg.scorer.get("num_samples") == samples and cfg.calib.batch_size == batch
     assert cfg.calib.num_samples == 128 and cfg.max_sparsity_delta == 0.1
-    # ecoflap_zeroth.py hooks every position of its batches of 8; the batch-1 scripts see no pads
-    assert cfg.pads_in_stats == (method == "ecoflap_zeroth")
+    # ecoflap_zeroth.py hooks every position of its batches of 8 (the BLIP-2 tables' point); the batch-1
+    # scripts see no pads, and the chat models' experiments keep pads out with the same zeroth-order settings
+    assert cfg.pads_in_stats == (method == "ecoflap_zeroth_blip2")
     # ECoFLaP's fork damps SparseGPT only where the Cholesky fails
     assert cfg.pruner.get("damping") == ("ecoflap" if method == "sparsegpt" else None)
 
@@ -207,8 +209,12 @@ def test_method_presets_set_the_papers_settings(method, scorer, pruner, samples,
 def test_the_ecoflap_clip_rows_run_as_coops_pruner():
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("config", ["experiment=table2_clip", "pruner=sparsegpt_ecoflap"])
+        asymmetry = compose("config", ["experiment=id_asymmetry_clip"])
         llama = compose("config", ["experiment=llama_wikitext", "pruner=sparsegpt"])
+        table1 = compose("config", ["experiment=table1_blip2"], return_hydra_config=True)
     assert cfg.model.text_attention_stats == "unmasked" and cfg.pruner.damping == "ecoflap"
+    assert asymmetry.model.text_attention_stats == "causal"  # the ID paper's experiment is not CoOp's
+    assert "ecoflap_zeroth_blip2" in table1.hydra.sweeper.params["+experiment/method"]
     assert llama.pruner.damping == "ist"  # Wanda's and SparseGPT's LLaMA scripts always damp
 
 

@@ -534,11 +534,11 @@ class IntrinsicDimensionScorer(BlockScorer):
         ids = self.matrix_ids(adapter, batches) if self.granularity == "matrix" else self.block_ids(adapter, batches)
         groups = Groups.of(adapter)
         by_tower: dict[str, list[float]] = {}
-        fewest: dict[str, tuple[int, int]] = {}
+        fewest: dict[str, tuple[int, int]] = {}  # per tower, the estimate on the lowest share of distinct points
         for name, value in ids.items():
             tower = groups.towers[name]
             by_tower.setdefault(tower, []).append(value)
-            fewest[tower] = min(fewest.get(tower, self.points[name]), self.points[name])
+            fewest[tower] = min(fewest.get(tower, self.points[name]), self.points[name], key=lambda p: p[0] / p[1])
         for tower, (distinct, samples) in fewest.items():
             if distinct < samples / 2:
                 log.warning("the intrinsic dimensions of tower %s rest on as few as %d distinct points of %d samples "
@@ -547,5 +547,5 @@ class IntrinsicDimensionScorer(BlockScorer):
                             "view (calib.augment=train), as ID_VL_Pruning does", tower, distinct, samples)
         self.info = {"intrinsic_dim": ids, "tower_mean_id": {t: sum(v) / len(v) for t, v in by_tower.items()},
                      "id_points": {name: self.points[name][0] for name in ids},
-                     "id_samples": max(samples for _, samples in self.points.values())}
+                     "id_samples": max((samples for _, samples in self.points.values()), default=0)}
         return {name: value * groups.sizes[name] for name, value in ids.items()}

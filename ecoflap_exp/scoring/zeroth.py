@@ -35,7 +35,7 @@ from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, To
 from ecoflap_exp.progress import track
 from ecoflap_exp.scoring.base import BlockScorer, aggregate, check_grouping
 from ecoflap_exp.tower_outputs import TowerOutputs, tower_outputs
-from ecoflap_exp.walk import walk_tower
+from ecoflap_exp.walk import passing_through, walk_tower
 
 log = logging.getLogger(__name__)
 
@@ -153,18 +153,12 @@ def start_at(first: torch.nn.Module, skipped: list[tuple[Tower, Block]]) -> Iter
     def feed(inp: BlockInput) -> None:
         current[:] = [inp]
 
-    def skip(tower: Tower) -> Callable:
-        return lambda *args, **kwargs: tower.passthrough(args, kwargs)
-
     handle = first.register_forward_pre_hook(replace_input, with_kwargs=True)
-    for tower, blk in skipped:
-        blk.module.forward = skip(tower)
     try:
-        yield feed
+        with passing_through(skipped):
+            yield feed
     finally:
         handle.remove()
-        for _, blk in skipped:
-            del blk.module.forward
 
 
 class BlockForwardCounter:
