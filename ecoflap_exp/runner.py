@@ -439,19 +439,19 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
     with timer("verify"):
         achieved = verify(adapter, plan or dict.fromkeys(plan_keys(adapter), 0.0), target.nm, reports,
                           exact=pruner.count == "exact")
-    ids = None
+    ids, id_info = None, {}
     if use_id:
         with timer("intrinsic_dim"):
             finetune.id.scores(adapter, batches, extended)
-            ids = dict(finetune.id.info["intrinsic_dim"])
+            id_info = {key: finetune.id.info[key] for key in ("intrinsic_dim", "id_points", "id_samples")}
+            ids = dict(id_info["intrinsic_dim"])
     del batches, extended
     tuned = None
     if finetune is not None:
         oneshot_achieved = achieved["overall"]
         with timer("finetune"):
             tuned = fine_tune(cfg, rid, plugins, adapter, target, ids)
-        id_points = {key: finetune.id.info[key] for key in ("id_points", "id_samples")} if ids else {}
-        tuned.info.update(oneshot_sparsity=oneshot_achieved, **({"intrinsic_dim": ids} if ids else {}), **id_points)
+        tuned.info.update(oneshot_sparsity=oneshot_achieved, **id_info)
         if tuned.pruned is not None:
             plan, reports = iterative_plan(adapter, tuned.pruned)
         reports, tuned.info["zeroed_by_training"] = zeroed_in_training(adapter, reports)

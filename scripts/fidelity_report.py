@@ -207,18 +207,20 @@ def choices() -> None:
     from ecoflap_exp.pruning.wanda import WandaPruner
 
     root = Path(__file__).resolve().parents[1] / "configs"
+    wanda = WandaPruner()
+    groups: dict[str, str] = {}  # per model, its tiny stand-in's Wanda group per tower
     print(f"\n{'experiment':14s} {'method':18s} {'choice':15s} {'ours':40s} official")
     for (experiment, method), official in OFFICIAL.items():
         point = [f"+experiment/method={method}"] if experiment == "table1_blip2" else [f"pruner={method}"]
         with initialize_config_dir(config_dir=str(root), version_base="1.3"):
             cfg = compose("config", [f"experiment={experiment}", *point])
-            tiny = compose("config", [f"model={TINY[cfg.model.name]}"])
+            if cfg.model.name not in groups:
+                tiny = instantiate(compose("config", [f"model={TINY[cfg.model.name]}"]).model)
+                groups[cfg.model.name] = " ".join(f"{t.name}={wanda.group_for(t)}" for t in tiny.towers())
         # a calibration with no augment option has no training view
         ours = {"damping": cfg.pruner.get("damping"), "pads": cfg.pads_in_stats,
                 "view": cfg.calib.get("augment") or "eval", "precision": cfg.model.get("precision"),
-                "text_attention": cfg.model.get("text_attention_stats")}
-        wanda = WandaPruner()
-        ours["groups"] = " ".join(f"{t.name}={wanda.group_for(t)}" for t in instantiate(tiny.model).towers())
+                "text_attention": cfg.model.get("text_attention_stats"), "groups": groups[cfg.model.name]}
         for key, expected in official.items():
             mark = "" if ours[key] == expected else "  <- differs"
             print(f"{experiment:14s} {method:18s} {key:15s} {str(ours[key]):40s} {expected}{mark}")

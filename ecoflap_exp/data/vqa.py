@@ -255,7 +255,7 @@ def read_llava_ocr(path: str) -> dict[tuple[str, str], str]:
         if len(lines) != 3 or not lines[1].startswith("Reference OCR token:"):
             raise malformed(path, where, "its text is not question, OCR tokens and suffix on three lines",
                             LLAVA_OCR_LINE)
-        questions[(str(field(row, "question_id", str, path, where, LLAVA_OCR_LINE)), lines[0].lower())] = (
+        questions[(field(row, "question_id", str, path, where, LLAVA_OCR_LINE), lines[0].lower())] = (
             "\n".join(lines[:2]))
     return questions
 

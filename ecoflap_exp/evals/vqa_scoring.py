@@ -82,7 +82,8 @@ def clean(text: str) -> str:
 
 def process_punctuation(text: str) -> str:
     """Each listed mark is deleted when it touches a space somewhere in the text (or the text holds
-    a digit,comma,digit group), else replaced by a space; then periods not before a digit go."""
+    a digit,comma,digit group), else replaced by a space; then the first 32 periods not before a
+    digit go."""
     out = text
     delete_all = DIGIT_COMMA_DIGIT.search(text) is not None
     for mark in PUNCTUATION:

@@ -102,9 +102,10 @@ class BlipCaptionAdapter(InterpolatesPositions):
                  max_text_tokens: int = 40, label_smoothing: float = 0.1, prune_towers: list[str] | None = None,
                  seed: int = 0, arch_overrides: dict[str, Any] | None = None, name: str = ""):
         self.name = name
-        if str(checkpoint).endswith(".pth"):  # BLIP's own architecture, also when its shapes are built at random
+        pth = str(checkpoint).endswith(".pth")
+        if pth:  # BLIP's own architecture, also when its shapes are built at random
             arch_overrides = merged({"vision_config": {"layer_norm_eps": ORIGINAL_VISION_EPS}}, arch_overrides or {})
-        original = init == "pretrained" and str(checkpoint).endswith(".pth")
+        original = init == "pretrained" and pth
         if original and tokenizer is None:
             raise UserError(f"model.checkpoint={checkpoint} is an original BLIP checkpoint, which holds no "
                             f"tokenizer; set model.tokenizer (Salesforce/blip-image-captioning-base)")

@@ -28,15 +28,15 @@ similarity evaluation runs without), its norms and embeddings fp32; the Q-Former
 projections fp32 without autocast; FlanT5 bf16 (OPT fp16) under its autocast. The projected
 queries (fp32) and the embedded text are concatenated as they are, so FlanT5's encoder keeps an
 fp32 residual stream, as in LAVIS. `ln_vision` (transformers' post_layernorm) is LAVIS's
-LayerNorm of torch's default eps 1e-5 (transformers builds it with the ViT's 1e-6). A dtype name
-holds every part in that dtype.
+LayerNorm of torch's default eps 1e-5 (transformers builds it with the ViT's 1e-6, and a saved
+model reloaded by transformers alone takes 1e-6 back). A dtype name holds every part in that dtype.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -57,12 +57,14 @@ from ecoflap_exp.models.precision import PartPrecision, apply_precision, held
 from ecoflap_exp.models.seam import Batch, Block, BlockInput, Tower, blocks_of, find_block_list, linear_matrices
 
 
-def square_resize(size: int) -> transforms.Compose:
-    """LAVIS's blip_image_eval: a square bicubic resize (no crop) and CLIP's normalisation."""
+def square_resize(size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+                  ) -> transforms.Compose:
+    """LAVIS's blip_image_eval (and UPop's transform_test): a square bicubic resize (no crop) and
+    CLIP's normalisation."""
     return transforms.Compose([
         transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.ToTensor(),
-        transforms.Normalize(CLIP_MEAN, CLIP_STD),
+        transforms.Normalize(mean, std),
     ])
 
 
@@ -404,7 +406,7 @@ class Blip2ITMAdapter(Blip2ModelAdapter):
         return super().checkpoints(config) + ([vision_from] if isinstance(vision_from, str) else [])
 
     def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
-                 precision: str = "float32", vit_precision: str = "fp32", tokenizer: str | None = None,
+                 precision: str = "float32", vit_precision: str = "fp16", tokenizer: str | None = None,
                  max_text_tokens: int = 35, vision_from: str | None = None, prune_towers: list[str] | None = None,
                  seed: int = 0, arch_overrides: dict[str, Any] | None = None, name: str = ""):
         self.name = name

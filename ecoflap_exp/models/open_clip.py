@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -36,6 +36,7 @@ from torchvision import transforms
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import LossTerm, ModelAdapter, contrastive_terms
+from ecoflap_exp.models.blip2 import square_resize
 from ecoflap_exp.models.blip_text import blip_caption
 from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, SHIPPED_PREFIX, hub_load_error, torch_dtype, wrapped_state
 from ecoflap_exp.models.seam import Batch, Block, PrunableMatrix, Tower
@@ -249,8 +250,8 @@ class OpenCLIPAdapter(ModelAdapter):
         elif own:
             self.model.load_state_dict(shipped_weights(str(pretrained).removeprefix(SHIPPED_PREFIX)))
         self.model.to(torch_dtype(dtype)).eval()
-        if resize == "square":
-            self.preprocess = self.square_view()
+        if resize == "square":  # UPop's transform_test: both sides to the image size, bicubic, no crop
+            self.preprocess = square_resize(self.image_size(), *self.normalisation())
         self.caption_words = caption_words
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.construction = {"model_name": model_name}
@@ -276,9 +277,9 @@ class OpenCLIPAdapter(ModelAdapter):
         size = self.model.visual.image_size
         return size[0] if isinstance(size, tuple | list) else size
 
-    def normalise(self) -> transforms.Normalize:
+    def normalisation(self) -> tuple[Sequence[float], Sequence[float]]:
         config = getattr(self.model.visual, "preprocess_cfg", None) or {}
-        return transforms.Normalize(config.get("mean", CLIP_MEAN), config.get("std", CLIP_STD))
+        return config.get("mean", CLIP_MEAN), config.get("std", CLIP_STD)
 
     def train_view(self) -> transforms.Compose:
         return transforms.Compose([
@@ -286,16 +287,7 @@ class OpenCLIPAdapter(ModelAdapter):
                                          interpolation=transforms.InterpolationMode.BICUBIC),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
-            self.normalise(),
-        ])
-
-    def square_view(self) -> transforms.Compose:
-        """UPop's transform_test (data/__init__.py): both sides to the image size, bicubic, no crop."""
-        size = self.image_size()
-        return transforms.Compose([
-            transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.ToTensor(),
-            self.normalise(),
+            transforms.Normalize(*self.normalisation()),
         ])
 
     def captions(self, texts: list[str]) -> list[str]:
