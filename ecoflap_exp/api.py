@@ -11,7 +11,9 @@ their adapter, e.g. `Blip2Adapter(checkpoint=...)`). `calibration`: token-id ten
 (configs/scorer/*.yaml ...), built with the same defaults as `ecoflap scorer=...`; `overrides`:
 further config overrides (`["scorer.eps=1e-4"]`). `sparsity`: a fraction, or {regex: fraction}
 per matrix name (unmatched matrices are kept dense); `nm="2:4"`; `targets`/`ignore`: regexes over
-matrix names (as llm-compressor's) choosing which matrices are pruned. The runner (ecoflap_exp.runner)
+matrix names (as llm-compressor's) choosing which matrices are pruned. `redraw=True` (a calibration
+source only): each further pass over the data draws fresh training views and prefix splits, as the
+official code's DataLoader does (the command line's `redraw_calibration`). The runner (ecoflap_exp.runner)
 scores through the same `scores_for` and prunes with the same engine.
 """
 
@@ -31,13 +33,14 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ecoflap_exp.allocation.base import Allocation, Groups, Sketches
+from ecoflap_exp.config_schema import check_node
 from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
-from ecoflap_exp.models.seam import Batch
+from ecoflap_exp.models.seam import Batch, Redraw
 from ecoflap_exp.pruning.base import LocalPruner
 from ecoflap_exp.pruning.engine import Plan, SequentialEngine
-from ecoflap_exp.pruning.masks import check_sparsity, parse_nm
+from ecoflap_exp.pruning.masks import check_sparsity, nm_sparsity, parse_nm
 from ecoflap_exp.pruning.verify import verify
 from ecoflap_exp.scoring.base import BlockScorer, first_samples, samples_in
 from ecoflap_exp.scoring.sketches import weight_sketches
@@ -112,6 +115,31 @@ def adapter_of(model: nn.Module | ModelAdapter, adapter: type[ModelAdapter] | No
     return adapter.wrapping(model, **settings)
 
 
+def check_weights(adapter: ModelAdapter) -> None:
+    """UserError for a model that cannot be pruned as it is: weights on the meta device (never
+    loaded) or NaN/inf weights (a broken checkpoint)."""
+    params = list(adapter.model.named_parameters())
+    meta = [name for name, p in params if p.is_meta]
+    if meta:
+        raise UserError(f"{len(meta)} parameters ({', '.join(meta[:3])}{', ...' if len(meta) > 3 else ''}) are on the "
+                        f"meta device: the model was never loaded; load its weights (or materialise it) first")
+    bad = [name for name, p in params if not torch.isfinite(p).all()]
+    if bad:
+        raise UserError(f"the loaded model holds NaN/inf weights in {len(bad)} parameters ({', '.join(bad[:3])}"
+                        f"{', ...' if len(bad) > 3 else ''}): the checkpoint is broken; re-download or re-save it")
+
+
+def check_token_ids(adapter: ModelAdapter, ids: torch.Tensor) -> None:
+    """Calibration token ids are integers the model's embedding has rows for."""
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise UserError(f"calibration token ids are {ids.dtype}; pass integer ids (torch.long), as a tokenizer gives")
+    embeddings = getattr(adapter.model, "get_input_embeddings", lambda: None)()
+    rows = getattr(embeddings, "num_embeddings", None)
+    if ids.numel() and (int(ids.min()) < 0 or (rows is not None and int(ids.max()) >= rows)):
+        raise UserError(f"calibration token ids run from {int(ids.min())} to {int(ids.max())}, outside the model's "
+                        f"vocabulary of {rows} ids; tokenize with the model's own tokenizer")
+
+
 def batches_of(adapter: ModelAdapter, calibration: Any, batch_size: int, count: int | None) -> tuple[
         list[Batch], list[Batch]]:
     """(the pruner's batches, the batches drawn on to `count` samples for a scorer that reads more)."""
@@ -121,6 +149,9 @@ def batches_of(adapter: ModelAdapter, calibration: Any, batch_size: int, count: 
     items = list(calibration)
     if not items:
         raise UserError("calibration is empty; pass token-id tensors, batches or a calibration source")
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            check_token_ids(adapter, item)
     if all(isinstance(item, dict) for item in items):
         batches = items
     elif all(isinstance(item, torch.Tensor) and item.dim() == 2 for item in items):
@@ -150,6 +181,20 @@ def selected_plan(plan: Plan, adapter: ModelAdapter, sparsity: float | dict[str,
     return out
 
 
+def check_selection(adapter: ModelAdapter, per_matrix: dict[str, float] | None, targets: Sequence[str] | None,
+                    ignore: Sequence[str] | None) -> None:
+    """UserError when the regexes choosing the pruned matrices leave none (the model would stay
+    dense and be reported as pruned)."""
+    names = [m.name for m in adapter.matrices()]
+    kept = [n for n in names if not any(re.search(i, n) for i in ignore or ())]
+    hint = f"(the model would stay dense); matrix names look like {names[0]!r}"
+    if not kept:
+        raise UserError(f"ignore={list(ignore or ())} matches every matrix {hint}")
+    for what, patterns in (("sparsity", per_matrix), ("targets", targets)):
+        if patterns is not None and not any(re.search(p, n) for p in patterns for n in kept):
+            raise UserError(f"{what}={patterns} matches no matrix left to prune {hint}")
+
+
 def method_name(scorer: BlockScorer, allocation: Allocation, pruner: LocalPruner) -> str:
     """The method as the papers name it: `wanda`, `ecoflap-zeroth+wanda`, `id-global-wanda+wanda`."""
     choice = "-".join(part for part in (scorer.name, allocation.name) if part)
@@ -157,50 +202,62 @@ def method_name(scorer: BlockScorer, allocation: Allocation, pruner: LocalPruner
 
 
 def scores_for(adapter: ModelAdapter, batches: list[Batch], extended: list[Batch], scorer: BlockScorer,
-               allocation: Allocation) -> tuple[dict[str, float], Sketches | None]:
+               allocation: Allocation, redraw: Redraw | None = None) -> tuple[dict[str, float], Sketches | None]:
     """The block scores, and the weight sketches the allocation ranks (None if it needs none):
     what does not depend on the sparsity (the runner caches it across a sweep)."""
-    scores = scorer.scores(adapter, batches, extended)
+    scores = scorer.scores(adapter, batches, extended, redraw)
     sketches = (weight_sketches(adapter, batches, allocation.sketch_score, allocation.sketch_quantiles)
                 if allocation.sketch_quantiles else None)
     return scores, sketches
 
 
 def plan_for(adapter: ModelAdapter, batches: list[Batch], extended: list[Batch], scorer: BlockScorer,
-             allocation: Allocation, sparsity: float, max_sparsity: float) -> tuple[dict[str, float], Plan]:
+             allocation: Allocation, sparsity: float, max_sparsity: float, redraw: Redraw | None = None
+             ) -> tuple[dict[str, float], Plan]:
     """The block scores and the allocation's plan of them."""
-    scores, sketches = scores_for(adapter, batches, extended, scorer, allocation)
+    scores, sketches = scores_for(adapter, batches, extended, scorer, allocation, redraw)
     return scores, allocation.plan(scores, Groups.of(adapter), sparsity, max_sparsity, sketches)
 
 
 def prune(model: nn.Module | ModelAdapter, calibration: Any, *, scorer: str = "uniform", pruner: str = "wanda",
-          allocation: str | None = None, sparsity: float | dict[str, float] = 0.5, nm: str | None = None,
+          allocation: str | None = None, sparsity: float | dict[str, float] | None = None, nm: str | None = None,
           max_sparsity: float | None = None, targets: Sequence[str] | None = None, ignore: Sequence[str] | None = None,
           batch_size: int = 8, adapter: type[ModelAdapter] | None = None, overrides: Sequence[str] = (),
-          cache_gb: float = DEFAULT_BUDGET_GB, **adapter_settings: Any) -> PruneReport:
+          cache_gb: float = DEFAULT_BUDGET_GB, redraw: bool = False, **adapter_settings: Any) -> PruneReport:
     """Prune `model` in place and report what was done (see the module's docstring)."""
     pattern = parse_nm(nm)
     per_matrix = isinstance(sparsity, dict)
     if per_matrix:
         for pattern_of_names, p in sparsity.items():
             check_sparsity(p, f"sparsity[{pattern_of_names!r}]")
-    target = pattern.sparsity if pattern is not None else (0.0 if per_matrix else check_sparsity(sparsity))
+    elif pattern is not None:
+        target = nm_sparsity(pattern, None if sparsity is None else check_sparsity(sparsity))
+    target = 0.0 if per_matrix else target if pattern is not None else check_sparsity(
+        0.5 if sparsity is None else sparsity)
     if (per_matrix or pattern is not None) and scorer != "uniform":
         raise UserError(f"scorer={scorer} plans block sparsities, but sparsity={sparsity} / nm={nm} fixes them; use "
                         f"scorer='uniform'")
     wrapped = adapter_of(model, adapter, **adapter_settings)
+    check_weights(wrapped)
+    check_selection(wrapped, sparsity if per_matrix else None, targets, ignore)
     cfg = composed(scorer, pruner, allocation, overrides)
+    for group in ("scorer", "allocation", "pruner"):  # typed and checked as the command line checks them
+        check_node(cfg._get_node(group), f"{group}.")
     block_scorer, allocator, local_pruner = build(cfg.scorer), build(cfg.allocation), build(cfg.pruner)
+    if redraw and not isinstance(calibration, CalibrationSource):
+        raise UserError("redraw=True draws the calibration again, which needs a calibration source "
+                        "(ecoflap_exp.data); pass one, or leave redraw out")
     batches, extended = batches_of(wrapped, calibration, batch_size, block_scorer.samples_needed)
+    draws = calibration.redrawing(wrapped) if redraw else None
     ceiling = max_sparsity if max_sparsity is not None else min(target + cfg.max_sparsity_delta, 1.0)
     with tower_outputs(wrapped, cache_gb):
         if per_matrix:
             scores, plan = {}, dict.fromkeys((b.name for b in wrapped.blocks()), 0.0)
         else:
-            scores, plan = plan_for(wrapped, batches, extended, block_scorer, allocator, target, ceiling)
+            scores, plan = plan_for(wrapped, batches, extended, block_scorer, allocator, target, ceiling, draws)
         if per_matrix or targets is not None or ignore:
             plan = selected_plan(plan, wrapped, sparsity, targets, ignore)
-        reports = SequentialEngine(wrapped, local_pruner, plan, pattern, wrapped.device).run(batches)
+        reports = SequentialEngine(wrapped, local_pruner, plan, pattern, wrapped.device).run(batches, draws)
     achieved = verify(wrapped, plan, pattern, reports, exact=local_pruner.count == "exact")
     return PruneReport(method_name(block_scorer, allocator, local_pruner), scores, plan, achieved,
                        [r.as_dict() for r in reports], dict(block_scorer.info))

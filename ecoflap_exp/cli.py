@@ -6,20 +6,23 @@ configs (same group layout) beside them.
 A bad value, a missing file or an unusable model ends in one message naming the fix (exit 2) and
 leaves no record. In a multirun, a failed point is recorded as failed in the results store and
 the sweep goes on; at its end the failed points are listed and the exit status is 1. Ctrl-C ends
-in one line (exit 130): finished points are kept and a rerun resumes.
+in one line (exit 130; SIGTERM, as SLURM, `timeout` and docker send it, the same with exit 143):
+finished points are kept and a rerun resumes.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+from types import FrameType
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ecoflap_exp.errors import ConfigError, UserError
+from ecoflap_exp.errors import ConfigError, Terminated, UserError
 from ecoflap_exp.extras import require
 from ecoflap_exp.runner import run
 from ecoflap_exp.sweep import write_outcome
@@ -53,9 +56,9 @@ def hydra_main(cfg: DictConfig) -> None:
         if not multirun:
             sys.exit(2)
         write_outcome("config_error" if isinstance(err, ConfigError) else "failed", str(err))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print("interrupted; finished points are kept, rerun resumes", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(143 if isinstance(err, Terminated) else 130)
     except Exception as err:
         if not multirun:
             raise
@@ -66,8 +69,13 @@ def hydra_main(cfg: DictConfig) -> None:
             write_outcome("ok" if record is not None else "skipped")
 
 
+def terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
 def main() -> None:
     """The `ecoflap` command."""
+    signal.signal(signal.SIGTERM, terminate)
     try:
         check_launcher(sys.argv[1:])
     except UserError as err:

@@ -13,6 +13,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -28,23 +29,24 @@ from rich.table import Table
 
 import ecoflap_exp
 from ecoflap_exp.allocation.base import Allocation, Groups, Sketches
-from ecoflap_exp.api import build, method_name, scores_for
-from ecoflap_exp.config_keys import check_keys
+from ecoflap_exp.api import build, check_weights, method_name, scores_for
+from ecoflap_exp.config_schema import check_config
 from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import ConfigError, UserError
 from ecoflap_exp.evals.base import Evaluation
 from ecoflap_exp.finetune.trainer import FineTuning, Outcome
 from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.models.seam import Redraw
 from ecoflap_exp.pruning.base import LocalPruner
 from ecoflap_exp.pruning.engine import MatrixReport, SequentialEngine
-from ecoflap_exp.pruning.masks import NM, check_sparsity, parse_nm
+from ecoflap_exp.pruning.masks import NM, check_nm_fits, check_sparsity, nm_sparsity, parse_nm
 from ecoflap_exp.pruning.verify import verify
 from ecoflap_exp.results.records import LOADED_SPARSE
 from ecoflap_exp.scoring.base import BlockScorer, first_samples
 from ecoflap_exp.tower_outputs import tower_outputs
 from ecoflap_exp.tracking.model_card import push_to_hub, write_extras
 from ecoflap_exp.tracking.score_cache import ScoreCache, score_key
-from ecoflap_exp.tracking.store import ResultsStore, run_id
+from ecoflap_exp.tracking.store import ResultsStore, run_id, write_atomically
 
 log = logging.getLogger(__name__)
 console = Console()
@@ -60,13 +62,13 @@ class Target:
 
 
 def validate(cfg: DictConfig) -> Target:
-    """Every check of the config's own values, so bad values fail before anything is built."""
-    check_keys(cfg)
+    """Every check of the config's own values, so bad values fail before anything is built: each
+    value against its type (config_schema), then the rules that tie values together."""
+    check_config(cfg)
     nm = parse_nm(cfg.nm)
     sparsity = check_sparsity(cfg.sparsity)
-    if nm is not None and not math.isclose(sparsity, nm.sparsity):
-        raise UserError(f"nm={nm} fixes the sparsity at {nm.sparsity:g}, but sparsity={sparsity:g}; leave sparsity "
-                        f"out with nm (it follows the pattern)")
+    if nm is not None:
+        nm_sparsity(nm, sparsity)
     max_sparsity = cfg.max_sparsity
     if max_sparsity is None:
         max_sparsity = min(sparsity + cfg.max_sparsity_delta, 1.0)
@@ -75,12 +77,6 @@ def validate(cfg: DictConfig) -> Target:
     if not cfg.model.get("name"):
         raise UserError("the model config has no `name` (the short name records and tables use, e.g. name: my_llama); "
                         "add one to it")
-    if cfg.threads != "auto" and (isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int) or cfg.threads < 1):
-        raise UserError(f"threads={cfg.threads} must be auto or a positive number of CPU threads")
-    if isinstance(cfg.cache_gb, bool) or not isinstance(cfg.cache_gb, int | float) or cfg.cache_gb < 0:
-        raise UserError(f"cache_gb={cfg.cache_gb} must be a number of GB >= 0 (0 stores no tower outputs)")
-    if not isinstance(cfg.pads_in_stats, bool):
-        raise UserError(f"pads_in_stats={cfg.pads_in_stats!r} must be true or false")
     if cfg.push_to_hub and not cfg.save_model:
         raise UserError(f"push_to_hub={cfg.push_to_hub} uploads the saved model; add save_model=true")
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
@@ -187,7 +183,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             return done
         timer = StageTimer()
         with config_errors():
-            adapter = load(cfg, plugins, timer)
+            adapter = load(cfg, plugins, timer, target.nm)
         record: dict[str, Any] = {"id": rid, "status": "running", "model": cfg.model.name, "config": config,
                                   "method": plugins.method(target), "scorer": plugins.scorer.name,
                                   "started": dt.datetime.now().isoformat(timespec="seconds"),
@@ -199,8 +195,8 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             if target.sparsity == 0 and record["achieved"]["overall"] >= LOADED_SPARSE:
                 record["method"] = "as-loaded"  # a pruned checkpoint evaluated as it is: not dense
             record["status"] = "ok"
-        except KeyboardInterrupt:
-            record.update(status="interrupted", error="KeyboardInterrupt")
+        except KeyboardInterrupt as err:
+            record.update(status="interrupted", error=type(err).__name__)
             raise
         except BaseException as err:
             record.update(status="failed", error=f"{type(err).__name__}: {err}")
@@ -216,10 +212,14 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         log_externally(plugins.logger, record)
     print_summary(record)
     if unwritten is not None:
-        print(json.dumps({"id": rid, "metrics": record["metrics"], "achieved": record["achieved"]["overall"]}),
-              file=sys.stderr)
+        kept = keep_elsewhere(record)
+        where = (f"the whole record is in {kept}: copy it to {store.path(rid)} once there is room, and the run "
+                 f"counts as finished" if kept else "its metrics are printed above")
+        if kept is None:
+            print(json.dumps({"id": rid, "metrics": record["metrics"], "achieved": record["achieved"]["overall"]}),
+                  file=sys.stderr)
         raise UserError(f"the run finished but its record could not be written to {store.path(rid)} ({unwritten}); "
-                        f"its metrics are printed above; free the disk (or fix the folder) and rerun to record it")
+                        f"{where}; free the disk (or fix the folder)")
     return record
 
 
@@ -246,9 +246,21 @@ def write_record(store: ResultsStore, record: dict[str, Any]) -> str | None:
     return None
 
 
+def keep_elsewhere(record: dict[str, Any]) -> Path | None:
+    """The record written where the store could not take it: the system's temporary folder, else
+    the home folder (None if neither can)."""
+    for folder in (Path(tempfile.gettempdir()), Path.home()):
+        path = folder / f"ecoflap-record-{record['id']}.json"
+        with contextlib.suppress(OSError):
+            write_atomically(path, lambda tmp: tmp.write_text(json.dumps(record, indent=1, default=str)))
+            return path
+    return None
+
+
 def preflight(cfg: DictConfig, target: Target, plugins: Plugins) -> None:
     """Every check the built plugins allow before any model loads: the method fits the target, the
-    model class has what the calib and evals need, every checkpoint and dataset can be had."""
+    model class has what the calib and evals need, every checkpoint and dataset can be had, the
+    calibration files read."""
     scorer, calib = plugins.scorer, plugins.calib
     if target.nm is not None and scorer.non_uniform:
         raise UserError(f"nm={target.nm} fixes every matrix at {target.sparsity}; use scorer=uniform with N:M")
@@ -270,6 +282,8 @@ def preflight(cfg: DictConfig, target: Target, plugins: Plugins) -> None:
         ev.check_checkpoints()
     for ev in plugins.evals.values():
         ev.check_data()  # a missing or malformed benchmark file stops the run here
+    if target.sparsity > 0:  # last, as the dearest: the calibration images are decoded here
+        calib.check_data(max(scorer.samples_needed or 0, calib.num_samples))
 
 
 #: below this many parameters, threads=auto runs torch on one CPU thread: `make run` (the 1.8M-parameter
@@ -286,17 +300,16 @@ def set_threads(threads: int | str, adapter: ModelAdapter) -> None:
         torch.set_num_threads(int(threads))
 
 
-def load(cfg: DictConfig, plugins: Plugins, timer: StageTimer) -> ModelAdapter:
-    """The model, on its device, with finite weights and towers that fit model.prune_towers."""
+def load(cfg: DictConfig, plugins: Plugins, timer: StageTimer, nm: NM | None) -> ModelAdapter:
+    """The model, on its device, with finite weights, towers that fit model.prune_towers and
+    matrices the N:M pattern fits (what only the loaded model can tell, still before a record)."""
     with timer("load"):
         adapter: ModelAdapter = build(cfg.model)
         if not cfg.offload:
             adapter.to(resolve_device(cfg.device))
-    bad = [name for name, p in adapter.model.named_parameters() if not torch.isfinite(p).all()]
-    if bad:
-        raise UserError(f"the loaded model holds NaN/inf weights in {len(bad)} parameters ({', '.join(bad[:3])}"
-                        f"{', ...' if len(bad) > 3 else ''}): the checkpoint is broken; re-download or re-save it")
-    adapter.towers()  # checks model.prune_towers
+    check_weights(adapter)
+    for m in adapter.matrices():  # adapter.matrices() checks model.prune_towers
+        check_nm_fits(m.name, m.shape[1], nm)
     return adapter
 
 
@@ -425,17 +438,18 @@ def execute(cfg: DictConfig, target: Target, rid: str, plugins: Plugins, adapter
             needed = max(scorer.samples_needed or 0, (finetune.id.samples_needed or 0) if use_id else 0)
             extended = calib.batches(adapter, needed or None)  # the ID paper's 2000, say
             batches = first_samples(extended, calib.num_samples)
+    redraw = calib.redrawing(adapter) if cfg.redraw_calibration and oneshot > 0 else None
     if oneshot > 0:
         ceiling = target.max_sparsity if oneshot == target.sparsity else min(oneshot + cfg.max_sparsity_delta, 1.0)
         with tower_outputs(adapter, cfg.cache_gb):  # shared by scoring and the engine's input capture
             with timer("score"):
                 scores, scorer_info, sketches, reused = cached_scores(cfg, provenance["config"], adapter, batches,
-                                                                       extended, plugins)
+                                                                       extended, plugins, redraw)
             with timer("allocate"):
                 plan = allocation.plan(scores, Groups.of(adapter), oneshot, ceiling, sketches)
             with timer("prune"):
                 reports = SequentialEngine(adapter, pruner, plan, target.nm, device, cfg.offload,
-                                           cfg.pads_in_stats).run(batches)
+                                           cfg.pads_in_stats).run(batches, redraw)
     with timer("verify"):
         achieved = verify(adapter, plan or dict.fromkeys(plan_keys(adapter), 0.0), target.nm, reports,
                           exact=pruner.count == "exact")
@@ -542,7 +556,8 @@ def iterative_plan(adapter: ModelAdapter, pruned: dict[str, int]) -> tuple[dict[
 
 
 def cached_scores(cfg: DictConfig, config: dict[str, Any], adapter: ModelAdapter, batches: list, extended: list,
-                  plugins: Plugins) -> tuple[dict[str, float], dict[str, Any], Sketches | None, bool]:
+                  plugins: Plugins, redraw: Redraw | None
+                  ) -> tuple[dict[str, float], dict[str, Any], Sketches | None, bool]:
     """(scores, scorer info, sketches, whether they were reused): from the score cache when another
     point of the sweep computed them (force=true recomputes), else computed and cached. A uniform
     scorer with nothing to sketch computes nothing worth keeping."""
@@ -554,7 +569,7 @@ def cached_scores(cfg: DictConfig, config: dict[str, Any], adapter: ModelAdapter
     if worth and not cfg.force and (hit := cache.load(key)) is not None:
         console.print(f"[green]scores reused[/] from {cache.root / key}.json (force=true recomputes them)")
         return *hit, True
-    scores, sketches = scores_for(adapter, batches, extended, scorer, allocation)
+    scores, sketches = scores_for(adapter, batches, extended, scorer, allocation, redraw)
     info = dict(scorer.info)
     if worth:
         cache.save(key, scores, info, sketches)

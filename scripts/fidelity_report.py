@@ -185,17 +185,19 @@ def fused() -> None:
 
 
 #: what ECoFLaP's code does (ylsung/ECoFLaP 59dac0a): SparseGPT's damping, Wanda's group per tower, whether pads
-#: enter the statistics, the calibration images' view, CLIP's text out_proj statistics, BLIP-2's precision
+#: enter the statistics, the calibration images' view (and whether each pass draws it anew), CLIP's text out_proj
+#: statistics, BLIP-2's precision
+BLIP2_ROW = {"groups": "vision=matrix encoder=row decoder=row", "pads": False, "view": "train", "redraw": True,
+             "precision": "official"}
 OFFICIAL = {
-    ("table1_blip2", "wanda"): {"groups": "vision=matrix encoder=row decoder=row", "pads": False, "view": "train",
-                                "precision": "official"},
-    ("table1_blip2", "sparsegpt"): {"damping": "ecoflap", "pads": False, "view": "train", "precision": "official"},
-    ("table1_blip2", "ecoflap_first"): {"groups": "vision=matrix encoder=row decoder=row", "pads": False,
-                                        "view": "train", "precision": "official"},
-    ("table1_blip2", "ecoflap_zeroth_blip2"): {"groups": "vision=matrix encoder=row decoder=row", "pads": True,
-                                         "view": "train", "precision": "official"},
-    ("table2_clip", "wanda"): {"groups": "vision=row text=row", "view": "eval", "text_attention": "unmasked"},
-    ("table2_clip", "sparsegpt_ecoflap"): {"damping": "ecoflap", "view": "eval", "text_attention": "unmasked"},
+    ("table1_blip2", "wanda"): BLIP2_ROW,
+    ("table1_blip2", "sparsegpt"): {**{k: v for k, v in BLIP2_ROW.items() if k != "groups"}, "damping": "ecoflap"},
+    ("table1_blip2", "ecoflap_first"): BLIP2_ROW,
+    ("table1_blip2", "ecoflap_zeroth_blip2"): {**BLIP2_ROW, "pads": True},
+    ("table2_clip", "wanda"): {"groups": "vision=row text=row", "view": "eval", "redraw": False,
+                               "text_attention": "unmasked"},
+    ("table2_clip", "sparsegpt_ecoflap"): {"damping": "ecoflap", "view": "eval", "redraw": False,
+                                           "text_attention": "unmasked"},
 }
 TINY = {"blip2_t5": "blip2_t5_tiny", "clip_vitb16": "clip_tiny"}
 
@@ -219,7 +221,8 @@ def choices() -> None:
                 groups[cfg.model.name] = " ".join(f"{t.name}={wanda.group_for(t)}" for t in tiny.towers())
         # a calibration with no augment option has no training view
         ours = {"damping": cfg.pruner.get("damping"), "pads": cfg.pads_in_stats,
-                "view": cfg.calib.get("augment") or "eval", "precision": cfg.model.get("precision"),
+                "view": cfg.calib.get("augment") or "eval", "redraw": cfg.redraw_calibration,
+                "precision": cfg.model.get("precision"),
                 "text_attention": cfg.model.get("text_attention_stats"), "groups": groups[cfg.model.name]}
         for key, expected in official.items():
             mark = "" if ours[key] == expected else "  <- differs"

@@ -140,6 +140,40 @@ def test_bad_calls_end_in_one_message():
         prune(tiny_llama(), token_samples(), scorer="zeroth")
 
 
+def test_the_api_checks_what_the_command_line_checks():
+    """Issue 27 item 5: the same typed options and the same rules, before any work."""
+    model = tiny_llama()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad_calls = [
+        (dict(nm="2:4", sparsity=0.3), "nm=2:4 fixes the sparsity at 0.5, but sparsity=0.3"),
+        (dict(targets=[r"no_such_matrix"]), r"targets=\['no_such_matrix'\] matches no matrix left to prune"),
+        (dict(sparsity={r"nowhere$": 0.5}), r"sparsity=\{'nowhere\$': 0.5\} matches no matrix"),
+        (dict(ignore=[r"."]), r"ignore=\['.'\] matches every matrix"),
+        (dict(scorer="zeroth", overrides=["scorer.eps=-1"]), "scorer.eps=-1 is not valid: input should be greater "
+                                                             "than 0"),
+        (dict(overrides=["pruner.count=approx"]), "pruner.count='approx' is unknown; use one of exact, reference"),
+        (dict(overrides=["+pruner.cout=exact"]), "pruner.cout is not a key anything reads; did you mean count?"),
+    ]
+    for kwargs, message in bad_calls:
+        with pytest.raises(UserError, match=message):
+            prune(model, token_samples(), **kwargs)
+    with pytest.raises(UserError, match="calibration token ids are torch.float32; pass integer ids"):
+        prune(model, [t.float() for t in token_samples()])
+    with pytest.raises(UserError, match=r"token ids run from \d+ to 5000, outside the model's vocabulary of 384 ids"):
+        prune(model, [torch.cat([t[:-1], torch.tensor([5000])]) for t in token_samples()])
+    with pytest.raises(UserError, match="calibration is empty"):
+        prune(model, [])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing was pruned
+    with torch.device("meta"):
+        on_meta = tiny_llama()
+    with pytest.raises(UserError, match="are on the meta device: the model was never loaded"):
+        prune(on_meta, token_samples())
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+    with pytest.raises(UserError, match=r"NaN/inf weights in 1 parameters \(model.layers.0.mlp.up_proj.weight\)"):
+        prune(model, token_samples())
+
+
 @pytest.mark.slow
 def test_the_wheel_ships_the_configs_and_its_ecoflap_command_runs_outside_the_repo(tmp_path):
     """The wheel (built without the clone's files), installed into its own folder and run from an

@@ -357,7 +357,7 @@ class FixedScores(BlockScorer):
     def __init__(self, scores):
         self.fixed = scores
 
-    def scores(self, adapter, batches, extended=None):
+    def scores(self, adapter, batches, extended=None, redraw=None):
         return self.fixed
 
 

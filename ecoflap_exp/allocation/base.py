@@ -7,11 +7,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Plan
+from ecoflap_exp.options import Typed
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class Groups:
 
 
 #: the per-weight scores the scoring step can sketch (scoring/sketches.py)
-BASE_SCORES = ("magnitude", "taylor", "wanda")
+BaseScore = Literal["magnitude", "taylor", "wanda"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ class Sketch:
 Sketches = dict[str, Sketch]
 
 
-class Allocation(ABC):
+class Allocation(Typed, ABC):
+    option_group = "allocation"
     #: the allocation's part of a method's name ("" for the allocations a scorer implies)
     name: str = ""
     #: order statistics per matrix the scoring step must sketch for it (0: none), of this score

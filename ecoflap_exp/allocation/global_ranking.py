@@ -20,15 +20,14 @@ import math
 
 import numpy as np
 
-from ecoflap_exp.allocation.base import BASE_SCORES, Allocation, Groups, Sketches
+from ecoflap_exp.allocation.base import Allocation, BaseScore, Groups, Sketches
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.seam import Plan
+from ecoflap_exp.options import Count
 
 
 class GlobalRanking(Allocation):
-    def __init__(self, base_score: str = "wanda", use_id: bool = True, quantiles: int = 4096):
-        if base_score not in BASE_SCORES:
-            raise UserError(f"allocation.base_score={base_score!r} is unknown; use one of {', '.join(BASE_SCORES)}")
+    def __init__(self, base_score: BaseScore = "wanda", use_id: bool = True, quantiles: Count = 4096):
         if quantiles < 2:
             raise UserError(f"allocation.quantiles={quantiles} must be >= 2 (order statistics per matrix)")
         self.name = f"global-{base_score}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ecoflap_exp.allocation.base import Allocation, Groups, Sketches, solve_level
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.seam import Plan
+from ecoflap_exp.options import NonNegativeFloat
 
 
 class OwlAllocation(Allocation):
@@ -14,9 +15,7 @@ class OwlAllocation(Allocation):
     size (with equal blocks, as in LLaMA, it is OWL's plain mean). A group above `max_sparsity` is
     held there and the others move up together to keep the total."""
 
-    def __init__(self, lam: float = 0.08):
-        if not lam >= 0:
-            raise UserError(f"allocation.lam={lam} must be >= 0 (OWL's lambda, 0.08 in the paper)")
+    def __init__(self, lam: NonNegativeFloat = 0.08):
         self.lam = lam
 
     def plan(self, scores: dict[str, float], groups: Groups, sparsity: float, max_sparsity: float,

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from typing import Literal
 
 from ecoflap_exp.allocation.base import Allocation, Groups, Sketches
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.seam import Plan
 
 log = logging.getLogger(__name__)
-SCOPES = ("joint", "per_tower")
+Scope = Literal["joint", "per_tower"]
 
 
 def _water_fill(floor: list[float], cap: list[float], weight: list[float], budget: float) -> list[float]:
@@ -78,9 +79,7 @@ class WaterFilling(Allocation):
     """ECoFLaP's allocation, over all towers at once (`joint`, the paper's) or each tower alone
     at the target (`per_tower`)."""
 
-    def __init__(self, scope: str = "joint"):
-        if scope not in SCOPES:
-            raise UserError(f"allocation.scope={scope!r} is unknown; use one of {', '.join(SCOPES)}")
+    def __init__(self, scope: Scope = "joint"):
         self.scope = scope
 
     def plan(self, scores: dict[str, float], groups: Groups, sparsity: float, max_sparsity: float,

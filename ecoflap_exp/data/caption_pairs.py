@@ -30,8 +30,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ecoflap_exp.data.images import LocalImageCalibration
+from ecoflap_exp.data.files import read_text
+from ecoflap_exp.data.images import Augment, LocalImageCalibration
 from ecoflap_exp.errors import UserError
+from ecoflap_exp.options import Count, Fraction, NonNegativeInt
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -95,7 +97,7 @@ def read_pairs(annotations: str, image_root: str | None = None,
     root = Path(image_root).expanduser() if image_root else path.parent
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path))
         except json.JSONDecodeError as err:
             raise UserError(f"{path}: not valid JSON ({err})") from err
         if isinstance(data, dict) and "annotations" in data:
@@ -108,11 +110,16 @@ def read_pairs(annotations: str, image_root: str | None = None,
                         f"(images[] with sentences) nor a LAVIS list of {{image, caption}} entries")
     delimiter = "\t" if path.suffix == ".tsv" else ","
     pairs = []
-    with path.open(newline="", encoding="utf-8") as f:
-        for lineno, row in enumerate(csv.DictReader(f, delimiter=delimiter), 2):
-            if not row.get("image") or not row.get("caption"):
-                raise UserError(f"{path}, line {lineno}: needs non-empty 'image' and 'caption' fields, got {row}")
-            pairs.append((root / row["image"], row["caption"]))
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
+    if not {"image", "caption"} <= set(reader.fieldnames or ()):
+        raise UserError(f"{path}: its header {reader.fieldnames} lacks the 'image' and 'caption' columns a caption "
+                        f"file needs ({'tab' if delimiter == chr(9) else 'comma'}-separated)")
+    for lineno, row in enumerate(reader, 2):
+        if not row.get("image") or not row.get("caption"):
+            raise UserError(f"{path}, line {lineno}: needs non-empty 'image' and 'caption' fields, got {row}")
+        pairs.append((root / row["image"], row["caption"]))
+    if not pairs:
+        raise UserError(f"{path} holds a header and no image-caption rows")
     return pairs
 
 
@@ -201,9 +208,9 @@ def webdataset_pairs(shards: Iterable[Path]) -> Iterator[tuple[MemberImage, str]
 class ImageCaptionCalibration(LocalImageCalibration):
     kind = "image_captions"
 
-    def __init__(self, annotations: str, num_samples: int = 128, batch_size: int = 8, seed: int = 0,
-                 shuffle: bool = False, max_bad_fraction: float = 0.05, image_root: str | None = None,
-                 augment: str = "eval"):
+    def __init__(self, annotations: str, num_samples: Count = 128, batch_size: Count = 8, seed: NonNegativeInt = 0,
+                 shuffle: bool = False, max_bad_fraction: Fraction = 0.05, image_root: str | None = None,
+                 augment: Augment = "eval"):
         """`annotations`: an annotation file (.tsv/.csv/.json) or webdataset shards (a folder of
         .tar, a glob, one .tar); `image_root`: where the file's image paths start (default: its
         folder); `augment`: `train` gives each image the model's training augmentation (BLIP-2:

@@ -15,8 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ecoflap_exp.data.images import LocalImageCalibration
+from ecoflap_exp.data.files import read_text
+from ecoflap_exp.data.images import Augment, LocalImageCalibration
 from ecoflap_exp.errors import UserError
+from ecoflap_exp.options import Count, Fraction, NonNegativeInt
 
 
 def read_conversations(annotations: str, image_root: str | None = None
@@ -28,7 +30,7 @@ def read_conversations(annotations: str, image_root: str | None = None
                         f"(https://huggingface.co/datasets/liuhaotian/LLaVA-Instruct-150K) or point "
                         f"calib.annotations at a file of that shape")
     try:
-        entries = json.loads(path.read_text())
+        entries = json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise UserError(f"conversation file {annotations} is not valid JSON ({err})") from err
     if not isinstance(entries, list):
@@ -54,9 +56,9 @@ def read_conversations(annotations: str, image_root: str | None = None
 class ConversationCalibration(LocalImageCalibration):
     kind = "conversations"
 
-    def __init__(self, annotations: str, num_samples: int = 128, batch_size: int = 8, seed: int = 0,
-                 shuffle: bool = True, max_bad_fraction: float = 0.05, image_root: str | None = None,
-                 augment: str = "eval"):
+    def __init__(self, annotations: str, num_samples: Count = 128, batch_size: Count = 8, seed: NonNegativeInt = 0,
+                 shuffle: bool = True, max_bad_fraction: Fraction = 0.05, image_root: str | None = None,
+                 augment: Augment = "eval"):
         super().__init__(num_samples, batch_size, seed, shuffle, max_bad_fraction, augment)
         self.annotations = annotations
         self.image_root = image_root

@@ -22,12 +22,15 @@ Each dataset carries CoOp's one hand-written prompt template (trainers/zsclip.py
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ecoflap_exp.data.files import read_text
 from ecoflap_exp.data.images import IMAGE_SUFFIXES, LocalImageCalibration
 from ecoflap_exp.errors import UserError
+from ecoflap_exp.options import Count, Fraction, NonNegativeInt
 
 COOP_LAYOUT_URL = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 SPLITS = ("train", "val", "test")
@@ -104,7 +107,7 @@ def read_split_file(path: Path, image_dir: Path, split: str, dataset: str) -> tu
     if not path.is_file():
         raise missing(path, dataset, "split file")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON ({err}); re-download the split file ({COOP_LAYOUT_URL})") from err
     if not isinstance(data, dict) or not all(isinstance(data.get(s), list) for s in SPLITS):
@@ -138,13 +141,13 @@ def read_fgvc_aircraft(folder: Path, split: str) -> tuple[list[tuple[Path, int]]
     variants_file = folder / "variants.txt"
     if not variants_file.is_file():
         raise missing(variants_file, "fgvc_aircraft", "class list")
-    classnames = [line.strip() for line in variants_file.read_text().splitlines() if line.strip()]
+    classnames = [line.strip() for line in read_text(variants_file).splitlines() if line.strip()]
     label_of = {name: label for label, name in enumerate(classnames)}
     split_file = folder / f"images_variant_{split}.txt"
     if not split_file.is_file():
         raise missing(split_file, "fgvc_aircraft", "split list")
     items = []
-    for lineno, line in enumerate(split_file.read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_text(split_file).splitlines(), 1):
         if not line.strip():
             continue
         image_id, _, variant = line.strip().partition(" ")
@@ -186,7 +189,7 @@ def imagenet_classes(classnames_file: Path, seen: set[str]) -> tuple[list[str], 
     """Sorted wnids and their names, from CoOp's classnames.txt or else open_clip's 1000 names."""
     if classnames_file.is_file():
         pairs = {}
-        for lineno, line in enumerate(classnames_file.read_text().splitlines(), 1):
+        for lineno, line in enumerate(read_text(classnames_file).splitlines(), 1):
             if not line.strip():
                 continue
             wnid, _, name = line.strip().partition(" ")
@@ -209,7 +212,7 @@ def read_loc_val_solution(path: Path, images: Path) -> list[tuple[Path, str]]:
     if not path.is_file():
         raise missing(path, "imagenet", "val label file (LOC_val_solution.csv)")
     rows = []
-    with path.open(newline="") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
             raise UserError(f"{path}: expected the columns ImageId,PredictionString of LOC_val_solution.csv, "
@@ -229,8 +232,8 @@ class CoOpCalibration(LocalImageCalibration):
 
     kind = "image_captions"
 
-    def __init__(self, dataset: str, root: str, num_samples: int = 128, batch_size: int = 16, seed: int = 0,
-                 shuffle: bool = True, max_bad_fraction: float = 0.05):
+    def __init__(self, dataset: str, root: str, num_samples: Count = 128, batch_size: Count = 16,
+                 seed: NonNegativeInt = 0, shuffle: bool = True, max_bad_fraction: Fraction = 0.05):
         super().__init__(num_samples, batch_size, seed, shuffle, max_bad_fraction)
         dataset_info(dataset)
         self.dataset = dataset

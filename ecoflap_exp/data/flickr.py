@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ecoflap_exp.data.caption_pairs import read_pairs
+from ecoflap_exp.data.files import read_text
 from ecoflap_exp.errors import UserError
 
 FLICKR_HINT = ("Karpathy's dataset_flickr30k.json (cs.stanford.edu/people/karpathy/deepimagesent) or LAVIS's "
@@ -59,7 +60,7 @@ def read_retrieval_set(annotations: str, image_root: str | None = None, split: s
 
 def read_json(path: Path) -> object:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON ({err})") from err
 

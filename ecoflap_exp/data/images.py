@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -19,11 +19,12 @@ from PIL import Image, UnidentifiedImageError
 from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
+from ecoflap_exp.options import Count, Fraction, NonNegativeInt
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: the views of calibration images: the model's eval transform, or its training augmentation
-AUGMENTS = ("eval", "train")
+Augment = Literal["eval", "train"]
 #: threads decoding image files
 DECODE_THREADS = 8
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG"}
@@ -78,7 +79,7 @@ def decode_or_error(source: Any) -> Image.Image | Exception:
     try:
         with Image.open(source) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         return err
 
 
@@ -93,11 +94,9 @@ class LocalImageCalibration(CalibrationSource):
     """Image files listed with a label or caption each: the first num_samples that decode
     (optionally after a seeded shuffle); undecodable ones are skipped and counted."""
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, shuffle: bool, max_bad_fraction: float,
-                 augment: str = "eval"):
+    def __init__(self, num_samples: Count, batch_size: Count, seed: NonNegativeInt, shuffle: bool,
+                 max_bad_fraction: Fraction, augment: Augment = "eval"):
         super().__init__(num_samples, batch_size, seed)
-        if augment not in AUGMENTS:
-            raise UserError(f"calib.augment={augment!r} is unknown; use one of {', '.join(AUGMENTS)}")
         self.shuffle = shuffle
         self.max_bad_fraction = max_bad_fraction
         self.augment = augment
@@ -113,15 +112,18 @@ class LocalImageCalibration(CalibrationSource):
             random.Random(self.seed).shuffle(items)
         return items
 
-    def samples(self, adapter: ModelAdapter, count: int | None = None) -> list[tuple[Image.Image, Any]]:
+    def check_data(self, count: int) -> None:
+        self.prefetched = self.checked_samples(None, count)  # decoding needs no model
+
+    def samples(self, adapter: ModelAdapter | None, count: int | None = None) -> list[tuple[Image.Image, Any]]:
         return decode_images(self.candidates(), self.max_bad_fraction, count or self.num_samples)
 
 
 class ImageFolderCalibration(LocalImageCalibration):
     kind = "labelled_images"
 
-    def __init__(self, root: str, num_samples: int = 128, batch_size: int = 8, seed: int = 0, shuffle: bool = True,
-                 max_bad_fraction: float = 0.05, augment: str = "eval"):
+    def __init__(self, root: str, num_samples: Count = 128, batch_size: Count = 8, seed: NonNegativeInt = 0,
+                 shuffle: bool = True, max_bad_fraction: Fraction = 0.05, augment: Augment = "eval"):
         super().__init__(num_samples, batch_size, seed, shuffle, max_bad_fraction, augment)
         self.root = root
 
@@ -137,7 +139,8 @@ class SyntheticImageCalibration(CalibrationSource):
 
     kind = "labelled_images"
 
-    def __init__(self, image_size: int, num_classes: int, num_samples: int = 128, batch_size: int = 8, seed: int = 0):
+    def __init__(self, image_size: Count, num_classes: Count, num_samples: Count = 128, batch_size: Count = 8,
+                 seed: NonNegativeInt = 0):
         super().__init__(num_samples, batch_size, seed)
         self.image_size = image_size
         self.num_classes = num_classes

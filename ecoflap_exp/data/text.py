@@ -31,9 +31,11 @@ from pathlib import Path
 import torch
 
 from ecoflap_exp.data.base import CalibrationSource
+from ecoflap_exp.data.files import read_text
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.loading import SHIPPED_PREFIX
+from ecoflap_exp.options import Count, NonNegativeInt
 
 FORMATS = ".txt, .raw (WikiText, extracted or as <zip>/<member>), .jsonl/.json(.gz) or .parquet"
 
@@ -101,10 +103,9 @@ def read_documents(source: str, how_to_get: str | None = None) -> list[str]:
     if (inside := zip_member(path)) is not None:
         return read_zip_member(*inside)
     if path.suffix == ".txt":
-        return [path.read_text(encoding="utf-8")]
+        return [read_text(path)]
     if path.suffix == ".raw":
-        with path.open(encoding="utf-8") as f:
-            return raw_rows(list(f))
+        return raw_rows(read_text(path).splitlines(keepends=True))
     if path.suffix == ".parquet":
         import pandas as pd
 
@@ -134,20 +135,25 @@ class TextCalibration(CalibrationSource):
 
     kind = "tokens"
 
-    def __init__(self, source: str, seqlen: int, num_samples: int = 128, batch_size: int = 8,
-                 seed: int = 0, max_tries: int = 10_000, special_tokens: bool = True, how_to_get: str | None = None):
+    def __init__(self, source: str, seqlen: Count, num_samples: Count = 128, batch_size: Count = 8,
+                 seed: NonNegativeInt = 0, max_tries: Count = 10_000, special_tokens: bool = True,
+                 how_to_get: str | None = None):
         super().__init__(num_samples, batch_size, seed)
         self.source = check_source(source, how_to_get)
         self.seqlen = seqlen
         self.max_tries = max_tries
         self.special_tokens = special_tokens
         self.how_to_get = how_to_get
+        self.documents: list[str] = []
 
     def files(self) -> list[str]:
         return [str(self.source)]
 
+    def check_data(self, count: int) -> None:
+        self.documents = read_documents(self.source, self.how_to_get)  # tokenizing needs the model
+
     def samples(self, adapter: ModelAdapter, count: int | None = None) -> list[torch.Tensor]:
-        docs = read_documents(self.source, self.how_to_get)
+        docs = self.documents or read_documents(self.source, self.how_to_get)
         rng = random.Random(self.seed)
         windows: list[torch.Tensor] = []
         for _ in range(self.max_tries):

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Literal
 
 from PIL import Image
+from pydantic import AfterValidator, Field
 
 from ecoflap_exp.data.caption_pairs import read_pairs
-from ecoflap_exp.data.images import AUGMENTS, decode_or_error
+from ecoflap_exp.data.images import Augment, decode_or_error
 from ecoflap_exp.errors import UserError
+from ecoflap_exp.options import Typed, unique
 
-KARPATHY_SPLITS = ("train", "restval", "val", "test")
+#: the splits of Karpathy's files that fine-tuning may train on: some of them, each once
+Splits = Annotated[list[Literal["train", "restval", "val", "test"]], AfterValidator(unique), Field(min_length=1)]
 
 
 class CaptionPairs(Sequence):
@@ -42,20 +46,16 @@ class CaptionPairs(Sequence):
         return image, caption
 
 
-class ImageCaptionSplit:
+class ImageCaptionSplit(Typed):
     """`annotations`: one of the formats above; `image_root`: where its image paths start (default:
     its folder); `splits`: the Karpathy splits read; `augment`: `train` gives each image the model's
     training augmentation, `eval` its eval transform."""
 
     kind = "image_captions"
+    option_group = "finetune.train"
 
-    def __init__(self, annotations: str, image_root: str | None = None, splits: Sequence[str] = ("train",),
-                 augment: str = "train"):
-        unknown = [s for s in splits if s not in KARPATHY_SPLITS]
-        if unknown or not splits:
-            raise UserError(f"finetune.train.splits={list(splits)} must name some of {', '.join(KARPATHY_SPLITS)}")
-        if augment not in AUGMENTS:
-            raise UserError(f"finetune.train.augment={augment!r} is unknown; use one of {', '.join(AUGMENTS)}")
+    def __init__(self, annotations: str, image_root: str | None = None, splits: Splits = ("train",),
+                 augment: Augment = "train"):
         self.annotations, self.image_root, self.splits, self.augment = annotations, image_root, list(splits), augment
 
     def describe(self) -> str:

@@ -20,10 +20,12 @@ import torch
 
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import describe
+from ecoflap_exp.options import Typed
 from ecoflap_exp.results.records import LOADED_SPARSE
 
 
-class Evaluation(ABC):
+class Evaluation(Typed, ABC):
+    option_group = "eval"
     #: the prefix of this evaluation's metrics in the record ("" for its suite entry's name)
     name: str = ""
     #: the capabilities (models.capabilities Protocols) this evaluation needs of a model, checked

@@ -53,6 +53,7 @@ from ecoflap_exp.evals.base import ReadsSplit
 from ecoflap_exp.extras import require
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import GeneratesFromImages
+from ecoflap_exp.options import Count
 from ecoflap_exp.progress import track
 
 log = logging.getLogger(__name__)
@@ -230,11 +231,8 @@ class Captioning(ReadsSplit):
     source = ""
 
     def __init__(self, annotations: str, image_root: str, prompt: str = CAPTION_PROMPT,
-                 generation: Mapping[str, Any] | None = None, batch_size: int = 16, limit: int | None = None,
+                 generation: Mapping[str, Any] | None = None, batch_size: Count = 16, limit: Count | None = None,
                  spice: bool = True, bleu: bool = False):
-        if batch_size < 1 or (limit is not None and limit < 1):
-            raise UserError(f"{self.dataset}: batch_size={batch_size} and limit={limit} must be >= 1 (limit may be "
-                            f"null: every image)")
         require("pycocoevalcap", "captions", f"the {self.dataset} captioning eval (CIDEr, SPICE)")
         self.annotations = annotations
         self.image_root = image_root

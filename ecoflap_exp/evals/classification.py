@@ -9,13 +9,14 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import ClassLogits
+from ecoflap_exp.options import Count, Fraction
 from ecoflap_exp.progress import track
 
 
 class Top1Accuracy(Evaluation):
     needs = (ClassLogits,)
 
-    def __init__(self, root: str, batch_size: int = 32, limit: int | None = None, max_bad_fraction: float = 0.0):
+    def __init__(self, root: str, batch_size: Count = 32, limit: Count | None = None, max_bad_fraction: Fraction = 0.0):
         self.root = root
         self.batch_size = batch_size
         self.limit = limit

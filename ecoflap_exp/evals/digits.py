@@ -12,12 +12,13 @@ from ecoflap_exp.evals.retrieval import retrieval_recalls
 from ecoflap_exp.evals.zero_shot import class_embeddings, embed_images, zero_shot_top1
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import ImageTextEmbeddings
+from ecoflap_exp.options import Count
 
 
 class DigitsEval(Evaluation):
     needs = (ImageTextEmbeddings,)
 
-    def __init__(self, batch_size: int = 128, limit: int | None = None):
+    def __init__(self, batch_size: Count = 128, limit: Count | None = None):
         self.batch_size = batch_size
         self.limit = limit
 

@@ -30,6 +30,7 @@ from ecoflap_exp.evals.base import Evaluation
 from ecoflap_exp.extras import require
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import TokenLogits
+from ecoflap_exp.options import Count, Names, NonNegativeInt
 
 #: the parts of simple_evaluate's output kept whole (not the samples, nor the model objects)
 FULL_RESULTS = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better",
@@ -68,9 +69,9 @@ def flatten(results: dict[str, dict[str, Any]]) -> dict[str, float]:
 class LMEvalHarness(Evaluation):
     needs = (TokenLogits,)
 
-    def __init__(self, tasks: list[str], num_fewshot: int | None = 0, limit: int | float | None = None,
-                 batch_size: int | str = 1, include_path: str | None = None, include_defaults: bool = True,
-                 bootstrap_iters: int = 100_000, seed: int = 0):
+    def __init__(self, tasks: Names, num_fewshot: NonNegativeInt | None = 0, limit: int | float | None = None,
+                 batch_size: Count | str = 1, include_path: str | None = None, include_defaults: bool = True,
+                 bootstrap_iters: NonNegativeInt = 100_000, seed: NonNegativeInt = 0):
         """`limit`: the first N documents of each task (a float < 1: that fraction; quick subsets
         only). `include_defaults=false` skips indexing lm-eval's own ~14k task files (about 4 s) when
         only `include_path` tasks are run."""

@@ -27,14 +27,15 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import Tokenizes
+from ecoflap_exp.options import Count
 from ecoflap_exp.progress import track
 
 
 class Perplexity(Evaluation):
     needs = (Tokenizes,)
 
-    def __init__(self, source: str, seqlen: int, batch_size: int = 1, limit: int | None = None,
-                 joiner: str = "\n\n", max_documents: int | None = None, special_tokens: bool = True,
+    def __init__(self, source: str, seqlen: Count, batch_size: Count = 1, limit: Count | None = None,
+                 joiner: str = "\n\n", max_documents: Count | None = None, special_tokens: bool = True,
                  how_to_get: str | None = None):
         """`limit`: at most this many windows (the C4 protocol's 256); `max_documents`: join only
         the first documents of the source (C4's 1,100)."""

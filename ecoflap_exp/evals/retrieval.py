@@ -33,6 +33,7 @@ from ecoflap_exp.evals.zero_shot import DATA_LAYOUT_FIX, embed_images, image_bat
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.blip_text import blip_caption
 from ecoflap_exp.models.capabilities import ImageTextEmbeddings, ImageTextMatching
+from ecoflap_exp.options import Count
 from ecoflap_exp.progress import track
 
 NEEDS = {"clip": (ImageTextEmbeddings,), "itm": (ImageTextMatching,), "auto": (ImageTextEmbeddings,)}
@@ -127,15 +128,12 @@ class ImageTextRetrieval(ReadsSplit):
     """TR/IR@K on a retrieval set (data/flickr.py formats) with the `clip`, `itm` or `auto` protocol."""
 
     def __init__(self, annotations: str, image_root: str | None = None, split: str = "test", protocol: str = "clip",
-                 caption_processor: str | None = None, k_test: int = 128, batch_size: int = 64,
-                 itm_batch_size: int = 128, limit: int | None = None, ks: Sequence[int] = (1, 5, 10)):
+                 caption_processor: str | None = None, k_test: Count = 128, batch_size: Count = 64,
+                 itm_batch_size: Count = 128, limit: Count | None = None, ks: Sequence[int] = (1, 5, 10)):
         if protocol not in NEEDS:
             raise UserError(f"protocol={protocol!r} is unknown; use one of {', '.join(NEEDS)}")
         if caption_processor not in (None, "blip_caption"):
             raise UserError(f"caption_processor={caption_processor!r} is unknown; use null or blip_caption")
-        if k_test < 1 or itm_batch_size < 1 or batch_size < 1:
-            raise UserError(f"k_test={k_test}, batch_size={batch_size} and itm_batch_size={itm_batch_size} "
-                            f"must be >= 1")
         self.annotations = annotations
         self.image_root = image_root
         self.split = split

@@ -45,6 +45,7 @@ from ecoflap_exp.evals.vqa_scoring import (
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.blip_text import blip_question
 from ecoflap_exp.models.capabilities import GeneratesFromImages
+from ecoflap_exp.options import Count
 from ecoflap_exp.progress import track
 
 log = logging.getLogger(__name__)
@@ -76,12 +77,10 @@ class GenerativeVQA(ReadsSplit):
     dataset: str
 
     def __init__(self, images: str, prompt: str = "Question: {} Short answer:", generation: dict | None = None,
-                 batch_size: int = 16, limit: int | None = None, lemmatiser: str = "none", max_words: int = 50,
+                 batch_size: Count = 16, limit: Count | None = None, lemmatiser: str = "none", max_words: Count = 50,
                  clean_question: bool = True):
         if prompt.count("{}") != 1:
             raise UserError(f"prompt={prompt!r} must hold exactly one {{}} where the question goes")
-        if batch_size < 1 or (limit is not None and limit < 1):
-            raise UserError(f"batch_size={batch_size} and limit={limit} must be >= 1 (limit: null for all)")
         self.images = images
         self.prompt = prompt
         self.generation = dict(DEFAULT_GENERATION if generation is None else generation)

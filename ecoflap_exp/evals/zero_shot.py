@@ -27,6 +27,7 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import ReadsSplit
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import ImageTextEmbeddings
+from ecoflap_exp.options import Count
 from ecoflap_exp.progress import track
 
 DATA_LAYOUT_FIX = "check the data root and the dataset layout"
@@ -93,8 +94,8 @@ class CoOpZeroShot(ReadsSplit):
 
     needs = (ImageTextEmbeddings,)
 
-    def __init__(self, dataset: str, root: str, split: str = "test", templates: str | list[str] = "coop",
-                 batch_size: int = 100, limit: int | None = None, imagenet_val: str | None = None,
+    def __init__(self, dataset: str, root: str, split: str = "test", templates: str | Sequence[str] = "coop",
+                 batch_size: Count = 100, limit: Count | None = None, imagenet_val: str | None = None,
                  imagenet_val_labels: str | None = None):
         self.name = dataset
         self.dataset = dataset
@@ -132,7 +133,8 @@ class ZeroShotClassification(ReadsSplit):
     needs = (ImageTextEmbeddings,)
 
     def __init__(self, root: str, classnames: list[str] | None = None,
-                 templates: str | list[str] = ("a photo of a {}.",), batch_size: int = 64, limit: int | None = None):
+                 templates: str | Sequence[str] = ("a photo of a {}.",), batch_size: Count = 64,
+                 limit: Count | None = None):
         self.root = root
         self.classnames = classnames
         self.templates = template_set(templates)

@@ -13,19 +13,18 @@ weight: only the ratios between matrices matter under one global threshold).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.seam import PrunableMatrix
+from ecoflap_exp.options import Count, Fraction
 
-SCORES = ("magnitude", "taylor", "platon")
+ImportanceKind = Literal["magnitude", "taylor", "platon"]
 
 
-def check_score(kind: str, beta1: float, beta2: float) -> None:
-    if kind not in SCORES:
-        raise UserError(f"finetune.score={kind!r} is unknown; use one of {', '.join(SCORES)}")
+def check_betas(beta1: float, beta2: float) -> None:
     if not 0 <= beta1 < 1 or not 0 < beta2 <= 1:
         raise UserError(f"finetune.beta1={beta1} must lie in [0, 1) and finetune.beta2={beta2} in (0, 1] "
                         f"(PLATON: 0.85 and 0.95; beta2=1 scores I_bar alone)")
@@ -35,9 +34,9 @@ class Importance:
     """The state of one score over the prunable matrices (fp32, on the weights' device); its
     state_dict is what a checkpoint keeps of it."""
 
-    def __init__(self, kind: str, matrices: list[PrunableMatrix], delta_t: int = 10, beta1: float = 0.85,
-                 beta2: float = 0.95):
-        check_score(kind, beta1, beta2)
+    def __init__(self, kind: ImportanceKind, matrices: list[PrunableMatrix], delta_t: Count = 10,
+                 beta1: Fraction = 0.85, beta2: Fraction = 0.95):
+        check_betas(beta1, beta2)
         self.kind, self.delta_t, self.beta1, self.beta2 = kind, delta_t, beta1, beta2
         self.matrices = matrices
         self.ipt: dict[str, torch.Tensor] = {}

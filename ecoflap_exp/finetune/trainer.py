@@ -22,21 +22,22 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.finetune.importance import Importance, check_score
+from ecoflap_exp.finetune.importance import Importance, ImportanceKind, check_betas
 from ecoflap_exp.finetune.masking import FixedMasks, global_prune
 from ecoflap_exp.finetune.schedule import CubicSchedule
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import PrunableMatrix
+from ecoflap_exp.options import Count, Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, Typed
 from ecoflap_exp.progress import training_progress
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("no", "fp16", "bf16")
+MixedPrecision = Literal["no", "fp16", "bf16"]
 
 
 class LossOf(nn.Module):
@@ -88,37 +89,21 @@ def sparsity_point(step: int, matrices: list[PrunableMatrix], towers: Mapping[st
     return [step, overall, {t: zeros[t] / sizes[t] for t in sizes}]
 
 
-class FineTuning(ABC):
+class FineTuning(Typed, ABC):
     """Training hyper-parameters shared by both modes (the reference's defaults are the task
     configs'); `train`: the training split (None: the calibration samples)."""
 
+    option_group = "finetune"
+
     mode = ""
 
-    def __init__(self, train: Any = None, epochs: float = 1, max_steps: int | None = None, batch_size: int = 8,
-                 lr: float = 1e-5, min_lr: float = 0.0, weight_decay: float = 0.0, grad_accumulation: int = 1,
-                 mixed_precision: str = "no", checkpoint_every: int | None = 500, resume: bool = True,
-                 log_every: int = 10, num_workers: int = 0, seed: int = 0):
-        if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
-            raise UserError(f"finetune.lr={lr} trains nothing; give a positive learning rate (the ID paper: 1e-5 "
-                            f"for BLIP captioning and CLIP retrieval)")
-        if not 0 <= min_lr <= lr:
+    def __init__(self, train: Any = None, epochs: PositiveFloat = 1, max_steps: Count | None = None,
+                 batch_size: Count = 8, lr: PositiveFloat = 1e-5, min_lr: NonNegativeFloat = 0.0,
+                 weight_decay: NonNegativeFloat = 0.0, grad_accumulation: Count = 1,
+                 mixed_precision: MixedPrecision = "no", checkpoint_every: Count | None = 500, resume: bool = True,
+                 log_every: Count = 10, num_workers: NonNegativeInt = 0, seed: NonNegativeInt = 0):
+        if min_lr > lr:
             raise UserError(f"finetune.min_lr={min_lr} must lie in [0, finetune.lr={lr}]")
-        if weight_decay < 0:
-            raise UserError(f"finetune.weight_decay={weight_decay} must be >= 0")
-        if epochs <= 0 and not max_steps:
-            raise UserError(f"finetune.epochs={epochs} must be > 0 (or set finetune.max_steps)")
-        if max_steps is not None and max_steps < 1:
-            raise UserError(f"finetune.max_steps={max_steps} must be >= 1 (or null: finetune.epochs decides)")
-        for key, value in (("batch_size", batch_size), ("grad_accumulation", grad_accumulation),
-                           ("log_every", log_every)):
-            if value < 1:
-                raise UserError(f"finetune.{key}={value} must be >= 1")
-        if checkpoint_every is not None and checkpoint_every < 1:
-            raise UserError(f"finetune.checkpoint_every={checkpoint_every} must be >= 1 optimizer steps (or null: "
-                            f"no checkpoints)")
-        if mixed_precision not in PRECISIONS:
-            raise UserError(f"finetune.mixed_precision={mixed_precision!r} is unknown; use one of "
-                            f"{', '.join(PRECISIONS)}")
         self.train = train
         self.epochs, self.max_steps, self.batch_size = epochs, max_steps, batch_size
         self.lr, self.min_lr, self.weight_decay = float(lr), float(min_lr), float(weight_decay)
@@ -348,17 +333,16 @@ class IterativePruning(FineTuning):
 
     mode = "iterative"
 
-    def __init__(self, score: str = "platon", use_id: bool = False, initial_sparsity: float = 0.0,
-                 initial_warmup: float = 1, final_warmup: float = 1, delta_t: int = 10, beta1: float = 0.85,
-                 beta2: float = 0.95, min_pruned: int = 2, reset_each_epoch: bool = True, id: Any = None,
-                 epochs: float = 3, **common: Any):
+    def __init__(self, score: ImportanceKind = "platon", use_id: bool = False, initial_sparsity: Fraction = 0.0,
+                 initial_warmup: NonNegativeFloat = 1, final_warmup: NonNegativeFloat = 1, delta_t: Count = 10,
+                 beta1: Fraction = 0.85, beta2: Fraction = 0.95, min_pruned: NonNegativeInt = 2,
+                 reset_each_epoch: bool = True, id: Any = None,
+                 epochs: PositiveFloat = 3, **common: Any):
         super().__init__(epochs=epochs, **common)
-        if not 0 <= initial_sparsity < 1:
+        if initial_sparsity == 1:
             raise UserError(f"finetune.initial_sparsity={initial_sparsity} must lie in [0, 1)")
         if use_id and id is None:
             raise UserError("finetune.use_id=true needs finetune.id (an intrinsic-dimension scorer config)")
-        if min_pruned < 0:
-            raise UserError(f"finetune.min_pruned={min_pruned} must be >= 0")
         if self.max_steps is None and initial_warmup + final_warmup >= self.epochs:
             raise UserError(f"the warm-ups leave no epochs to prune in: finetune.initial_warmup={initial_warmup} + "
                             f"finetune.final_warmup={final_warmup} >= finetune.epochs={self.epochs}; lower the "
@@ -367,7 +351,7 @@ class IterativePruning(FineTuning):
         self.initial_warmup, self.final_warmup = initial_warmup, final_warmup
         self.delta_t, self.beta1, self.beta2 = delta_t, beta1, beta2
         self.min_pruned, self.reset_each_epoch, self.id = min_pruned, reset_each_epoch, id
-        check_score(score, beta1, beta2)
+        check_betas(beta1, beta2)
 
     @property
     def use_id(self) -> bool:

@@ -22,6 +22,7 @@ from torch import nn
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.loading import check_checkpoint
 from ecoflap_exp.models.seam import Batch, Block, PrunableMatrix, Tower
+from ecoflap_exp.options import Typed
 
 #: the target value a cross-entropy skips (padding, prompt tokens)
 IGNORE = -100
@@ -44,9 +45,11 @@ def contrastive_terms(logits_per_image: torch.Tensor) -> list[LossTerm]:
     return [LossTerm(logits_per_image, targets), LossTerm(logits_per_image.t(), targets)]
 
 
-class ModelAdapter(ABC):
+class ModelAdapter(Typed, ABC):
     """One model family. Subclasses set `self.model` in __init__ and implement the abstract
     methods; the capabilities evals need (models.capabilities) are further methods of theirs."""
+
+    option_group = "model"
 
     model: nn.Module
     #: the short name runs and tables know the model by: its config's (blip2_t5, llama_tiny, ...)
@@ -61,6 +64,9 @@ class ModelAdapter(ABC):
     calibration_augment: str = "eval"
     #: whether `collate(samples, augment=True)` applies a training augmentation to the images
     has_train_augmentation: bool = False
+    #: whether `collate` draws something of its own besides the images' augmentation (BLIP-2's
+    #: prefix splits), from a generator `seed_collate` seeds
+    collate_draws: bool = False
     #: the weights (name prefixes) this model receives from a pruned model when it serves as a
     #: companion of an evaluation (evals.base.OnCompanion), as the official evaluation copies them
     transfer_prefixes: tuple[str, ...] = ()
@@ -124,6 +130,10 @@ class ModelAdapter(ABC):
     @abstractmethod
     def collate(self, samples: list[Any]) -> Batch:
         """Raw calibration samples (strings, (image, label) pairs, ...) -> one model batch."""
+
+    def seed_collate(self, seed: int) -> None:
+        """Seed what `collate` draws of its own (see collate_draws); most adapters draw nothing."""
+        return None
 
     @abstractmethod
     def forward(self, batch: Batch) -> Any:

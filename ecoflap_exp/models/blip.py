@@ -42,12 +42,15 @@ from ecoflap_exp.models.blip_text import blip_caption
 from ecoflap_exp.models.loading import (
     CLIP_MEAN,
     CLIP_STD,
+    DType,
+    Init,
     load_tokenizer,
     load_transformers_model,
     merged,
     wrapped_state,
 )
 from ecoflap_exp.models.seam import Batch, Tower, blocks_of
+from ecoflap_exp.options import Count, Fraction, Names, NonNegativeInt
 
 PROMPT = "a picture of "
 #: BLIP's ViT norms (salesforce/BLIP models/vit.py: norm_layer = partial(nn.LayerNorm, eps=1e-6))
@@ -97,10 +100,10 @@ class BlipCaptionAdapter(InterpolatesPositions):
     released_files = MappingProxyType({"model_base_caption_capfilt_large.pth": "https://storage.googleapis.com/"
                                        "sfr-vision-language-research/BLIP/models/model_base_caption_capfilt_large.pth"})
 
-    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
-                 dtype: str = "float32", tokenizer: str | None = None, prompt: str = PROMPT, max_words: int = 30,
-                 max_text_tokens: int = 40, label_smoothing: float = 0.1, prune_towers: list[str] | None = None,
-                 seed: int = 0, arch_overrides: dict[str, Any] | None = None, name: str = ""):
+    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: Init = "pretrained",
+                 dtype: DType = "float32", tokenizer: str | None = None, prompt: str = PROMPT, max_words: Count = 30,
+                 max_text_tokens: Count = 40, label_smoothing: Fraction = 0.1, prune_towers: Names | None = None,
+                 seed: NonNegativeInt = 0, arch_overrides: dict[str, Any] | None = None, name: str = ""):
         self.name = name
         pth = str(checkpoint).endswith(".pth")
         if pth:  # BLIP's own architecture, also when its shapes are built at random

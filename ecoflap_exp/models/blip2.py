@@ -39,7 +39,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -52,9 +52,10 @@ from torchvision import transforms
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import IGNORE, LossTerm, ModelAdapter, contrastive_terms
 from ecoflap_exp.models.blip_text import blip_caption
-from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, DTYPES, load_tokenizer, load_transformers_model
+from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, Init, load_tokenizer, load_transformers_model
 from ecoflap_exp.models.precision import PartPrecision, apply_precision, held
 from ecoflap_exp.models.seam import Batch, Block, BlockInput, Tower, blocks_of, find_block_list, linear_matrices
+from ecoflap_exp.options import Count, Names, NonNegativeInt
 
 
 def square_resize(size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
@@ -180,7 +181,9 @@ def saved_state(source: str) -> dict[str, torch.Tensor]:
     return state
 
 
-PRECISIONS = ("official", *DTYPES)
+#: LAVIS's dtype per part (`official`), or one dtype for every part
+Precision = Literal["official", "float32", "float16", "bfloat16"]
+VitPrecision = Literal["fp16", "fp32"]
 #: LAVIS's vit_precision values (blip2_*.yaml)
 VIT_PRECISIONS = {"fp16": torch.float16, "fp32": torch.float32}
 #: LAVIS's ln_vision: LayerNorm(visual_encoder.num_features), torch's default eps
@@ -190,10 +193,6 @@ LN_VISION_EPS = 1e-5
 def load_blip2(auto_class: Any, arch: str | None, checkpoint: str | None, init: str, precision: str,
                vit_precision: str, seed: int, arch_overrides: dict[str, Any] | None) -> nn.Module:
     """The model in fp32 for `precision=official` (the parts are cast after), else in that dtype."""
-    if precision not in PRECISIONS:
-        raise UserError(f"model.precision={precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
-    if vit_precision not in VIT_PRECISIONS:
-        raise UserError(f"model.vit_precision={vit_precision!r} is unknown; use one of {', '.join(VIT_PRECISIONS)}")
     dtype = "float32" if precision == "official" else precision
     return load_transformers_model(auto_class, arch, checkpoint, init, dtype, seed, arch_overrides)
 
@@ -216,7 +215,7 @@ class Blip2ModelAdapter(InterpolatesPositions):
     calibration_augment = "train"
     has_train_augmentation = True
 
-    def __init__(self, model: nn.Module, tokenizer: Any, max_text_tokens: int, precision: str,
+    def __init__(self, model: nn.Module, tokenizer: Any, max_text_tokens: Count, precision: str,
                  official: dict[str, PartPrecision]):
         self.model = model
         self.tokenizer = tokenizer
@@ -263,9 +262,11 @@ class Blip2Adapter(Blip2ModelAdapter):
     image-caption pairs; each caption is cleaned (blip_caption) and split at a seeded random
     character for the prefix-LM loss, truncated to `max_text_tokens` tokens per side."""
 
-    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
-                 precision: str = "float32", vit_precision: str = "fp16", tokenizer: str | None = None,
-                 max_text_tokens: int = 32, prune_towers: list[str] | None = None, seed: int = 0,
+    collate_draws = True
+
+    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: Init = "pretrained",
+                 precision: Precision = "float32", vit_precision: VitPrecision = "fp16", tokenizer: str | None = None,
+                 max_text_tokens: Count = 32, prune_towers: Names | None = None, seed: NonNegativeInt = 0,
                  arch_overrides: dict[str, Any] | None = None, name: str = ""):
         self.name = name
         model = load_blip2(transformers.AutoModelForImageTextToText, arch, checkpoint, init, precision, vit_precision,
@@ -324,6 +325,9 @@ class Blip2Adapter(Blip2ModelAdapter):
         masks = [([0] * (width - len(t)) + [1] * len(t)) if left else ([1] * len(t) + [0] * (width - len(t)))
                  for t in ids]
         return torch.tensor(rows, device=self.device), torch.tensor(masks, device=self.device)
+
+    def seed_collate(self, seed: int) -> None:
+        self.split_rng = random.Random(seed)
 
     def collate(self, samples: list[tuple[Image.Image, str]], augment: bool = False) -> Batch:
         """Calibration pairs -> a batch, texts padded to the longest of the batch (LAVIS's
@@ -405,10 +409,10 @@ class Blip2ITMAdapter(Blip2ModelAdapter):
         vision_from = config.get("vision_from")
         return super().checkpoints(config) + ([vision_from] if isinstance(vision_from, str) else [])
 
-    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
-                 precision: str = "float32", vit_precision: str = "fp16", tokenizer: str | None = None,
-                 max_text_tokens: int = 35, vision_from: str | None = None, prune_towers: list[str] | None = None,
-                 seed: int = 0, arch_overrides: dict[str, Any] | None = None, name: str = ""):
+    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: Init = "pretrained",
+                 precision: Precision = "float32", vit_precision: VitPrecision = "fp16", tokenizer: str | None = None,
+                 max_text_tokens: Count = 35, vision_from: str | None = None, prune_towers: Names | None = None,
+                 seed: NonNegativeInt = 0, arch_overrides: dict[str, Any] | None = None, name: str = ""):
         self.name = name
         model = load_blip2(transformers.Blip2ForImageTextRetrieval, arch, checkpoint, init, precision, vit_precision,
                            seed, arch_overrides)

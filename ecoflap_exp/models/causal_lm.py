@@ -11,8 +11,9 @@ from torch import nn
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import LossTerm, ModelAdapter
-from ecoflap_exp.models.loading import load_tokenizer, load_transformers_model
+from ecoflap_exp.models.loading import DType, Init, load_tokenizer, load_transformers_model
 from ecoflap_exp.models.seam import Batch, Tower, blocks_of
+from ecoflap_exp.options import NonNegativeInt
 
 
 def get_submodule(model: nn.Module, path: str) -> nn.Module:
@@ -43,11 +44,11 @@ class CausalLMAdapter(ModelAdapter):
         self,
         arch: str | None = None,
         checkpoint: str | None = None,
-        init: str = "pretrained",
-        dtype: str = "float32",
+        init: Init = "pretrained",
+        dtype: DType = "float32",
         blocks_path: str = "model.layers",
         tokenizer: str | None = None,
-        seed: int = 0,
+        seed: NonNegativeInt = 0,
         arch_overrides: dict[str, Any] | None = None,
         name: str = "",
     ):

@@ -13,8 +13,17 @@ from PIL import Image
 from torchvision import transforms
 
 from ecoflap_exp.models.adapter import LossTerm, ModelAdapter, contrastive_terms
-from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, hub_load_error, load_transformers_model, resolve_checkpoint
+from ecoflap_exp.models.loading import (
+    CLIP_MEAN,
+    CLIP_STD,
+    DType,
+    Init,
+    hub_load_error,
+    load_transformers_model,
+    resolve_checkpoint,
+)
 from ecoflap_exp.models.seam import Batch, Tower, blocks_of
+from ecoflap_exp.options import Names, NonNegativeInt
 
 
 class HFCLIPAdapter(ModelAdapter):
@@ -25,9 +34,9 @@ class HFCLIPAdapter(ModelAdapter):
 
     builtin_tokenizers = ("open_clip",)
 
-    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
-                 dtype: str = "float32", tokenizer: str | None = None, seed: int = 0,
-                 prune_towers: list[str] | None = None, name: str = ""):
+    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: Init = "pretrained",
+                 dtype: DType = "float32", tokenizer: str | None = None, seed: NonNegativeInt = 0,
+                 prune_towers: Names | None = None, name: str = ""):
         self.name = name
         self.model = load_transformers_model(transformers.AutoModel, arch, checkpoint, init, dtype, seed)
         self.prune_towers = prune_towers

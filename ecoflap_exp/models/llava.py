@@ -27,15 +27,15 @@ mm_utils.expand2square), where llava-hf's processor centre-crops.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import transformers
 from PIL import Image
 
-from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.chat import ChatVLMAdapter, checkpoint_processor
-from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, load_transformers_model
+from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, DType, Init, load_transformers_model
 from ecoflap_exp.models.seam import Block, Tower, blocks_of, find_block_list, linear_matrices
+from ecoflap_exp.options import Count, Names, NonNegativeInt
 
 #: llava-hf's chat template for LLaVA-1.5 (Vicuna's USER:/ASSISTANT: turns, images first)
 LLAVA_TEMPLATE = (
@@ -59,7 +59,7 @@ VICUNA_V1_TEMPLATE = (
     "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
     "{{ '</s>' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
-CONVERSATIONS = ("vicuna_v1", "checkpoint")
+Conversation = Literal["vicuna_v1", "checkpoint"]
 
 
 def expand2square(image: Image.Image, background: tuple[int, ...]) -> Image.Image:
@@ -95,12 +95,11 @@ class LlavaAdapter(ChatVLMAdapter):
     #: the colour images are padded to a square with (None: not padded)
     background: tuple[int, ...] | None = None
 
-    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
-                 dtype: str = "float16", tokenizer: str | None = None, max_tokens: int = 2048,
-                 prune_towers: list[str] | None = None, seed: int = 0, arch_overrides: dict[str, Any] | None = None,
-                 conversation: str = "vicuna_v1", pad_to_square: bool = True, name: str = ""):
-        if conversation not in CONVERSATIONS:
-            raise UserError(f"model.conversation={conversation!r} is unknown; use one of {', '.join(CONVERSATIONS)}")
+    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: Init = "pretrained",
+                 dtype: DType = "float16", tokenizer: str | None = None, max_tokens: Count = 2048,
+                 prune_towers: Names | None = None, seed: NonNegativeInt = 0,
+                 arch_overrides: dict[str, Any] | None = None, conversation: Conversation = "vicuna_v1",
+                 pad_to_square: bool = True, name: str = ""):
         self.name = name
         self.model = load_transformers_model(transformers.LlavaForConditionalGeneration, arch, checkpoint, init, dtype,
                                              seed, arch_overrides)

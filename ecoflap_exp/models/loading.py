@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -22,6 +22,9 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DType = Literal["float32", "float16", "bfloat16"]
+#: weights from the checkpoint, or a random initialisation of the architecture (timing runs, tests)
+Init = Literal["pretrained", "random"]
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +38,18 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import LossTerm, ModelAdapter, contrastive_terms
 from ecoflap_exp.models.blip2 import square_resize
 from ecoflap_exp.models.blip_text import blip_caption
-from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, SHIPPED_PREFIX, hub_load_error, torch_dtype, wrapped_state
+from ecoflap_exp.models.loading import (
+    CLIP_MEAN,
+    CLIP_STD,
+    SHIPPED_PREFIX,
+    DType,
+    Init,
+    hub_load_error,
+    torch_dtype,
+    wrapped_state,
+)
 from ecoflap_exp.models.seam import Batch, Block, PrunableMatrix, Tower
+from ecoflap_exp.options import Count, Names, NonNegativeInt
 
 
 def attention_context(mha: nn.MultiheadAttention, args: tuple, kwargs: dict, masked: bool = True) -> torch.Tensor:
@@ -89,8 +99,8 @@ def shipped_weights(name: str) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in load_file(str(path)).items()}
 
 
-RESIZES = ("crop", "square")
-ATTENTION_STATS = ("causal", "unmasked")
+Resize = Literal["crop", "square"]
+AttentionStats = Literal["causal", "unmasked"]
 
 
 def upop_state(path: str, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -216,26 +226,17 @@ class OpenCLIPAdapter(ModelAdapter):
         adapter.split_qkv = split_qkv
         return adapter
 
-    def __init__(self, model_name: str, pretrained: str | None = None, init: str = "pretrained",
-                 dtype: str = "float32", seed: int = 0, prune_towers: list[str] | None = None,
+    def __init__(self, model_name: str, pretrained: str | None = None, init: Init = "pretrained",
+                 dtype: DType = "float32", seed: NonNegativeInt = 0, prune_towers: Names | None = None,
                  split_qkv: bool = False, prune_in_proj: bool = True, checkpoint: str | None = None,
-                 resize: str = "crop", caption_words: int | None = None, text_attention_stats: str = "causal",
-                 name: str = ""):
+                 resize: Resize = "crop", caption_words: Count | None = None,
+                 text_attention_stats: AttentionStats = "causal", name: str = ""):
         import open_clip
 
         self.name = name
         register_shipped_configs()
-        if init not in ("pretrained", "random"):
-            raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")
         if init == "pretrained" and not (pretrained or checkpoint):
             raise UserError("model.init=pretrained needs model.pretrained (an open_clip tag or a checkpoint path)")
-        if resize not in RESIZES:
-            raise UserError(f"model.resize={resize!r} is unknown; use one of {', '.join(RESIZES)}")
-        if caption_words is not None and caption_words < 1:
-            raise UserError(f"model.caption_words={caption_words} must be >= 1 (null: captions as written)")
-        if text_attention_stats not in ATTENTION_STATS:
-            raise UserError(f"model.text_attention_stats={text_attention_stats!r} is unknown; use causal or unmasked "
-                            f"(CoOp's)")
         check_activation(model_name, pretrained)
         torch.manual_seed(seed)
         own = init == "pretrained" and (checkpoint is not None or str(pretrained).startswith(SHIPPED_PREFIX))

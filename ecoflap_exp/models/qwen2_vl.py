@@ -30,8 +30,9 @@ from typing import Any
 import transformers
 
 from ecoflap_exp.models.chat import ChatVLMAdapter, checkpoint_processor
-from ecoflap_exp.models.loading import load_transformers_model
+from ecoflap_exp.models.loading import DType, Init, load_transformers_model
 from ecoflap_exp.models.seam import Batch, Block, Tower, blocks_of, find_block_list, linear_matrices
+from ecoflap_exp.options import Count, Names, NonNegativeInt
 
 #: Qwen2-VL-Instruct's chat template (ChatML, a default system turn, the image inline)
 QWEN2VL_TEMPLATE = (
@@ -70,10 +71,10 @@ class Qwen2VLAdapter(ChatVLMAdapter):
     each image's resized area (null: the processor's own; Qwen2-VL's default allows 12.8M pixels,
     16,384 visual tokens, per image)."""
 
-    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
-                 dtype: str = "bfloat16", tokenizer: str | None = None, max_tokens: int = 2048,
-                 min_pixels: int | None = None, max_pixels: int | None = None, prune_towers: list[str] | None = None,
-                 seed: int = 0, arch_overrides: dict[str, Any] | None = None, name: str = ""):
+    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: Init = "pretrained",
+                 dtype: DType = "bfloat16", tokenizer: str | None = None, max_tokens: Count = 2048,
+                 min_pixels: Count | None = None, max_pixels: Count | None = None, prune_towers: Names | None = None,
+                 seed: NonNegativeInt = 0, arch_overrides: dict[str, Any] | None = None, name: str = ""):
         self.name = name
         self.model = load_transformers_model(transformers.Qwen2VLForConditionalGeneration, arch, checkpoint, init,
                                              dtype, seed, arch_overrides)

@@ -24,6 +24,11 @@ Batch = dict[str, Any]
 Group = Literal["row", "matrix"]
 #: a pruning plan: group name (a block, or a matrix) -> sparsity
 Plan = dict[str, float]
+#: the calibration batches of another pass over the data, named by its key (`zeroth/<matrix>`,
+#: `prune/<tower>`) and drawn on to a sample count (None: the pruner's): the same samples with their
+#: training views and prefix splits drawn again from (seed, key), as the official code's DataLoader
+#: draws them each time it is iterated (calib.redraw)
+Redraw = Callable[[str, int | None], list[Batch]]
 
 
 def first_input(args: tuple, kwargs: dict) -> torch.Tensor:

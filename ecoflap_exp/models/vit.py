@@ -3,6 +3,7 @@ VisionTransformer. One tower ("vision"); calibration loss = cross-entropy of the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,16 @@ from torchvision import transforms
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import LossTerm, ModelAdapter
-from ecoflap_exp.models.loading import hub_load_error, load_transformers_model, resolve_checkpoint, torch_dtype
+from ecoflap_exp.models.loading import (
+    DType,
+    Init,
+    hub_load_error,
+    load_transformers_model,
+    resolve_checkpoint,
+    torch_dtype,
+)
 from ecoflap_exp.models.seam import Batch, Tower, blocks_of, find_block_list
+from ecoflap_exp.options import Count, NonNegativeInt
 
 
 class ImageClassifierAdapter(ModelAdapter):
@@ -24,7 +33,7 @@ class ImageClassifierAdapter(ModelAdapter):
 
     sample_kinds = ("labelled_images",)
 
-    def __init__(self, image_size: int, resize_size: int | None, mean: list[float], std: list[float]):
+    def __init__(self, image_size: Count, resize_size: Count | None, mean: list[float], std: list[float]):
         self.image_size, self.mean, self.std = image_size, list(mean), list(std)
         self.preprocess = transforms.Compose([
             transforms.Resize(resize_size or image_size, interpolation=transforms.InterpolationMode.BICUBIC),
@@ -52,10 +61,10 @@ class ImageClassifierAdapter(ModelAdapter):
 
 
 class HFViTAdapter(ImageClassifierAdapter):
-    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: str = "pretrained",
-                 dtype: str = "float32", image_size: int = 224, resize_size: int | None = None,
-                 mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5), seed: int = 0,
-                 name: str = ""):
+    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: Init = "pretrained",
+                 dtype: DType = "float32", image_size: Count = 224, resize_size: Count | None = None,
+                 mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
+                 seed: NonNegativeInt = 0, name: str = ""):
         super().__init__(image_size, resize_size, list(mean), list(std))
         self.name = name
         self.model = load_transformers_model(transformers.AutoModelForImageClassification, arch, checkpoint, init,
@@ -91,17 +100,15 @@ class TimmViTAdapter(ImageClassifierAdapter):
     """timm.create_model(model_name, **model_kwargs); `checkpoint` is a local state dict
     (.safetensors or .pth), or `timm` for timm's own pretrained weights from the hub."""
 
-    def __init__(self, model_name: str, checkpoint: str | None = None, init: str = "pretrained",
-                 dtype: str = "float32", model_kwargs: dict[str, Any] | None = None, image_size: int = 224,
-                 resize_size: int | None = None, mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-                 std: tuple[float, ...] = (0.5, 0.5, 0.5), seed: int = 0, name: str = ""):
+    def __init__(self, model_name: str, checkpoint: str | None = None, init: Init = "pretrained",
+                 dtype: DType = "float32", model_kwargs: dict[str, Any] | None = None, image_size: Count = 224,
+                 resize_size: Count | None = None, mean: Sequence[float] = (0.5, 0.5, 0.5),
+                 std: Sequence[float] = (0.5, 0.5, 0.5), seed: NonNegativeInt = 0, name: str = ""):
         import timm
 
         super().__init__(image_size, resize_size, list(mean), list(std))
         self.name = name
         self.construction = {"model_name": model_name, "model_kwargs": dict(model_kwargs or {})}
-        if init not in ("pretrained", "random"):
-            raise UserError(f"model.init={init!r} is unknown; use 'pretrained' or 'random'")
         torch.manual_seed(seed)
         from_hub = init == "pretrained" and checkpoint == "timm"
         try:

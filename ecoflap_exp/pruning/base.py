@@ -6,13 +6,13 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from ecoflap_exp.errors import UserError
 from ecoflap_exp.input_stats import InputStats
 from ecoflap_exp.models.seam import Group, Tower
-from ecoflap_exp.pruning.masks import COUNTS, GROUPS, NM
+from ecoflap_exp.options import Typed
+from ecoflap_exp.pruning.masks import NM, Counting
 
 
-class LocalPruner(ABC):
+class LocalPruner(Typed, ABC):
     """Prunes one matrix at a time to its planned sparsity, from its weights and input statistics.
 
     `count`: `exact` (default) prunes round(rows x cols x sparsity) weights of every matrix
@@ -21,14 +21,14 @@ class LocalPruner(ABC):
     index int(n x p), so at least one more), to reproduce their masks bit for bit.
     """
 
+    option_group = "pruner"
+
     #: the name the record uses for this pruner's settings (e.g. `wanda_group`)
     name: str = ""
     #: False for pruners that need no calibration inputs (the engine then skips the stats pass).
     needs_inputs: bool = True
 
-    def __init__(self, count: str = "exact"):
-        if count not in COUNTS:
-            raise UserError(f"pruner.count={count!r} is unknown; use one of {', '.join(COUNTS)}")
+    def __init__(self, count: Counting = "exact"):
         self.count = count
 
     def new_stats(self, cols: int, device: torch.device) -> InputStats:
@@ -51,9 +51,3 @@ class LocalPruner(ABC):
         """Zero the weights the plan's `sparsity` (or the N:M pattern) asks for, in place, and
         return the mask (True = pruned). Pruners that compensate (SparseGPT) also update the kept
         weights."""
-
-
-def check_group(group: str | None) -> None:
-    if group is not None and group not in GROUPS:
-        raise UserError(f"pruner.group={group!r} is unknown; use one of {', '.join(GROUPS)}, or null for each "
-                        f"tower's default (the official code's choice)")

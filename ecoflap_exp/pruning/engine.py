@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ecoflap_exp.models.adapter import ModelAdapter
-from ecoflap_exp.models.seam import Batch, Block, BlockInput, Group, Plan, PrunableMatrix, Tower
+from ecoflap_exp.models.seam import Batch, Block, BlockInput, Group, Plan, PrunableMatrix, Redraw, Tower
 from ecoflap_exp.pruning.base import LocalPruner
 from ecoflap_exp.pruning.masks import NM, check_nm_fits
 from ecoflap_exp.tower_outputs import tower_outputs
@@ -63,7 +63,9 @@ class SequentialEngine:
         self.offload = offload
 
     @torch.no_grad()
-    def run(self, batches: list[Batch]) -> list[MatrixReport]:
+    def run(self, batches: list[Batch], redraw: Redraw | None = None) -> list[MatrixReport]:
+        """Prune every tower along the walker; with `redraw` (calib.redraw) each tower's walk starts
+        from fresh batches, as each of the official code's tower passes iterates its DataLoader anew."""
         self.adapter.model.eval()
         towers = self.adapter.towers()
         for tower in towers:
@@ -73,7 +75,8 @@ class SequentialEngine:
         reports: list[MatrixReport] = []
         with tower_outputs(self.adapter) as outputs:
             for tower in towers:
-                for block, inputs in walk_tower(self.adapter, tower, batches, self.device, self.offload,
+                seen = redraw(f"prune/{tower.name}", None) if redraw else batches
+                for block, inputs in walk_tower(self.adapter, tower, seen, self.device, self.offload,
                                                 f"pruning {tower.name}"):
                     reports += self.prune_block(tower, block, inputs)
                 outputs.changed(tower.name)

@@ -7,17 +7,16 @@ import torch
 
 from ecoflap_exp.input_stats import InputStats
 from ecoflap_exp.models.seam import Group, Tower
-from ecoflap_exp.pruning.base import LocalPruner, check_group
-from ecoflap_exp.pruning.masks import NM, select_mask
+from ecoflap_exp.pruning.base import LocalPruner
+from ecoflap_exp.pruning.masks import NM, Counting, select_mask
 
 
 class MagnitudePruner(LocalPruner):
     name = "magnitude"
     needs_inputs = False
 
-    def __init__(self, group: Group | None = "matrix", count: str = "exact"):
+    def __init__(self, group: Group | None = "matrix", count: Counting = "exact"):
         super().__init__(count)
-        check_group(group)
         self.group: Group = group or "matrix"
 
     def group_for(self, tower: Tower) -> Group:

@@ -9,6 +9,7 @@ whole matrix), so their masks can be reproduced bit for bit.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,9 +19,8 @@ import torch
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.seam import Group
 
-GROUPS = ("row", "matrix")
-COUNTS = ("exact", "reference")
-Count = Literal["exact", "reference"]
+#: how many weights a mask removes: exactly the asked share, or as the reference code counts them
+Counting = Literal["exact", "reference"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,14 @@ def parse_nm(spec: str | None) -> NM | None:
     if not 0 < n < m:
         raise UserError(f"nm={spec}: N:M keeps N of every M weights, so it needs 0 < N < M (e.g. 2:4, 4:8)")
     return NM(n, m)
+
+
+def nm_sparsity(nm: NM, sparsity: float | None) -> float:
+    """The sparsity an N:M pattern fixes; an explicit different one is an error."""
+    if sparsity is not None and not math.isclose(sparsity, nm.sparsity):
+        raise UserError(f"nm={nm} fixes the sparsity at {nm.sparsity:g}, but sparsity={sparsity:g}; leave sparsity "
+                        f"out with nm (it follows the pattern)")
+    return nm.sparsity
 
 
 def planned_prune_count(rows: int, cols: int, sparsity: float, nm: NM | None) -> int:
@@ -131,7 +139,7 @@ def at_or_below_quantile(metric: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 def select_mask(metric: torch.Tensor, sparsity: float, group: Group = "row", nm: NM | None = None,
-                count: Count = "exact") -> torch.Tensor:
+                count: Counting = "exact") -> torch.Tensor:
     """Prune the weights with the smallest `metric` at `sparsity` (N:M: its pattern, sparsity
     ignored), counted by the `count` rule."""
     rows, cols = metric.shape

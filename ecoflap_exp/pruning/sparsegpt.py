@@ -20,13 +20,16 @@ block, or more with ties).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.input_stats import InputStats
 from ecoflap_exp.models.seam import Group
+from ecoflap_exp.options import Count, PositiveFloat
 from ecoflap_exp.pruning.base import LocalPruner
-from ecoflap_exp.pruning.masks import NM, at_or_below_quantile, nm_mask, planned_prune_count, smallest
+from ecoflap_exp.pruning.masks import NM, Counting, at_or_below_quantile, nm_mask, planned_prune_count, smallest
 
 
 class Hessian(InputStats):
@@ -125,20 +128,16 @@ def ecoflap_inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
     return cholesky_damped_on_failure(Hinv, percdamp * torch.mean(torch.diag(Hinv).abs()), upper=True)
 
 
-DAMPINGS = ("ist", "ecoflap")
+#: ist: IST-DASLab, always damped; ecoflap: ECoFLaP's fork, damped only where the Cholesky fails
+Damping = Literal["ist", "ecoflap"]
 
 
 class SparseGPTPruner(LocalPruner):
     name = "sparsegpt"
 
-    def __init__(self, blocksize: int = 128, percdamp: float = 0.01, count: str = "exact", damping: str = "ist"):
+    def __init__(self, blocksize: Count = 128, percdamp: PositiveFloat = 0.01, count: Counting = "exact",
+                 damping: Damping = "ist"):
         super().__init__(count)
-        if blocksize < 1 or not percdamp > 0:
-            raise UserError(f"pruner.blocksize={blocksize} must be >= 1 and pruner.percdamp={percdamp} positive "
-                            f"(the reference: 128 and 0.01)")
-        if damping not in DAMPINGS:
-            raise UserError(f"pruner.damping={damping!r} is unknown; use ist (IST-DASLab: always damped) or ecoflap "
-                            f"(ECoFLaP's fork: damped only where the Cholesky fails)")
         self.blocksize = blocksize
         self.percdamp = percdamp
         self.damping = damping

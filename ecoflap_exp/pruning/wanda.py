@@ -11,16 +11,15 @@ import torch
 
 from ecoflap_exp.input_stats import ColumnNorms, InputStats, wanda_metric
 from ecoflap_exp.models.seam import Group, Tower
-from ecoflap_exp.pruning.base import LocalPruner, check_group
-from ecoflap_exp.pruning.masks import NM, select_mask
+from ecoflap_exp.pruning.base import LocalPruner
+from ecoflap_exp.pruning.masks import NM, Counting, select_mask
 
 
 class WandaPruner(LocalPruner):
     name = "wanda"
 
-    def __init__(self, group: Group | None = None, count: str = "exact"):
+    def __init__(self, group: Group | None = None, count: Counting = "exact"):
         super().__init__(count)
-        check_group(group)
         self.group = group
 
     def new_stats(self, cols: int, device: torch.device) -> ColumnNorms:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from ecoflap_exp.tracking.store import NON_IDENTITY_KEYS
 
 POINT = re.compile(r"^(p\d[\d.e-]*|nm\d+:\d+)/")
 
@@ -29,6 +32,43 @@ def method_name(record: dict[str, Any], row_keys: tuple[str, ...] = ()) -> str:
                              for key in row_keys)
         name += f" ({settings})"
     return name
+
+
+#: config keys a table's cell does not pool over: its runs may differ in these only (seeds are
+#: pooled), and its column already says the sparsity
+POOLED_KEYS = ("seed",)
+POINT_KEYS = ("sparsity", "nm")
+
+
+def setting_leaves(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """The config's leaves (dotted key -> value as text), seeds, the point and what does not change
+    a result (store.NON_IDENTITY_KEYS) left out."""
+    leaves: dict[str, str] = {}
+    for key, value in config.items():
+        if key in POOLED_KEYS or (not prefix and key in (*POINT_KEYS, *NON_IDENTITY_KEYS)):
+            continue
+        if isinstance(value, dict):
+            leaves.update(setting_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = format_setting(value)
+    return leaves
+
+
+def setting_labels(records: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """Per record, what tells its setting from the others of the same experiment, model and method
+    name (`model.prune_towers=[text]`), or "" where they share it: only runs that differ in their
+    seed pool into one cell."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, (record, name) in enumerate(zip(records, names, strict=True)):
+        groups[(record["config"].get("experiment_name"), record["model"], name)].append(i)
+    labels = [""] * len(records)
+    for members in groups.values():
+        leaves = [setting_leaves(records[i]["config"]) for i in members]
+        keys = sorted({k for leaf in leaves for k in leaf})
+        differing = [k for k in keys if len({leaf.get(k, "-") for leaf in leaves}) > 1]
+        for i, leaf in zip(members, leaves, strict=True):
+            labels[i] = ", ".join(f"{k}={leaf.get(k, '-')}" for k in differing)
+    return labels
 
 
 def format_setting(value: Any) -> str:
@@ -67,6 +107,8 @@ def load_records(results_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Every readable record of the local store, and a message for each one that is not."""
     records, problems = [], []
     for path in sorted(Path(results_dir).glob("*.json")):
+        if path.name.startswith("."):  # a temporary file of a write in progress (or of a killed one)
+            continue
         try:
             record = json.loads(path.read_text())
             check_record(record)

@@ -28,7 +28,14 @@ import pandas as pd
 
 from ecoflap_exp.results.paper import DERIVED, LAYOUTS, PAPER, Layout
 from ecoflap_exp.results.plots import plot_experiment
-from ecoflap_exp.results.records import POINT, collect_records, experiment_rows, method_name, point_name
+from ecoflap_exp.results.records import (
+    POINT,
+    collect_records,
+    experiment_rows,
+    method_name,
+    point_name,
+    setting_labels,
+)
 from ecoflap_exp.tracking.wandb_logger import pruning_peak_gpu_gb
 
 log = logging.getLogger(__name__)
@@ -36,10 +43,12 @@ log = logging.getLogger(__name__)
 def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per (record, metric); a failed record is one row with its error and its evals."""
     rows = []
-    for r in records:
+    names = [method_name(r, LAYOUTS.get(r["config"].get("experiment_name", "default"), Layout()).row_keys)
+             for r in records]
+    for r, name, label in zip(records, names, setting_labels(records, names), strict=True):
         experiment = r["config"].get("experiment_name", "default")
         layout = LAYOUTS.get(experiment, Layout())
-        base = {"experiment": experiment, "model": r["model"], "method": method_name(r, layout.row_keys),
+        base = {"experiment": experiment, "model": r["model"], "method": f"{name} [{label}]" if label else name,
                 "point": point_name(r), "status": r.get("status", "?"), "id": r.get("id")}
         if r.get("status") == "ok":
             for metric, value in r.get("metrics", {}).items():

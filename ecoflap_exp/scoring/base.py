@@ -12,18 +12,20 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
-from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
-from ecoflap_exp.models.seam import Batch, PrunableMatrix
+from ecoflap_exp.models.seam import Batch, PrunableMatrix, Redraw
+from ecoflap_exp.options import Typed
 
-GRANULARITIES = ("block", "matrix")
-AGGREGATES = ("sum", "avg")
+#: one group per block, or per matrix (`layer`: the old name of `matrix`)
+Granularity = Literal["block", "matrix", "layer"]
+Aggregate = Literal["sum", "avg"]
 log = logging.getLogger(__name__)
 
 
-class BlockScorer(ABC):
+class BlockScorer(Typed, ABC):
+    option_group = "scorer"
     #: the scorer's part of a method's name, as the papers name methods ("" for uniform)
     name: str = ""
     #: True when the scores can give blocks different sparsities (every scorer but uniform).
@@ -58,32 +60,20 @@ class BlockScorer(ABC):
         return first_samples(extended if extended is not None else batches, self.num_samples)
 
     @abstractmethod
-    def scores(self, adapter: ModelAdapter, batches: list[Batch],
-               extended: list[Batch] | None = None) -> dict[str, float]:
+    def scores(self, adapter: ModelAdapter, batches: list[Batch], extended: list[Batch] | None = None,
+               redraw: Redraw | None = None) -> dict[str, float]:
         """Group name -> score, for every group of adapter.towers(). `batches`: the pruner's
         calibration; `extended`: the calibration drawn on to `samples_needed` samples (its first
         ones are `batches`), for a scorer that asked for more."""
 
 
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UserError(f"{name}={value!r} is unknown; use one of {', '.join(choices)}")
-
-
-def check_granularity(granularity: str) -> str:
+def check_granularity(granularity: Granularity) -> str:
     """The granularity, `layer` read as its new name `matrix` (with a warning)."""
     if granularity == "layer":
         log.warning("scorer.granularity=layer is now called scorer.granularity=matrix (one group per matrix); "
                     "`layer` will go")
         return "matrix"
-    check_choice("scorer.granularity", granularity, GRANULARITIES)
     return granularity
-
-
-def check_grouping(granularity: str, how: str) -> tuple[str, str]:
-    """A scorer's granularity (`layer` read as `matrix`) and aggregate, checked."""
-    check_choice("scorer.aggregate", how, AGGREGATES)
-    return check_granularity(granularity), how
 
 
 def groups(adapter: ModelAdapter, granularity: str) -> dict[str, list[PrunableMatrix]]:

@@ -16,21 +16,21 @@ scales weigh equally; the vision-versus-language difference of each factor is re
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Literal
 
 from ecoflap_exp.allocation.base import Groups
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
-from ecoflap_exp.models.seam import Batch
-from ecoflap_exp.scoring.base import BlockScorer, check_choice
+from ecoflap_exp.models.seam import Batch, Redraw
+from ecoflap_exp.scoring.base import BlockScorer
 
-NORMALISATIONS = ("none", "tower_mean")
+Normalisation = Literal["none", "tower_mean"]
 
 
 class ProductScorer(BlockScorer):
-    def __init__(self, factors: list[BlockScorer], normalise: str = "none"):
+    def __init__(self, factors: list[BlockScorer], normalise: Normalisation = "none"):
         if len(factors) < 2:
             raise UserError("scorer.factors needs at least two scorers to combine")
-        check_choice("scorer.normalise", normalise, NORMALISATIONS)
         self.factors = list(factors)
         self.normalise = normalise
         self.name = "x".join(f.name for f in self.factors)
@@ -47,10 +47,10 @@ class ProductScorer(BlockScorer):
         return {key.replace("scorer.", f"scorer.factors.{i}.", 1): n
                 for i, f in enumerate(self.factors) for key, n in f.sample_counts().items()}
 
-    def scores(self, adapter: ModelAdapter, batches: list[Batch],
-               extended: list[Batch] | None = None) -> dict[str, float]:
+    def scores(self, adapter: ModelAdapter, batches: list[Batch], extended: list[Batch] | None = None,
+               redraw: Redraw | None = None) -> dict[str, float]:
         groups = Groups.of(adapter)
-        factors = [factor.scores(adapter, batches, extended) for factor in self.factors]
+        factors = [factor.scores(adapter, batches, extended, redraw) for factor in self.factors]
         if any(set(f) != set(factors[0]) for f in factors):
             raise UserError("combined scorers must use the same granularity")
         self.info = {k: v for factor in self.factors for k, v in factor.info.items()}

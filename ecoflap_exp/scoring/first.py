@@ -16,20 +16,22 @@ from torch import nn
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
-from ecoflap_exp.models.seam import Batch, PrunableMatrix
+from ecoflap_exp.models.seam import Batch, PrunableMatrix, Redraw
+from ecoflap_exp.options import Count
 from ecoflap_exp.progress import track
-from ecoflap_exp.scoring.base import BlockScorer, aggregate, check_grouping
+from ecoflap_exp.scoring.base import Aggregate, BlockScorer, Granularity, aggregate, check_granularity
 
 
 class FirstOrderScorer(BlockScorer):
     name = "ecoflap-first"
 
-    def __init__(self, granularity: str = "block", aggregate: str = "sum", num_samples: int | None = None):
-        self.granularity, self.aggregate = check_grouping(granularity, aggregate)
+    def __init__(self, granularity: Granularity = "block", aggregate: Aggregate = "sum",
+                 num_samples: Count | None = None):
+        self.granularity, self.aggregate = check_granularity(granularity), aggregate
         self.num_samples = num_samples
 
-    def scores(self, adapter: ModelAdapter, batches: list[Batch],
-               extended: list[Batch] | None = None) -> dict[str, float]:
+    def scores(self, adapter: ModelAdapter, batches: list[Batch], extended: list[Batch] | None = None,
+               redraw: Redraw | None = None) -> dict[str, float]:
         batches = self.reads(batches, extended)
         per_matrix = first_order_matrix_scores(adapter, batches)
         return aggregate(adapter, per_matrix, self.granularity, self.aggregate)

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -39,15 +40,16 @@ import torch.nn.functional as F
 from ecoflap_exp.allocation.base import Groups
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
-from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, Tower
-from ecoflap_exp.scoring.base import BlockScorer, check_choice, check_granularity
+from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, Redraw, Tower
+from ecoflap_exp.options import Count, Fraction, NonNegativeInt
+from ecoflap_exp.scoring.base import BlockScorer, Granularity, check_granularity
 from ecoflap_exp.walk import walk_tower
 
 log = logging.getLogger(__name__)
 
-ESTIMATORS = ("twonn", "mle", "twonn_blocks")
-REPRESENTATIONS = ("flatten", "mean", "cls")
-PADS = ("zero", "computed")
+Estimator = Literal["twonn", "mle", "twonn_blocks"]
+Representation = Literal["flatten", "mean", "cls"]
+Pads = Literal["zero", "computed"]
 
 #: the float32 centred Gram matrix's error in a squared distance is taken to be at most this
 #: fraction of |x_i|^2 + |x_j|^2 (rounding is about sqrt(features) x 2^-24 of it: 4e-5 for a
@@ -421,12 +423,9 @@ class IntrinsicDimensionScorer(BlockScorer):
 
     name = "id"
 
-    def __init__(self, estimator: str = "twonn", representation: str = "flatten", discard_fraction: float = 0.1,
-                 granularity: str = "block", num_samples: int | None = None, store_dir: str | None = None,
-                 seed: int = 0, pads: str = "zero"):
-        check_choice("scorer.estimator", estimator, ESTIMATORS)
-        check_choice("scorer.representation", representation, REPRESENTATIONS)
-        check_choice("scorer.pads", pads, PADS)
+    def __init__(self, estimator: Estimator = "twonn", representation: Representation = "flatten",
+                 discard_fraction: Fraction = 0.1, granularity: Granularity = "block", num_samples: Count | None = None,
+                 store_dir: str | None = None, seed: NonNegativeInt = 0, pads: Pads = "zero"):
         if num_samples is not None and num_samples < 4:
             raise UserError(f"scorer.num_samples={num_samples}: TwoNN needs at least 4 samples (the paper: 2000)")
         self.estimator = estimator
@@ -526,8 +525,8 @@ class IntrinsicDimensionScorer(BlockScorer):
         return ids
 
     @torch.no_grad()
-    def scores(self, adapter: ModelAdapter, batches: list[Batch],
-               extended: list[Batch] | None = None) -> dict[str, float]:
+    def scores(self, adapter: ModelAdapter, batches: list[Batch], extended: list[Batch] | None = None,
+               redraw: Redraw | None = None) -> dict[str, float]:
         batches = self.reads(batches, extended)
         adapter.model.eval()
         self.points = {}

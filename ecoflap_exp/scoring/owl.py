@@ -11,7 +11,8 @@ import torch
 
 from ecoflap_exp.input_stats import ColumnNorms, wanda_metric
 from ecoflap_exp.models.adapter import ModelAdapter
-from ecoflap_exp.models.seam import Batch
+from ecoflap_exp.models.seam import Batch, Redraw
+from ecoflap_exp.options import PositiveFloat
 from ecoflap_exp.scoring.base import BlockScorer
 from ecoflap_exp.walk import collect_stats, walk_tower
 
@@ -19,12 +20,12 @@ from ecoflap_exp.walk import collect_stats, walk_tower
 class OutlierRatioScorer(BlockScorer):
     name = "owl"
 
-    def __init__(self, outlier_factor: float = 5.0):
+    def __init__(self, outlier_factor: PositiveFloat = 5.0):
         self.outlier_factor = outlier_factor
 
     @torch.no_grad()
-    def scores(self, adapter: ModelAdapter, batches: list[Batch],
-               extended: list[Batch] | None = None) -> dict[str, float]:
+    def scores(self, adapter: ModelAdapter, batches: list[Batch], extended: list[Batch] | None = None,
+               redraw: Redraw | None = None) -> dict[str, float]:
         adapter.model.eval()
         ratios = {}
         for tower in adapter.towers():

@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ecoflap_exp.allocation.base import BASE_SCORES, Sketch, Sketches
-from ecoflap_exp.errors import UserError
+from ecoflap_exp.allocation.base import Sketch, Sketches
 from ecoflap_exp.input_stats import ColumnNorms, wanda_metric
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch
@@ -57,8 +56,6 @@ def taylor_sketches(adapter: ModelAdapter, batches: list[Batch], quantiles: int)
 
 
 def weight_sketches(adapter: ModelAdapter, batches: list[Batch], base_score: str, quantiles: int) -> Sketches:
-    if base_score not in BASE_SCORES:
-        raise UserError(f"allocation.base_score={base_score!r} is unknown; use one of {', '.join(BASE_SCORES)}")
     adapter.model.eval()
     if base_score == "magnitude":
         return {m.name: sketch(m.weight.abs(), quantiles) for m in adapter.matrices()}

@@ -7,13 +7,13 @@ scores proportional to group size give every group exactly the target sparsity.
 from __future__ import annotations
 
 from ecoflap_exp.models.adapter import ModelAdapter
-from ecoflap_exp.models.seam import Batch
+from ecoflap_exp.models.seam import Batch, Redraw
 from ecoflap_exp.scoring.base import BlockScorer
 
 
 class UniformScorer(BlockScorer):
     non_uniform = False
 
-    def scores(self, adapter: ModelAdapter, batches: list[Batch],
-               extended: list[Batch] | None = None) -> dict[str, float]:
+    def scores(self, adapter: ModelAdapter, batches: list[Batch], extended: list[Batch] | None = None,
+               redraw: Redraw | None = None) -> dict[str, float]:
         return {block.name: float(block.numel) for block in adapter.blocks()}

@@ -17,6 +17,8 @@ Two things the official code does not do:
   before it, BLIP-2's ViT and Q-Former while T5 is scored; those beside it, CLIP's image tower
   while the text is), so their outputs are computed once per batch and served from
   tower_outputs; the estimates are again those of the full forwards.
+With `redraw` (redraw_calibration) each matrix reads fresh batches, as ECoFLaP's loop iterates its
+DataLoader anew per matrix; no block inputs are then shared, and the per-matrix loop runs.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ import torch
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
-from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, Tower
+from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, Redraw, Tower
+from ecoflap_exp.options import Count, NonNegativeInt, PositiveFloat
 from ecoflap_exp.progress import track
-from ecoflap_exp.scoring.base import BlockScorer, aggregate, check_grouping
+from ecoflap_exp.scoring.base import Aggregate, BlockScorer, Granularity, aggregate, check_granularity
 from ecoflap_exp.tower_outputs import TowerOutputs, tower_outputs
 from ecoflap_exp.walk import passing_through, walk_tower
 
@@ -43,25 +46,31 @@ log = logging.getLogger(__name__)
 class ZerothOrderScorer(BlockScorer):
     name = "ecoflap-zeroth"
 
-    def __init__(self, eps: float = 1e-3, num_samples: int | None = 32, granularity: str = "block",
-                 aggregate: str = "sum", seed: int = 0, reuse_prefix: bool = True, reuse_towers: bool = True):
-        if not eps > 0:
-            raise UserError(f"scorer.eps={eps} must be positive (the paper uses 1e-3)")
+    def __init__(self, eps: PositiveFloat = 1e-3, num_samples: Count | None = 32, granularity: Granularity = "block",
+                 aggregate: Aggregate = "sum", seed: NonNegativeInt = 0, reuse_prefix: bool = True,
+                 reuse_towers: bool = True):
         self.eps = eps
         self.num_samples = num_samples
-        self.granularity, self.aggregate = check_grouping(granularity, aggregate)
+        self.granularity, self.aggregate = check_granularity(granularity), aggregate
         self.seed = seed
         self.reuse_prefix = reuse_prefix
         self.reuse_towers = reuse_towers  # with reuse_prefix only: reuse_prefix=false is the official loop
 
-    def scores(self, adapter: ModelAdapter, batches: list[Batch],
-               extended: list[Batch] | None = None) -> dict[str, float]:
+    def scores(self, adapter: ModelAdapter, batches: list[Batch], extended: list[Batch] | None = None,
+               redraw: Redraw | None = None) -> dict[str, float]:
         batches = self.reads(batches, extended)
         with torch.no_grad():
             adapter.model.eval()
-            per_matrix = self._with_prefix(adapter, batches) if self.reuse_prefix else self._naive(adapter, batches)
+            if redraw is not None:
+                per_matrix = self._naive(adapter, batches, redraw)
+            elif self.reuse_prefix:
+                per_matrix = self._with_prefix(adapter, batches)
+            else:
+                per_matrix = self._naive(adapter, batches)
         zero = [name for name, value in per_matrix.items() if value == 0]
         self.info = {"zero_estimates": len(zero), "matrices": len(per_matrix)}
+        if redraw is not None:
+            self.info["redrawn_per_matrix"] = True
         if zero:
             log.warning("zeroth-order scoring: %d of %d matrices got an estimate of exactly 0 (%s%s): the loss did "
                         "not change under a perturbation of eps=%g; raise scorer.eps or check that the loss "
@@ -69,12 +78,16 @@ class ZerothOrderScorer(BlockScorer):
                         ", ..." if len(zero) > 5 else "", self.eps)
         return aggregate(adapter, per_matrix, self.granularity, self.aggregate)
 
-    def _naive(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
+    def _naive(self, adapter: ModelAdapter, batches: list[Batch], redraw: Redraw | None = None) -> dict[str, float]:
+        """The official loop: full forwards, each matrix over the calibration batches; with
+        `redraw`, over fresh batches per matrix, as ECoFLaP's loop iterates its DataLoader anew for
+        each matrix (no block inputs can then be shared between matrices, so prefix reuse is off)."""
         matrices = list(adapter.matrices())
-        return {
-            m.name: self.estimate(m, index, [lambda b=b: adapter.loss(b) for b in batches])
-            for index, m in enumerate(track(matrices, "zeroth-order scores", total=len(matrices)))
-        }
+        per_matrix = {}
+        for index, m in enumerate(track(matrices, "zeroth-order scores", total=len(matrices))):
+            seen = self.reads(redraw(f"zeroth/{m.name}", self.num_samples), None) if redraw else batches
+            per_matrix[m.name] = self.estimate(m, index, [partial(adapter.loss, b) for b in seen])
+        return per_matrix
 
     def _with_prefix(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
         with tower_outputs(adapter) if self.reuse_towers else contextlib.nullcontext() as outputs:

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ecoflap_exp.allocation.base import Sketch, Sketches
-from ecoflap_exp.tracking.store import write_atomically
+from ecoflap_exp.tracking.store import read_or_set_aside, write_atomically
 
 
 def checkpoint_files(model: dict[str, Any]) -> list[list[Any]]:
@@ -47,9 +47,8 @@ class ScoreCache:
 
     def load(self, key: str) -> tuple[dict[str, float], dict[str, Any], Sketches | None] | None:
         """(scores, scorer info, sketches) of a cached entry, or None."""
-        try:
-            entry = json.loads((self.root / f"{key}.json").read_text())
-        except (OSError, json.JSONDecodeError):
+        entry = read_or_set_aside(self.root / f"{key}.json")
+        if entry is None or not {"scores", "scorer_info"} <= entry.keys():
             return None
         sketches = None
         if entry.get("sketched"):

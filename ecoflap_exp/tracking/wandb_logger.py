@@ -23,6 +23,7 @@ from typing import Any
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.extras import require
+from ecoflap_exp.options import Names, Typed
 from ecoflap_exp.tracking.store import NON_IDENTITY_KEYS
 
 #: stages of the pruning job (load, calibrate, score, allocate, prune), i.e. not the evaluation
@@ -109,9 +110,11 @@ def finetune_curves(record: dict[str, Any]) -> list[tuple[int, dict[str, float]]
     return sorted(by_step.items())
 
 
-class WandbLogger:
+class WandbLogger(Typed):
+    option_group = "logger"
+
     def __init__(self, project: str = "ecoflap_exp", entity: str | None = None, mode: str | None = None,
-                 dir: str | None = None, tags: list[str] | None = None):
+                 dir: str | None = None, tags: Names | None = None):
         require("wandb", "wandb", "logger=wandb")
         self.settings = {"project": project, "entity": entity, "mode": mode, "dir": dir, "tags": list(tags or [])}
 
