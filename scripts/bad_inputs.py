@@ -172,7 +172,101 @@ BAD_INPUTS = [
      "nm=4 is not of the form N:M (e.g. nm=2:4); use nm=null for unstructured"),
     ("redraw neither true nor false", ["redraw_calibration=sometimes"],
      "redraw_calibration='sometimes' is not valid: input should be a valid boolean; e.g. redraw_calibration=false"),
+    ("scorer samples fractional", ["scorer=zeroth", "scorer.num_samples=8.5"],
+     "scorer.num_samples=8.5 is not valid: input should be a valid integer; e.g. scorer.num_samples=32 or null"),
+    ("ID discard fraction above 1", ["scorer=id", "scorer.discard_fraction=1.5"],
+     "scorer.discard_fraction=1.5 is not valid: input should be less than or equal to 1;"
+     " e.g. scorer.discard_fraction=0.1"),
+    ("ID estimator as a number", ["scorer=id", "scorer.estimator=3"],
+     "scorer.estimator=3 is unknown; use one of twonn, mle, twonn_blocks"),
+    ("OWL lambda negative", ["scorer=owl", "allocation.lam=-1"],
+     "allocation.lam=-1 is not valid: input should be greater than or equal to 0; e.g. allocation.lam=0.08"),
+    ("OWL outlier factor 0", ["scorer=owl", "scorer.outlier_factor=0"],
+     "scorer.outlier_factor=0 is not valid: input should be greater than 0; e.g. scorer.outlier_factor=5.0"),
+    ("global ranking with no quantiles", ["allocation=global", "scorer=uniform", "allocation.use_id=false",
+                                          "allocation.quantiles=0"],
+     "allocation.quantiles=0 is not valid: input should be greater than or equal to 1; e.g. allocation.quantiles=4096"),
+    ("SparseGPT block size 0", ["pruner=sparsegpt", "pruner.blocksize=0"],
+     "pruner.blocksize=0 is not valid: input should be greater than or equal to 1; e.g. pruner.blocksize=128"),
+    ("pruner count as a boolean", ["pruner.count=true"],
+     "pruner.count=true is unknown; use one of exact, reference"),
+    ("a calibration batch of 0", ["calib.batch_size=0"],
+     "calib.batch_size=0 is not valid: input should be greater than or equal to 1; e.g. calib.batch_size=8"),
+    ("a calibration seed fractional", ["calib.seed=1.5"],
+     "calib.seed=1.5 is not valid: input should be a valid integer; e.g. calib.seed=0"),
+    ("a model seed negative", ["model.seed=-2"],
+     "model.seed=-2 is not valid: input should be greater than or equal to 0; e.g. model.seed=0"),
+    ("fine-tuning for 0 epochs", ["finetune=masked", "finetune.epochs=0"],
+     "finetune.epochs=0 is not valid: input should be greater than 0; e.g. finetune.epochs=1"),
+    ("a fine-tuning batch of 0", ["finetune=masked", "finetune.batch_size=0"],
+     "finetune.batch_size=0 is not valid: input should be greater than or equal to 1; e.g. finetune.batch_size=8"),
+    ("negative data-loader workers", ["finetune=masked", "finetune.num_workers=-1"],
+     "finetune.num_workers=-1 is not valid: input should be greater than or equal to 0; e.g. finetune.num_workers=0"),
+    ("a checkpoint every 0 steps", ["finetune=masked", "finetune.checkpoint_every=0"],
+     "finetune.checkpoint_every=0 is not valid: input should be greater than or equal to 1;"
+     " e.g. finetune.checkpoint_every=500 or null"),
+    ("masking every 0 steps", ["finetune=iterative", "finetune.delta_t=0"],
+     "finetune.delta_t=0 is not valid: input should be greater than or equal to 1; e.g. finetune.delta_t=10"),
+    ("an initial sparsity above 1", ["finetune=iterative", "finetune.initial_sparsity=1.5"],
+     "finetune.initial_sparsity=1.5 is not valid: input should be less than or equal to 1;"
+     " e.g. finetune.initial_sparsity=0.0"),
+    ("W&B tags as a string", ["logger=wandb", "logger.tags=a"],
+     "logger.tags='a' is not valid: input should be a list, not a string; e.g. logger.tags=[a,b] or null"),
+    ("an eval limit fractional", ["evals.digits.limit=2.5"],
+     "evals.digits.limit=2.5 is not valid: input should be a valid integer; e.g. evals.digits.limit=1 or null"),
+    ("max_sparsity above 1", ["max_sparsity=1.5"],
+     "max_sparsity=1.5 is not valid: input should be less than or equal to 1; e.g. max_sparsity=0.5 or null"),
+    ("max_sparsity NaN", ["max_sparsity=nan"],
+     "max_sparsity=nan is not valid: input should be a finite number; e.g. max_sparsity=0.5 or null"),
+    ("pads_in_stats as yes", ["pads_in_stats=yes"],
+     "pads_in_stats='yes' is not valid: input should be a valid boolean; e.g. pads_in_stats=false"),
+    ("save_model as a number", ["save_model=0"],
+     "save_model=0 is not valid: input should be a valid boolean; e.g. save_model=false"),
+    # issue 27: data files, read before the model loads (write_bad_data writes them under <tmp>/data)
+    ("a calibration TSV that is missing", ["calib=cc3m"],
+     "caption file '<tmp>/data/cc3m/cc3m.tsv' does not exist"),
+    ("a calibration TSV with only its header", ["calib=cc3m", "calib.annotations=<tmp>/data/bad/header_only.tsv"],
+     "<tmp>/data/bad/header_only.tsv holds a header and no image-caption rows"),
+    ("a calibration TSV with other columns", ["calib=cc3m", "calib.annotations=<tmp>/data/bad/other_columns.tsv"],
+     "<tmp>/data/bad/other_columns.tsv: its header ['file', 'text'] lacks the 'image' and 'caption' columns"),
+    ("a Latin-1 calibration TSV", ["calib=cc3m", "calib.annotations=<tmp>/data/bad/latin1.tsv"],
+     "<tmp>/data/bad/latin1.tsv is not UTF-8 (byte 0xe9"),
+    ("calibration images that are missing", ["calib=cc3m", "calib.annotations=<tmp>/data/bad/missing_images.tsv"],
+     "images tried fail to decode (first: <tmp>/data/bad/images/missing.jpg"),
+    ("a truncated calibration image", ["calib=cc3m", "calib.annotations=<tmp>/data/bad/truncated.tsv",
+                                       "calib.max_bad_fraction=0"],
+     "1 of 1 images tried fail to decode (first: <tmp>/data/bad/images/truncated.jpg"),
+    ("a caption JSON of the wrong shape", ["calib=cc3m", "calib.annotations=<tmp>/data/bad/wrong_shape.json"],
+     "<tmp>/data/bad/wrong_shape.json: neither a COCO caption file"),
+    ("a caption JSON that does not parse", ["calib=cc3m", "calib.annotations=<tmp>/data/bad/broken.json"],
+     "<tmp>/data/bad/broken.json: not valid JSON"),
+    ("an empty calibration text", ["model=llama_tiny", "calib=c4", "calib.source=<tmp>/data/bad/empty.txt",
+                                   "suite=shipped_text"],
+     "calibration text '<tmp>/data/bad/empty.txt' holds no text"),
+    ("a Latin-1 calibration text", ["model=llama_tiny", "calib=c4", "calib.source=<tmp>/data/bad/latin1.txt",
+                                    "suite=shipped_text"],
+     "<tmp>/data/bad/latin1.txt is not UTF-8 (byte 0xe9"),
 ]
+
+
+def write_bad_data(root: Path) -> None:
+    """The broken data files the inputs above name, under root/data/bad (root: the runs' <tmp>)."""
+    from PIL import Image
+
+    bad = root / "data" / "bad"
+    (bad / "images").mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (24, 24), (200, 40, 40)).save(bad / "images" / "good.jpg")
+    (bad / "images" / "truncated.jpg").write_bytes((bad / "images" / "good.jpg").read_bytes()[:60])
+    header = "image\tcaption\n"
+    (bad / "header_only.tsv").write_text(header)
+    (bad / "other_columns.tsv").write_text("file\ttext\nimages/good.jpg\ta red square\n")
+    (bad / "latin1.tsv").write_bytes((header + "images/good.jpg\tun caf\u00e9\n").encode("latin-1"))
+    (bad / "missing_images.tsv").write_text(header + "images/missing.jpg\ta cat\n" * 8)
+    (bad / "truncated.tsv").write_text(header + "images/truncated.jpg\ta red square\n")
+    (bad / "wrong_shape.json").write_text('{"captions": 3}')
+    (bad / "broken.json").write_text('[{"image": "images/good.jpg", "caption": ')
+    (bad / "empty.txt").write_text("\n\n")
+    (bad / "latin1.txt").write_bytes("un caf\u00e9 ".encode("latin-1") * 50)
 
 
 def shown(text: str) -> str:
@@ -190,7 +284,9 @@ def main() -> None:
             "|---|---|---|---|---|---|---|"]
     clear = expected_count = 0
     with tempfile.TemporaryDirectory() as tmp:
+        write_bad_data(Path(tmp))
         for what, overrides, expected in BAD_INPUTS:
+            overrides = [o.replace("<tmp>", tmp) for o in overrides]
             runs = Path(tmp) / "results" / "runs"
             before = set(runs.glob("*.json")) if runs.is_dir() else set()
             start = time.perf_counter()
@@ -205,7 +301,8 @@ def main() -> None:
             as_expected = expected.replace("<tmp>", tmp) in seen and not after - before
             expected_count += as_expected
             seen = seen.replace("|", "\\|")
-            rows.append(f"| {what} | `{' '.join(overrides)}` | {seen} | {done.returncode} | {seconds:.1f} | "
+            shown_overrides = " ".join(overrides).replace(tmp, "<tmp>")
+            rows.append(f"| {what} | `{shown_overrides}` | {seen} | {done.returncode} | {seconds:.1f} | "
                         f"{'yes' if after - before else 'no'} | {'yes' if as_expected else 'NO'} |")
             print(rows[-1], flush=True)
     table = "\n".join(rows)

@@ -22,7 +22,7 @@ from PIL import Image
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from bad_inputs import BAD_INPUTS  # noqa: E402
+from bad_inputs import BAD_INPUTS, write_bad_data  # noqa: E402
 
 from ecoflap_exp.config_schema import TOP_LEVEL_KEYS, check_config, top_level
 from ecoflap_exp.errors import ConfigError, UserError
@@ -82,8 +82,9 @@ WRONG_CHOICES = [
 def test_every_bad_input_of_the_troubleshooting_table_ends_as_listed(tmp_path, what, overrides, expected):
     """scripts/bad_inputs.py's inputs, in this process: each ends in the message listed for it (Hydra's
     own as it composes, ours as run() checks), in one line, and leaves no record."""
+    write_bad_data(tmp_path)
     with pytest.raises(Exception) as caught:  # noqa: PT011 - which type is the next assert's business
-        run(config(tmp_path, *overrides))
+        run(config(tmp_path, *(o.replace("<tmp>", str(tmp_path)) for o in overrides)))
     message = str(caught.value)
     assert expected.replace("<tmp>", str(tmp_path)) in message
     assert isinstance(caught.value, UserError) == ("Could not find" not in expected)

@@ -151,6 +151,9 @@ class TextCalibration(CalibrationSource):
 
     def check_data(self, count: int) -> None:
         self.documents = read_documents(self.source, self.how_to_get)  # tokenizing needs the model
+        if not any(doc.strip() for doc in self.documents):
+            raise UserError(f"calibration text {self.source!r} holds no text; give a file with documents to draw "
+                            f"calib.num_samples windows of calib.seqlen tokens from")
 
     def samples(self, adapter: ModelAdapter, count: int | None = None) -> list[torch.Tensor]:
         docs = self.documents or read_documents(self.source, self.how_to_get)
