@@ -230,10 +230,11 @@ def prune(model: nn.Module | ModelAdapter, calibration: Any, *, scorer: str = "u
     if per_matrix:
         for pattern_of_names, p in sparsity.items():
             check_sparsity(p, f"sparsity[{pattern_of_names!r}]")
+        target = 0.0
     elif pattern is not None:
         target = nm_sparsity(pattern, None if sparsity is None else check_sparsity(sparsity))
-    target = 0.0 if per_matrix else target if pattern is not None else check_sparsity(
-        0.5 if sparsity is None else sparsity)
+    else:
+        target = check_sparsity(0.5 if sparsity is None else sparsity)
     if (per_matrix or pattern is not None) and scorer != "uniform":
         raise UserError(f"scorer={scorer} plans block sparsities, but sparsity={sparsity} / nm={nm} fixes them; use "
                         f"scorer='uniform'")

@@ -1,6 +1,6 @@
-"""Run each bad input of README's troubleshooting table through run.py (the default digits model,
-one torch thread, a fresh results folder) and print the table: what the user sees, the exit
-status, the seconds it took, and whether it left a record.
+"""Run each bad input of docs/troubleshooting.md through run.py (the default digits model, one torch
+thread, a fresh results folder) and print the table: what the user sees, the exit status, the
+seconds it took, whether it left a record and whether it ended as listed.
 
     python scripts/bad_inputs.py [--out bad_inputs.md]
 """

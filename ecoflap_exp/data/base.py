@@ -95,7 +95,6 @@ class CalibrationSource(Typed, ABC):
         if self.augment != "train" and not adapter.collate_draws:
             return None
         held: list[Any] = []
-        passes: list[str] = []
 
         def redraw(key: str, count: int | None) -> list[Batch]:
             count = count or self.num_samples
@@ -103,8 +102,7 @@ class CalibrationSource(Typed, ABC):
                 held[:] = self.checked_samples(adapter, count)
             seed = zlib.crc32(f"{self.seed}/{key}".encode())
             adapter.seed_collate(seed)
-            passes.append(key)
-            self.identity = {**self.identity, "redrawn_passes": len(passes)}
+            self.identity = {**self.identity, "redrawn_passes": self.identity.get("redrawn_passes", 0) + 1}
             return self.collated(adapter, held[:count], seed)
 
         return redraw

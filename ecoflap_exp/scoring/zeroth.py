@@ -85,7 +85,7 @@ class ZerothOrderScorer(BlockScorer):
         matrices = list(adapter.matrices())
         per_matrix = {}
         for index, m in enumerate(track(matrices, "zeroth-order scores", total=len(matrices))):
-            seen = self.reads(redraw(f"zeroth/{m.name}", self.num_samples), None) if redraw else batches
+            seen = redraw(f"zeroth/{m.name}", self.num_samples) if redraw else batches
             per_matrix[m.name] = self.estimate(m, index, [partial(adapter.loss, b) for b in seen])
         return per_matrix
 
