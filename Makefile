@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
 
-.PHONY: install run test lint bench tables
+.PHONY: install run test lint bench tables docs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,11 +20,14 @@ run: install
 tables: install
 	$(PY) scripts/make_tables.py
 
-test: install
-	$(PY) -m pytest -q
+test: install  # FAST=1 skips the slow end-to-end runs
+	$(PY) -m pytest -q $(if $(FAST),-m "not slow")
 
 lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
 	$(PY) scripts/bench_prune.py
+
+docs: install  # the documentation site (docs/, mkdocs.yml) into build/site; warnings are errors
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site

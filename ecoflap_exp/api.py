@@ -14,12 +14,11 @@ per matrix name (unmatched matrices are kept dense); `nm="2:4"`; `targets`/`igno
 matrix names (as llm-compressor's) choosing which matrices are pruned. `redraw=True` (a calibration
 source only): each further pass over the data draws fresh training views and prefix splits, as the
 official code's DataLoader does (the command line's `redraw_calibration`). The runner (ecoflap_exp.runner)
-scores through the same `scores_for` and prunes with the same engine.
+prunes through the same core (ecoflap_exp.oneshot: the same target, checks and pass).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,50 +26,21 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from ecoflap_exp.allocation.base import Allocation, Groups, Sketches
 from ecoflap_exp.config_schema import check_node
 from ecoflap_exp.data.base import CalibrationSource
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
-from ecoflap_exp.models.seam import Batch, Redraw
-from ecoflap_exp.pruning.base import LocalPruner
-from ecoflap_exp.pruning.engine import Plan, SequentialEngine
-from ecoflap_exp.pruning.masks import check_sparsity, nm_sparsity, parse_nm
-from ecoflap_exp.pruning.verify import verify
-from ecoflap_exp.scoring.base import BlockScorer, first_samples, samples_in
-from ecoflap_exp.scoring.sketches import weight_sketches
-from ecoflap_exp.tower_outputs import DEFAULT_BUDGET_GB, tower_outputs
+from ecoflap_exp.models.registry import adapter_wrapping
+from ecoflap_exp.models.seam import Batch
+from ecoflap_exp.oneshot import Calibration, Method, Selection, Target, check_fits, check_weights, prune_with
+from ecoflap_exp.plugins import build
+from ecoflap_exp.scoring.base import first_samples, samples_in
+from ecoflap_exp.tower_outputs import DEFAULT_BUDGET_GB
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def wrapping_adapters() -> tuple[type[ModelAdapter], ...]:
-    """The adapters that wrap an already-loaded model, tried in order (imported here, on first
-    use: their libraries would double the command line's start-up)."""
-    from ecoflap_exp.models.causal_lm import CausalLMAdapter
-    from ecoflap_exp.models.open_clip import OpenCLIPAdapter
-    from ecoflap_exp.models.vit import HFViTAdapter, TimmViTAdapter
-
-    return CausalLMAdapter, OpenCLIPAdapter, TimmViTAdapter, HFViTAdapter
-
-
-def build(node: DictConfig) -> Any:
-    """hydra.utils.instantiate, letting a plugin's UserError through as itself (Hydra wraps every
-    error of a constructor in its own exception type, which would bury the message)."""
-    try:
-        return instantiate(node)
-    except InstantiationException as err:
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, UserError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
 
 
 @dataclass
@@ -102,31 +72,11 @@ def composed(scorer: str, pruner: str, allocation: str | None, overrides: Sequen
 
 def adapter_of(model: nn.Module | ModelAdapter, adapter: type[ModelAdapter] | None = None,
                **settings: Any) -> ModelAdapter:
-    """The model's adapter: itself if it is one, else the named adapter class's or the first of
-    wrapping_adapters() that wraps it, around the model as it is (nothing loads)."""
+    """The model's adapter: itself if it is one, else the named adapter class's or the family's
+    that claims it (models.registry), around the model as it is (nothing loads)."""
     if isinstance(model, ModelAdapter):
         return model
-    if adapter is None:
-        adapter = next((cls for cls in wrapping_adapters() if cls.wraps(model)), None)
-    if adapter is None:
-        known = ", ".join(cls.__name__ for cls in wrapping_adapters())
-        raise UserError(f"no adapter wraps a {type(model).__module__}.{type(model).__name__}; pass adapter=<one of "
-                        f"{known}> or an adapter built from its config")
-    return adapter.wrapping(model, **settings)
-
-
-def check_weights(adapter: ModelAdapter) -> None:
-    """UserError for a model that cannot be pruned as it is: weights on the meta device (never
-    loaded) or NaN/inf weights (a broken checkpoint)."""
-    params = list(adapter.model.named_parameters())
-    meta = [name for name, p in params if p.is_meta]
-    if meta:
-        raise UserError(f"{len(meta)} parameters ({', '.join(meta[:3])}{', ...' if len(meta) > 3 else ''}) are on the "
-                        f"meta device: the model was never loaded; load its weights (or materialise it) first")
-    bad = [name for name, p in params if not torch.isfinite(p).all()]
-    if bad:
-        raise UserError(f"the loaded model holds NaN/inf weights in {len(bad)} parameters ({', '.join(bad[:3])}"
-                        f"{', ...' if len(bad) > 3 else ''}): the checkpoint is broken; re-download or re-save it")
+    return (adapter or adapter_wrapping(model)).wrapping(model, **settings)
 
 
 def check_token_ids(adapter: ModelAdapter, ids: torch.Tensor) -> None:
@@ -140,18 +90,25 @@ def check_token_ids(adapter: ModelAdapter, ids: torch.Tensor) -> None:
                         f"vocabulary of {rows} ids; tokenize with the model's own tokenizer")
 
 
-def batches_of(adapter: ModelAdapter, calibration: Any, batch_size: int, count: int | None) -> tuple[
-        list[Batch], list[Batch]]:
-    """(the pruner's batches, the batches drawn on to `count` samples for a scorer that reads more)."""
+def calibration_of(adapter: ModelAdapter, calibration: Any, batch_size: int, count: int | None,
+                   redraw: bool) -> tuple[Calibration, int, int]:
+    """The calibration as batches (the pruner's, and those drawn on to `count` samples for a scorer
+    that reads more; with `redraw`, fresh draws per pass), the pruner's sample count and the batch size."""
     if isinstance(calibration, CalibrationSource):
         extended = calibration.batches(adapter, count)
-        return first_samples(extended, calibration.num_samples), extended
+        draws = calibration.redrawing(adapter) if redraw else None
+        return (Calibration(first_samples(extended, calibration.num_samples), extended, draws),
+                calibration.num_samples, calibration.batch_size)
+    if redraw:
+        raise UserError("redraw=True draws the calibration again, which needs a calibration source "
+                        "(ecoflap_exp.data); pass one, or leave redraw out")
     items = list(calibration)
     if not items:
         raise UserError("calibration is empty; pass token-id tensors, batches or a calibration source")
     for item in items:
         if isinstance(item, torch.Tensor):
             check_token_ids(adapter, item)
+    batches: list[Batch]
     if all(isinstance(item, dict) for item in items):
         batches = items
     elif all(isinstance(item, torch.Tensor) and item.dim() == 2 for item in items):
@@ -162,61 +119,7 @@ def batches_of(adapter: ModelAdapter, calibration: Any, batch_size: int, count: 
     if count is not None and count > held:
         raise UserError(f"the scorer reads {count} calibration samples but {held} were given; pass more, or a "
                         f"calibration source that can draw them")
-    return batches, batches
-
-
-def selected_plan(plan: Plan, adapter: ModelAdapter, sparsity: float | dict[str, float],
-                  targets: Sequence[str] | None, ignore: Sequence[str] | None) -> Plan:
-    """The plan restricted to the chosen matrices: per-matrix sparsities from a {regex: p} dict
-    (first match wins), and matrices outside `targets` or inside `ignore` at 0."""
-    out = dict(plan)
-    for block in adapter.blocks():
-        for m in block.matrices:
-            if isinstance(sparsity, dict):
-                out[m.name] = next((p for pattern, p in sparsity.items() if re.search(pattern, m.name)), 0.0)
-            chosen = (targets is None or any(re.search(t, m.name) for t in targets)) and not any(
-                re.search(i, m.name) for i in ignore or ())
-            if not chosen:
-                out[m.name] = 0.0
-    return out
-
-
-def check_selection(adapter: ModelAdapter, per_matrix: dict[str, float] | None, targets: Sequence[str] | None,
-                    ignore: Sequence[str] | None) -> None:
-    """UserError when the regexes choosing the pruned matrices leave none (the model would stay
-    dense and be reported as pruned)."""
-    names = [m.name for m in adapter.matrices()]
-    kept = [n for n in names if not any(re.search(i, n) for i in ignore or ())]
-    hint = f"(the model would stay dense); matrix names look like {names[0]!r}"
-    if not kept:
-        raise UserError(f"ignore={list(ignore or ())} matches every matrix {hint}")
-    for what, patterns in (("sparsity", per_matrix), ("targets", targets)):
-        if patterns is not None and not any(re.search(p, n) for p in patterns for n in kept):
-            raise UserError(f"{what}={patterns} matches no matrix left to prune {hint}")
-
-
-def method_name(scorer: BlockScorer, allocation: Allocation, pruner: LocalPruner) -> str:
-    """The method as the papers name it: `wanda`, `ecoflap-zeroth+wanda`, `id-global-wanda+wanda`."""
-    choice = "-".join(part for part in (scorer.name, allocation.name) if part)
-    return f"{choice}+{pruner.name}" if choice else pruner.name
-
-
-def scores_for(adapter: ModelAdapter, batches: list[Batch], extended: list[Batch], scorer: BlockScorer,
-               allocation: Allocation, redraw: Redraw | None = None) -> tuple[dict[str, float], Sketches | None]:
-    """The block scores, and the weight sketches the allocation ranks (None if it needs none):
-    what does not depend on the sparsity (the runner caches it across a sweep)."""
-    scores = scorer.scores(adapter, batches, extended, redraw)
-    sketches = (weight_sketches(adapter, batches, allocation.sketch_score, allocation.sketch_quantiles)
-                if allocation.sketch_quantiles else None)
-    return scores, sketches
-
-
-def plan_for(adapter: ModelAdapter, batches: list[Batch], extended: list[Batch], scorer: BlockScorer,
-             allocation: Allocation, sparsity: float, max_sparsity: float, redraw: Redraw | None = None
-             ) -> tuple[dict[str, float], Plan]:
-    """The block scores and the allocation's plan of them."""
-    scores, sketches = scores_for(adapter, batches, extended, scorer, allocation, redraw)
-    return scores, allocation.plan(scores, Groups.of(adapter), sparsity, max_sparsity, sketches)
+    return Calibration(batches), held, samples_in(batches[0])
 
 
 def prune(model: nn.Module | ModelAdapter, calibration: Any, *, scorer: str = "uniform", pruner: str = "wanda",
@@ -225,40 +128,24 @@ def prune(model: nn.Module | ModelAdapter, calibration: Any, *, scorer: str = "u
           batch_size: int = 8, adapter: type[ModelAdapter] | None = None, overrides: Sequence[str] = (),
           cache_gb: float = DEFAULT_BUDGET_GB, redraw: bool = False, **adapter_settings: Any) -> PruneReport:
     """Prune `model` in place and report what was done (see the module's docstring)."""
-    pattern = parse_nm(nm)
-    per_matrix = isinstance(sparsity, dict)
-    if per_matrix:
-        for pattern_of_names, p in sparsity.items():
-            check_sparsity(p, f"sparsity[{pattern_of_names!r}]")
-        target = 0.0
-    elif pattern is not None:
-        target = nm_sparsity(pattern, None if sparsity is None else check_sparsity(sparsity))
-    else:
-        target = check_sparsity(0.5 if sparsity is None else sparsity)
-    if (per_matrix or pattern is not None) and scorer != "uniform":
+    per_matrix = sparsity if isinstance(sparsity, dict) else None
+    selection = Selection(per_matrix, targets, tuple(ignore or ()))
+    if (per_matrix is not None or nm) and scorer != "uniform":
         raise UserError(f"scorer={scorer} plans block sparsities, but sparsity={sparsity} / nm={nm} fixes them; use "
                         f"scorer='uniform'")
+    cfg = composed(scorer, pruner, allocation, overrides)
+    target = Target.of(None if per_matrix is not None else sparsity, nm, max_sparsity, cfg.max_sparsity_delta)
     wrapped = adapter_of(model, adapter, **adapter_settings)
     check_weights(wrapped)
-    check_selection(wrapped, sparsity if per_matrix else None, targets, ignore)
-    cfg = composed(scorer, pruner, allocation, overrides)
+    check_fits(wrapped, target.nm)
+    selection.check(wrapped)
     for group in ("scorer", "allocation", "pruner"):  # typed and checked as the command line checks them
         check_node(cfg._get_node(group), f"{group}.")
-    block_scorer, allocator, local_pruner = build(cfg.scorer), build(cfg.allocation), build(cfg.pruner)
-    if redraw and not isinstance(calibration, CalibrationSource):
-        raise UserError("redraw=True draws the calibration again, which needs a calibration source "
-                        "(ecoflap_exp.data); pass one, or leave redraw out")
-    batches, extended = batches_of(wrapped, calibration, batch_size, block_scorer.samples_needed)
-    draws = calibration.redrawing(wrapped) if redraw else None
-    ceiling = max_sparsity if max_sparsity is not None else min(target + cfg.max_sparsity_delta, 1.0)
-    with tower_outputs(wrapped, cache_gb):
-        if per_matrix:
-            scores, plan = {}, dict.fromkeys((b.name for b in wrapped.blocks()), 0.0)
-        else:
-            scores, plan = plan_for(wrapped, batches, extended, block_scorer, allocator, target, ceiling, draws)
-        if per_matrix or targets is not None or ignore:
-            plan = selected_plan(plan, wrapped, sparsity, targets, ignore)
-        reports = SequentialEngine(wrapped, local_pruner, plan, pattern, wrapped.device).run(batches, draws)
-    achieved = verify(wrapped, plan, pattern, reports, exact=local_pruner.count == "exact")
-    return PruneReport(method_name(block_scorer, allocator, local_pruner), scores, plan, achieved,
-                       [r.as_dict() for r in reports], dict(block_scorer.info))
+    method = Method(build(cfg.scorer), build(cfg.allocation), build(cfg.pruner))
+    method.check(target)
+    batches, num_samples, held_batch = calibration_of(wrapped, calibration, batch_size, method.scorer.samples_needed,
+                                                      redraw)
+    method.check_samples(num_samples, held_batch)
+    pruned = prune_with(wrapped, batches, method, target, selection=selection, cache_gb=cache_gb)
+    return PruneReport(method.name, pruned.scored.scores, pruned.plan, pruned.achieved,
+                       [r.as_dict() for r in pruned.reports], pruned.scored.info)

@@ -10,33 +10,32 @@ are captured (scoring walks and the pruning engine), the towers T reads are serv
 (exact: stored under the weights they have now), and towers beside T, whose output cannot reach
 T's first block, may be served an output stored under older weights (its value is never used).
 
-One scope per prune (`tower_outputs(adapter, budget_gb)`, reentrant) holds the outputs, within a
-budget in GB; on an accelerator they are kept in CPU memory and copied back when served. The
-engine calls `changed(tower)` once it has pruned a tower, which outdates what that tower and the
-towers reading it stored.
+One `TowerOutputs(adapter, budget_gb)` per prune, a context manager handed to whoever runs the
+model (scorers, the pruning engine, the walks they share), holds the outputs within a budget in
+GB; on an accelerator they are kept in CPU memory and copied back when served. Leaving it drops
+what it stored. The engine calls `changed(tower)` once it has pruned a tower, which outdates what
+that tower and the towers reading it stored.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, Tower
+from ecoflap_exp.module_hooks import replacing_forward
 
 log = logging.getLogger(__name__)
 
-#: the budget a scorer's own scope gets when no run opened one
+#: the budget of a prune's outputs unless its caller sets one (cache_gb), and of a scorer's or
+#: engine's own when it is handed none
 DEFAULT_BUDGET_GB = 4.0
-
-_ACTIVE: weakref.WeakKeyDictionary[ModelAdapter, TowerOutputs] = weakref.WeakKeyDictionary()
 
 
 def carry(obj: Any, device: torch.device | None) -> Any:
@@ -75,10 +74,13 @@ class Stored:
     spilled: bool
 
 
-@dataclass
+@dataclass(eq=False)
 class TowerOutputs:
+    """The stored outputs of one adapter's towers; `with TowerOutputs(adapter, budget_gb) as outputs:`
+    drops them at the end."""
+
     adapter: ModelAdapter
-    budget_gb: float
+    budget_gb: float = DEFAULT_BUDGET_GB
     towers: dict[str, Tower] = field(init=False)
     #: per tower, the towers whose weights its output can depend on
     upstream: dict[str, set[str]] = field(init=False)
@@ -102,6 +104,14 @@ class TowerOutputs:
                 inside = {id(m) for m in t.root.modules()}
                 direct |= {u.name for u in all_towers if u is not t and any(id(b.module) in inside for b in u.blocks)}
             self.upstream[t.name] = direct.union(*(self.upstream.get(u, set()) for u in direct))
+
+    def __enter__(self) -> TowerOutputs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stored.clear()
+        self.batches.clear()
+        self.bytes = 0
 
     def reads(self, tower: str, other: str) -> bool:
         """Whether `tower`'s output can depend on `other`'s weights."""
@@ -139,22 +149,14 @@ class TowerOutputs:
     def serving(self, towers: dict[str, bool]) -> Iterator[None]:
         """Within, the roots of `towers` return stored outputs (stored on first use); the flag says
         whether an output stored under older weights will do."""
-        previous = {}
-        for name, any_version in towers.items():
-            root = self.towers[name].root
-            previous[name] = vars(root).get("forward")
-            root.forward = self.served_forward(name, root, any_version)
-        try:
+        with replacing_forward({self.towers[name].root: self.served_forward(name, any_version)
+                                for name, any_version in towers.items()}):
             yield
-        finally:
-            for name, forward in previous.items():
-                root = self.towers[name].root
-                if forward is None:
-                    del root.forward
-                else:
-                    root.forward = forward
 
-    def served_forward(self, name: str, root: nn.Module, any_version: bool) -> Any:
+    def served_forward(self, name: str, any_version: bool) -> Callable[..., Any]:
+        """The forward of tower `name`'s root that serves its stored outputs (the class's own
+        forward, whatever replaced it on the instance, computes what is not stored)."""
+        root = self.towers[name].root
         run = type(root).forward.__get__(root)
 
         def forward(*args: Any, **kwargs: Any) -> Any:
@@ -187,22 +189,3 @@ class TowerOutputs:
         self.stored[key] = Stored(carry(out, torch.device("cpu") if spill else None), self.key_versions(name), call,
                                   spill)
         self.bytes += size
-
-
-@contextlib.contextmanager
-def tower_outputs(adapter: ModelAdapter, budget_gb: float | None = None) -> Iterator[TowerOutputs]:
-    """The adapter's scope of stored tower outputs: the open one, or a new one for the duration."""
-    if adapter in _ACTIVE:
-        yield _ACTIVE[adapter]
-        return
-    scope = TowerOutputs(adapter, DEFAULT_BUDGET_GB if budget_gb is None else budget_gb)
-    _ACTIVE[adapter] = scope
-    try:
-        yield scope
-    finally:
-        del _ACTIVE[adapter]
-
-
-def active(adapter: ModelAdapter) -> TowerOutputs | None:
-    """The adapter's open scope, if a prune or a scorer opened one."""
-    return _ACTIVE.get(adapter)

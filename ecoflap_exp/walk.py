@@ -3,7 +3,7 @@ statistics from real tokens, and walk the tower block by block.
 
 `capture_inputs` runs the model once per calibration batch up to the tower's first block and keeps
 that block's inputs (hidden states, every other argument, the tower's token masks of the batch);
-towers whose outputs cannot have changed are served from tower_outputs when a scope is open.
+towers whose outputs cannot have changed are served from the TowerOutputs it is handed, if any.
 `capture_arguments` also keeps what the model's forward hands every later block besides its hidden
 states (the tower's blocks pass their input through meanwhile, computing nothing): blocks need not
 share their arguments (Gemma-3 alternates sliding-window and global attention, each with its own
@@ -11,14 +11,13 @@ mask and rotary table; Qwen2.5-VL's ViT alternates windowed and full attention, 
 sequence boundaries). `walk_tower` then hands each block its inputs over all batches and, once the
 consumer is done with it (it may have pruned it), re-runs the block to make the next block's
 inputs: its output as hidden states with the next block's own arguments. `collect_stats`
-runs one block over its inputs with hooks that feed each matrix's statistics. Beyond the model,
-memory holds one block's inputs and one block's statistics.
+runs one block over its inputs observing its matrices' inputs, which feed each matrix's
+statistics. Beyond the model, memory holds one block's inputs and one block's statistics.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -29,8 +28,9 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.input_stats import InputStats
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, Tower
+from ecoflap_exp.module_hooks import observing_matrices, replacing_forward
 from ecoflap_exp.progress import track
-from ecoflap_exp.tower_outputs import TowerOutputs, active
+from ecoflap_exp.tower_outputs import TowerOutputs
 
 
 def move(obj: Any, device: torch.device) -> Any:
@@ -51,39 +51,28 @@ class _Reached(Exception):
     """Raised inside the model's forward once the tower's blocks have their inputs."""
 
 
-@contextlib.contextmanager
-def passing_through(skipped: list[tuple[Tower, Block]]) -> Iterator[None]:
+def passing_through(skipped: list[tuple[Tower, Block]]) -> contextlib.AbstractContextManager[None]:
     """Within, each block returns its input as its tower hands it on (Tower.passthrough), computing
-    nothing; each block's own `forward` attribute (another patch's, or none) is restored after."""
-    saved = [(block.module, vars(block.module).get("forward")) for _, block in skipped]
-    try:
-        for tower, block in skipped:
-            block.module.forward = partial(skipped_forward, tower)
-        yield
-    finally:
-        for module, previous in saved:
-            if previous is None:
-                vars(module).pop("forward", None)
-            else:
-                module.forward = previous
+    nothing."""
+    return replacing_forward({block.module: partial(skipped_forward, tower) for tower, block in skipped})
 
 
 def skipped_forward(tower: Tower, *args: Any, **kwargs: Any) -> Any:
     return tower.passthrough(args, kwargs)
 
 
-def capture_inputs(adapter: ModelAdapter, tower: Tower, batches: list[Batch]) -> list[BlockInput]:
-    """The inputs of the tower's first block per batch; within an open tower_outputs scope, the
-    towers it reads and those beside it are served their stored outputs."""
-    return [per_block[0] for per_block in capture_arguments(adapter, tower, batches, 1)]
+def capture_inputs(adapter: ModelAdapter, tower: Tower, batches: list[Batch], outputs: TowerOutputs | None = None
+                   ) -> list[BlockInput]:
+    """The inputs of the tower's first block per batch; with `outputs`, the towers it reads and
+    those beside it are served their stored outputs."""
+    return [per_block[0] for per_block in capture_arguments(adapter, tower, batches, 1, outputs)]
 
 
-def capture_arguments(adapter: ModelAdapter, tower: Tower, batches: list[Batch], count: int | None = None
-                      ) -> list[list[BlockInput]]:
+def capture_arguments(adapter: ModelAdapter, tower: Tower, batches: list[Batch], count: int | None = None,
+                      outputs: TowerOutputs | None = None) -> list[list[BlockInput]]:
     """Per batch, what the model's forward hands each of the tower's first `count` blocks (all by
     default): block 0's whole input, the others' arguments (their hidden states are block 0's,
-    passed through)."""
-    outputs = active(adapter)
+    passed through); with `outputs`, served as in capture_inputs."""
     with outputs.serving(outputs.capturing(tower.name)) if outputs else contextlib.nullcontext():
         return _capture(adapter, tower, batches, outputs, count or len(tower.blocks))
 
@@ -149,9 +138,9 @@ def collect_stats(
     tower: Tower, block: Block, inputs: list[BlockInput], new_stats: Callable[[int, torch.device], InputStats],
     device: torch.device, pads: bool = False,
 ) -> dict[PrunableMatrix, InputStats]:
-    """Run the block over every cached input with hooks that feed each matrix's statistics, from
-    the real tokens of each input (its stream's mask; pads never enter), or with `pads` from every
-    token.
+    """Run the block over every cached input observing its matrices' inputs, which feed each
+    matrix's statistics from the real tokens of each input (its stream's mask; pads never enter),
+    or with `pads` from every token.
 
     Matrices handed the very same input tensor (q, k and v; gate and up) share one statistics
     object, so it is accumulated and stored once (a SparseGPT Hessian is cols x cols).
@@ -162,34 +151,24 @@ def collect_stats(
     seen: list[tuple[torch.Tensor, InputStats]] = []
     current: list[BlockInput] = []
 
-    def observe(matrices: list[PrunableMatrix], args: tuple, kwargs: dict) -> None:
-        for m in matrices:
-            x = m.input_of(args, kwargs)
-            same = next((st for t, st in seen if t is x), None)
-            if m not in stats:
-                stats[m] = same or new_stats(m.shape[1], device)
-            if same is None:
-                seen.append((x, stats[m]))
-                stats[m].add(*real_tokens(m, x, {} if pads else current[0].masks))
-            elif same is not stats[m]:
-                raise RuntimeError(f"{m.name}: its input was shared differently in an earlier batch")
+    def observe(m: PrunableMatrix, x: torch.Tensor, _output: Any) -> None:
+        same = next((st for t, st in seen if t is x), None)
+        if m not in stats:
+            stats[m] = same or new_stats(m.shape[1], device)
+        if same is None:
+            seen.append((x, stats[m]))
+            stats[m].add(*real_tokens(m, x, {} if pads else current[0].masks))
+        elif same is not stats[m]:
+            raise RuntimeError(f"{m.name}: its input was shared differently in an earlier batch")
 
-    by_module: dict[torch.nn.Module, list[PrunableMatrix]] = defaultdict(list)
-    for m in block.matrices:
-        by_module[m.input_module].append(m)
-    handles = [
-        mod.register_forward_hook(lambda _mod, args, kwargs, _out, ms=ms: observe(ms, args, kwargs), with_kwargs=True)
-        for mod, ms in by_module.items()
-    ]
     try:
-        for inp in inputs:
-            seen.clear()
-            current[:] = [inp]
-            tower.run_block(block, inp)
+        with observing_matrices(block.matrices, observe):
+            for inp in inputs:
+                seen.clear()
+                current[:] = [inp]
+                tower.run_block(block, inp)
     finally:
         seen.clear()
-        for h in handles:
-            h.remove()
     return {m: stats[m] for m in block.matrices}
 
 
@@ -201,14 +180,16 @@ def walk_tower(
     offload: bool = False,
     description: str = "",
     after: Callable[[Block, list[BlockInput]], None] | None = None,
+    outputs: TowerOutputs | None = None,
 ) -> Iterator[tuple[Block, list[BlockInput]]]:
     """Yield each block of a tower with its inputs over all calibration batches.
 
-    The inputs of block 0 come from running the model; after the consumer is done with a block
+    The inputs of block 0 come from running the model (other towers served from `outputs`, if
+    given, as in capture_inputs); after the consumer is done with a block
     (it may have pruned it), the block is re-run to turn its inputs into the next block's, which
     `after(block, outputs)` may inspect.
     """
-    captured = capture_arguments(adapter, tower, batches)
+    captured = capture_arguments(adapter, tower, batches, outputs=outputs)
     inputs = [move(per_block[0], device) for per_block in captured]
     # later blocks' own arguments only: their captured hidden states are block 0's, not kept alive
     arguments = [[(inp.args, inp.kwargs) for inp in per_block[1:]] for per_block in captured]

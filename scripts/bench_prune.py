@@ -53,6 +53,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from instrumentation import plain_forwards  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ecoflap_exp.allocation.base import Groups  # noqa: E402
@@ -71,8 +72,8 @@ from ecoflap_exp.scoring.first import FirstOrderScorer  # noqa: E402
 from ecoflap_exp.scoring.zeroth import ZerothOrderScorer  # noqa: E402
 from ecoflap_exp.walk import walk_tower  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_reference_pruners import ist_fasterprune  # noqa: E402  (the reference's code, as the tests transcribe it)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.pruning.test_sparsegpt import ist_fasterprune  # noqa: E402  (the reference's code, as the tests transcribe it)
 
 PRUNERS = {"wanda": WandaPruner, "sparsegpt": SparseGPTPruner, "magnitude": MagnitudePruner}
 CAPTIONS = ["a man riding a horse on a sunny beach", "two dogs playing with a red ball in the park",
@@ -219,9 +220,7 @@ def run_pass(name: str, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     extra: dict[str, Any] = {}
     if name == "forward":
-        with torch.no_grad():
-            for batch in batches:
-                adapter.forward(batch)
+        plain_forwards(adapter, batches)
     else:
         extra = prune(adapter, batches, name, args)
     if device.type == "cuda":

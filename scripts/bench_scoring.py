@@ -46,12 +46,15 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from instrumentation import count_block_forwards, plain_forwards  # noqa: E402
 
 from ecoflap_exp.models.causal_lm import CausalLMAdapter  # noqa: E402
 from ecoflap_exp.models.seam import Tower  # noqa: E402
 from ecoflap_exp.scoring.first import FirstOrderScorer  # noqa: E402
-from ecoflap_exp.scoring.intrinsic_dim import IntrinsicDimensionScorer, twonn, twonn_blocks  # noqa: E402
-from ecoflap_exp.scoring.zeroth import ZerothOrderScorer, count_block_forwards  # noqa: E402
+from ecoflap_exp.scoring.id_estimators import twonn, twonn_blocks  # noqa: E402
+from ecoflap_exp.scoring.intrinsic_dim import IntrinsicDimensionScorer  # noqa: E402
+from ecoflap_exp.scoring.zeroth import ZerothOrderScorer  # noqa: E402
+from ecoflap_exp.tower_outputs import TowerOutputs  # noqa: E402
 
 ZEROTH_VARIANTS = {"zeroth_official": {"reuse_prefix": False, "reuse_towers": False},
                    "zeroth_prefix": {"reuse_prefix": True, "reuse_towers": False},
@@ -93,8 +96,9 @@ def build_towers(model: str) -> tuple[Any, list[dict]]:
     import numpy as np
     from PIL import Image
 
-    from ecoflap_exp.api import build, composed
+    from ecoflap_exp.api import composed
     from ecoflap_exp.models.blip2 import Blip2Adapter
+    from ecoflap_exp.plugins import build
 
     setting = TOWER_SETTINGS[model]
     if model == "digits_clip":
@@ -117,10 +121,8 @@ def forward_bound(adapter: Any, batches: list[dict]) -> dict[str, int]:
     without: each perturbed loss of block i of tower T runs T's blocks i.. and every tower that
     reads T; each tower's walk re-runs its blocks once per batch; each tower whose output another
     tower's loss or capture is served computes it once per batch."""
-    from ecoflap_exp.tower_outputs import tower_outputs
-
     towers, B = adapter.towers(), len(batches)
-    with tower_outputs(adapter, 0.0) as outputs:
+    with TowerOutputs(adapter, 0.0) as outputs:
         readers = {t.name: [u for u in adapter.all_towers() if u.name != t.name and outputs.reads(u.name, t.name)]
                    for t in towers}
         served = {u for t in adapter.all_towers() for u in outputs.unchanged_by(t.name)} | {
@@ -141,19 +143,16 @@ def forward_bound(adapter: Any, batches: list[dict]) -> dict[str, int]:
 
 
 def run_tower_pass(name: str, model: str) -> dict[str, Any]:
-    from ecoflap_exp.tower_outputs import tower_outputs
-
     adapter, batches = build_towers(model)
     out: dict[str, Any] = {"pass": name, "model": model, "threads": torch.get_num_threads()}
     start, cpu = time.perf_counter(), time.process_time()
-    with torch.no_grad(), tower_outputs(adapter, 4.0) as outputs:
+    with torch.no_grad(), TowerOutputs(adapter, 4.0) as outputs:
         if name == "forward":
-            for batch in batches:
-                adapter.forward(batch)
+            plain_forwards(adapter, batches)
         else:
             scorer = ZerothOrderScorer(num_samples=TOWER_SETTINGS[model]["samples"], **ZEROTH_VARIANTS[name])
             with count_block_forwards(adapter) as counter:
-                scorer.scores(adapter, batches)
+                scorer.scores(adapter, batches, outputs=outputs)
             out["block_forwards"] = counter.by_tower
             out["stored_gb"] = outputs.bytes / 2**30
     out["seconds"], out["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu
@@ -179,9 +178,7 @@ def run_pass(name: str, setting: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     extra: dict[str, Any] = {}
     if name == "forward":
-        with torch.no_grad():
-            for batch in batches:
-                adapter.forward(batch)
+        plain_forwards(adapter, batches)
     elif name.startswith("zeroth"):
         if name == "zeroth_block0":
             adapter.__class__ = FirstBlockOnly

@@ -11,7 +11,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.runner import build
+from ecoflap_exp.plugins import build
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

@@ -6,22 +6,23 @@ import logging
 
 import pytest
 import torch
-from test_blip2 import batches as blip2_batches
-from test_blip2 import tiny
-from test_open_clip import batches as clip_batches
-from test_open_clip import tiny_clip
 from transformers.modeling_outputs import BaseModelOutput
 
 from ecoflap_exp.pruning.engine import SequentialEngine
 from ecoflap_exp.pruning.wanda import WandaPruner
-from ecoflap_exp.scoring.zeroth import ZerothOrderScorer, count_block_forwards
-from ecoflap_exp.tower_outputs import carry, tower_outputs
+from ecoflap_exp.scoring.zeroth import ZerothOrderScorer
+from ecoflap_exp.tower_outputs import TowerOutputs, carry
+from scripts.instrumentation import count_block_forwards
+from tests.models.test_blip2 import batches as blip2_batches
+from tests.models.test_blip2 import tiny
+from tests.models.test_open_clip import batches as clip_batches
+from tests.models.test_open_clip import tiny_clip
 
 
-def zeroth(adapter, batches, reuse_towers):
+def zeroth(adapter, batches, reuse_towers, outputs=None):
     scorer = ZerothOrderScorer(num_samples=8, granularity="matrix", reuse_towers=reuse_towers)
     with count_block_forwards(adapter) as counter:
-        scores = scorer.scores(adapter, batches)
+        scores = scorer.scores(adapter, batches, outputs=outputs)
     return scores, counter.by_tower
 
 
@@ -82,10 +83,10 @@ def test_engine_masks_equal_the_uncached_engine(make):
     for budget in (4.0, 0.0):
         adapter = make()
         batches = clip_batches(adapter) if make is tiny_clip else blip2_batches(adapter)
-        with tower_outputs(adapter, budget), count_block_forwards(adapter) as counter:
-            ZerothOrderScorer(num_samples=8).scores(adapter, batches)
+        with TowerOutputs(adapter, budget) as outputs, count_block_forwards(adapter) as counter:
+            ZerothOrderScorer(num_samples=8).scores(adapter, batches, outputs=outputs)
             plan = {b.name: 0.5 for b in adapter.blocks()}
-            SequentialEngine(adapter, WandaPruner(), plan).run(batches)
+            SequentialEngine(adapter, WandaPruner(), plan, outputs=outputs).run(batches)
         results.append([m.weight.clone() for m in adapter.matrices()])
         counts.append(counter.real)
     assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
@@ -95,9 +96,9 @@ def test_engine_masks_equal_the_uncached_engine(make):
 def test_a_full_budget_recomputes_and_says_so(caplog):
     adapter = tiny("t5")
     batches = blip2_batches(adapter)
-    with caplog.at_level(logging.INFO), tower_outputs(adapter, 1e-9) as outputs:
-        scores = ZerothOrderScorer(num_samples=8).scores(adapter, batches)
-    assert outputs.stored == {} and outputs.full and "cache_gb" in caplog.text
+    with caplog.at_level(logging.INFO), TowerOutputs(adapter, 1e-9) as outputs:
+        scores = ZerothOrderScorer(num_samples=8).scores(adapter, batches, outputs=outputs)
+        assert outputs.stored == {} and outputs.full and "cache_gb" in caplog.text
     assert scores == ZerothOrderScorer(num_samples=8, reuse_towers=False).scores(adapter, batches)
 
 
@@ -105,7 +106,7 @@ def test_a_root_that_holds_another_towers_blocks_reads_it():
     """Declarations are not trusted beyond what the modules show: an encoder root declared as the
     whole language model holds the decoder's blocks, so it is never served while they change."""
     adapter = tiny("t5")
-    with tower_outputs(adapter) as honest:
+    with TowerOutputs(adapter) as honest:
         assert not honest.reads("encoder", "decoder") and "encoder" in honest.unchanged_by("decoder")
 
     class WholeLanguageModelRoot(type(adapter)):
@@ -115,8 +116,46 @@ def test_a_root_that_holds_another_towers_blocks_reads_it():
             return towers
 
     adapter.__class__ = WholeLanguageModelRoot
-    with tower_outputs(adapter) as outputs:
+    with TowerOutputs(adapter) as outputs:
         assert outputs.reads("encoder", "decoder") and "encoder" not in outputs.unchanged_by("decoder")
+
+
+def test_outputs_are_served_only_by_the_object_handed_over():
+    """No store is global: while one is open for an adapter, a scorer and an engine handed none
+    compute every tower (and store nothing in it); two adapters' stores, filled from the same
+    batches, stay apart (the image tower of the second, with other weights, is never served the
+    first's outputs)."""
+    adapter = tiny_clip()
+    batches = clip_batches(adapter)
+    alone = zeroth(adapter, batches, False)
+    with TowerOutputs(adapter) as outputs:
+        assert zeroth(adapter, batches, False) == alone
+        SequentialEngine(adapter, WandaPruner(), {b.name: 0.5 for b in adapter.blocks()}).run(batches)
+        assert outputs.stored == {}
+
+    first, second = tiny_clip(), tiny_clip()
+    with torch.no_grad():
+        for block in second.towers()[0].blocks:
+            for m in block.matrices:
+                m.weight.mul_(0.5)
+    second_alone, _ = zeroth(second, batches, False)
+    with TowerOutputs(first) as first_outputs, TowerOutputs(second) as second_outputs:
+        zeroth(first, batches, True, first_outputs)
+        assert first_outputs.stored and second_outputs.stored == {}
+        second_served, counts = zeroth(second, batches, True, second_outputs)
+        assert second_outputs.stored
+    assert second_served == second_alone
+    vision, text = second.towers()
+    assert counts["vision"] == own_walk_forwards(vision, batches) + len(vision.blocks) * len(batches)
+
+
+def test_leaving_drops_what_was_stored():
+    adapter = tiny_clip()
+    batches = clip_batches(adapter)
+    with TowerOutputs(adapter) as outputs:
+        zeroth(adapter, batches, True, outputs)
+        assert outputs.stored and outputs.bytes > 0
+    assert outputs.stored == {} and outputs.bytes == 0
 
 
 def test_stored_outputs_are_copies_of_their_own_type():

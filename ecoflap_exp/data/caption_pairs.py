@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ecoflap_exp.data.files import read_text
-from ecoflap_exp.data.images import Augment, LocalImageCalibration
+from ecoflap_exp.data.images import AnnotatedImageCalibration, Augment
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.options import Count, Fraction, NonNegativeInt
 
@@ -205,7 +205,7 @@ def webdataset_pairs(shards: Iterable[Path]) -> Iterator[tuple[MemberImage, str]
         yield from shard_samples(shard)
 
 
-class ImageCaptionCalibration(LocalImageCalibration):
+class ImageCaptionCalibration(AnnotatedImageCalibration):
     kind = "image_captions"
 
     def __init__(self, annotations: str, num_samples: Count = 128, batch_size: Count = 8, seed: NonNegativeInt = 0,
@@ -215,12 +215,7 @@ class ImageCaptionCalibration(LocalImageCalibration):
         .tar, a glob, one .tar); `image_root`: where the file's image paths start (default: its
         folder); `augment`: `train` gives each image the model's training augmentation (BLIP-2:
         LAVIS's blip2_image_train, as ECoFLaP calibrates), `eval` its eval transform."""
-        super().__init__(num_samples, batch_size, seed, shuffle, max_bad_fraction, augment)
-        self.annotations = annotations
-        self.image_root = image_root
-
-    def files(self) -> list[str]:
-        return [str(self.annotations)]
+        super().__init__(annotations, num_samples, batch_size, seed, shuffle, max_bad_fraction, image_root, augment)
 
     def items(self) -> list[tuple[Path, str]]:
         return read_pairs(self.annotations, self.image_root)

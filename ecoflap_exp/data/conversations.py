@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ecoflap_exp.data.files import read_text
-from ecoflap_exp.data.images import Augment, LocalImageCalibration
+from ecoflap_exp.data.images import AnnotatedImageCalibration, Augment
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.options import Count, Fraction, NonNegativeInt
 
@@ -53,18 +53,13 @@ def read_conversations(annotations: str, image_root: str | None = None
     return out
 
 
-class ConversationCalibration(LocalImageCalibration):
+class ConversationCalibration(AnnotatedImageCalibration):
     kind = "conversations"
 
     def __init__(self, annotations: str, num_samples: Count = 128, batch_size: Count = 8, seed: NonNegativeInt = 0,
                  shuffle: bool = True, max_bad_fraction: Fraction = 0.05, image_root: str | None = None,
                  augment: Augment = "eval"):
-        super().__init__(num_samples, batch_size, seed, shuffle, max_bad_fraction, augment)
-        self.annotations = annotations
-        self.image_root = image_root
-
-    def files(self) -> list[str]:
-        return [str(self.annotations)]
+        super().__init__(annotations, num_samples, batch_size, seed, shuffle, max_bad_fraction, image_root, augment)
 
     def items(self) -> list[tuple[Path, Any]]:
         return read_conversations(self.annotations, self.image_root)

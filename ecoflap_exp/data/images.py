@@ -119,6 +119,20 @@ class LocalImageCalibration(CalibrationSource):
         return decode_images(self.candidates(), self.max_bad_fraction, count or self.num_samples)
 
 
+class AnnotatedImageCalibration(LocalImageCalibration):
+    """Images listed in one annotation file, their paths starting at `image_root` (default: the
+    file's folder)."""
+
+    def __init__(self, annotations: str, num_samples: Count, batch_size: Count, seed: NonNegativeInt, shuffle: bool,
+                 max_bad_fraction: Fraction, image_root: str | None, augment: Augment):
+        super().__init__(num_samples, batch_size, seed, shuffle, max_bad_fraction, augment)
+        self.annotations = annotations
+        self.image_root = image_root
+
+    def files(self) -> list[str]:
+        return [str(self.annotations)]
+
+
 class ImageFolderCalibration(LocalImageCalibration):
     kind = "labelled_images"
 

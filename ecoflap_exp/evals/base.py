@@ -10,6 +10,7 @@ fine-tuned the ViT of both COCO models), so an unpruned model's weights are not 
 from __future__ import annotations
 
 import gc
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from functools import cached_property
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import describe
 from ecoflap_exp.options import Typed
@@ -54,6 +56,18 @@ class Evaluation(Typed, ABC):
         """The model class this evaluation runs on (given the pruned model's), and the capabilities
         it needs that the class lacks; checked on the class, so before any model loads."""
         return model_class.__name__, [describe(need) for need in self.needs if not issubclass(model_class, need)]
+
+
+def evaluate_suite(evals: Mapping[str, Evaluation], adapter: ModelAdapter) -> tuple[dict[str, float], dict[str, Any]]:
+    """(metrics, eval info) of every evaluation of the suite on the model; metrics are named
+    `<eval>/<metric>`, and a NaN/inf one is a UserError (the pruned model is broken)."""
+    metrics: dict[str, float] = {}
+    for name, ev in evals.items():
+        metrics.update({f"{ev.name or name}/{k}": v for k, v in ev.evaluate(adapter).items()})
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:
+        raise UserError(f"evaluation gave non-finite metrics {bad}; the pruned model is broken")
+    return metrics, {name: dict(ev.info) for name, ev in evals.items() if ev.info}
 
 
 class ReadsSplit(Evaluation):

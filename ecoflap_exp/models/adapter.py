@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.loading import check_checkpoint
+from ecoflap_exp.models.loading import Init, check_checkpoint, load_transformers_model
 from ecoflap_exp.models.seam import Batch, Block, PrunableMatrix, Tower
-from ecoflap_exp.options import Typed
+from ecoflap_exp.options import Names, NonNegativeInt, Typed
 
 #: the target value a cross-entropy skips (padding, prompt tokens)
 IGNORE = -100
@@ -47,7 +47,9 @@ def contrastive_terms(logits_per_image: torch.Tensor) -> list[LossTerm]:
 
 class ModelAdapter(Typed, ABC):
     """One model family. Subclasses set `self.model` in __init__ and implement the abstract
-    methods; the capabilities evals need (models.capabilities) are further methods of theirs."""
+    methods; the capabilities evals need (models.capabilities) are further methods of theirs. A
+    family's constructor declares only its own options and passes the others (`**common`) on to
+    this one's; its module in ecoflap_exp.models is found by models.registry, nothing lists it."""
 
     option_group = "model"
 
@@ -56,8 +58,10 @@ class ModelAdapter(Typed, ABC):
     name: str = ""
     #: the kinds of raw calibration samples `collate` accepts (see CalibrationSource.kind)
     sample_kinds: tuple[str, ...] = ()
-    #: names of the towers this run prunes (None: all); the model config's `prune_towers`
+    #: names of the towers this run prunes (None: all but `optional_towers`); the model config's `prune_towers`
     prune_towers: list[str] | None = None
+    #: towers pruned only when `prune_towers` names them (the papers leave them dense)
+    optional_towers: tuple[str, ...] = ()
     #: the view of calibration images the official code uses with this model, which an image
     #: calibration's `augment` defaults to: "eval" (the eval transform) or "train" (the model's
     #: training augmentation)
@@ -82,9 +86,18 @@ class ModelAdapter(Typed, ABC):
     #: one is named with its source)
     released_files: Mapping[str, str] = MappingProxyType({})
 
+    def __init__(self, checkpoint: str | None = None, init: Init = "pretrained", seed: NonNegativeInt = 0,
+                 prune_towers: Names | None = None, name: str = ""):
+        """The options every family takes: `checkpoint` (what it names is the family's: a hub name,
+        a folder, a file), `init` (the checkpoint's weights, or `random` from `seed`), `prune_towers`
+        and `name`."""
+        self.checkpoint, self.init, self.seed, self.name = checkpoint, init, seed, name
+        self.prune_towers = list(prune_towers) if prune_towers is not None else None
+
     @classmethod
     def wraps(cls, model: nn.Module) -> bool:
-        """Whether `wrapping` takes this already-loaded model (the Python API finds the adapter so)."""
+        """Whether `wrapping` takes this already-loaded model (the Python API finds the adapter so:
+        a family that overrides this claims models no other family claims, models.registry)."""
         return False
 
     @classmethod
@@ -119,7 +132,7 @@ class ModelAdapter(Typed, ABC):
         """The towers to prune (those named in `prune_towers`), in pruning order."""
         towers = self.all_towers()
         if self.prune_towers is None:
-            return towers
+            return [t for t in towers if t.name not in self.optional_towers]
         names = [t.name for t in towers]
         unknown = [name for name in self.prune_towers if name not in names]
         if unknown or not self.prune_towers:
@@ -212,3 +225,17 @@ class ModelAdapter(Typed, ABC):
         return zeros / max(1, sum(m.weight.numel() for m in matrices))
 
 
+
+
+class TransformersAdapter(ModelAdapter):
+    """A family whose model transformers builds: from `checkpoint`, or at `init=random` from the
+    shipped architecture `arch` with `arch_overrides` (fields of it to change) applied."""
+
+    def __init__(self, arch: str | None = None, arch_overrides: dict[str, Any] | None = None, **common: Any):
+        super().__init__(**common)
+        self.arch, self.arch_overrides = arch, arch_overrides
+
+    def load_model(self, auto_class: Any, dtype: str) -> nn.Module:
+        """The model through `auto_class` (loading.load_transformers_model) in `dtype`."""
+        return load_transformers_model(auto_class, self.arch, self.checkpoint, self.init, dtype, self.seed,
+                                       self.arch_overrides)

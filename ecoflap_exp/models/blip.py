@@ -43,14 +43,13 @@ from ecoflap_exp.models.loading import (
     CLIP_MEAN,
     CLIP_STD,
     DType,
-    Init,
     load_tokenizer,
     load_transformers_model,
     merged,
     wrapped_state,
 )
 from ecoflap_exp.models.seam import Batch, Tower, blocks_of
-from ecoflap_exp.options import Count, Fraction, Names, NonNegativeInt
+from ecoflap_exp.options import Count, Fraction
 
 PROMPT = "a picture of "
 #: BLIP's ViT norms (salesforce/BLIP models/vit.py: norm_layer = partial(nn.LayerNorm, eps=1e-6))
@@ -100,27 +99,26 @@ class BlipCaptionAdapter(InterpolatesPositions):
     released_files = MappingProxyType({"model_base_caption_capfilt_large.pth": "https://storage.googleapis.com/"
                                        "sfr-vision-language-research/BLIP/models/model_base_caption_capfilt_large.pth"})
 
-    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: Init = "pretrained",
-                 dtype: DType = "float32", tokenizer: str | None = None, prompt: str = PROMPT, max_words: Count = 30,
-                 max_text_tokens: Count = 40, label_smoothing: Fraction = 0.1, prune_towers: Names | None = None,
-                 seed: NonNegativeInt = 0, arch_overrides: dict[str, Any] | None = None, name: str = ""):
-        self.name = name
+    def __init__(self, dtype: DType = "float32", tokenizer: str | None = None, prompt: str = PROMPT,
+                 max_words: Count = 30, max_text_tokens: Count = 40, label_smoothing: Fraction = 0.1, **common: Any):
+        super().__init__(**common)
+        checkpoint = self.checkpoint
         pth = str(checkpoint).endswith(".pth")
+        arch_overrides = self.arch_overrides
         if pth:  # BLIP's own architecture, also when its shapes are built at random
             arch_overrides = merged({"vision_config": {"layer_norm_eps": ORIGINAL_VISION_EPS}}, arch_overrides or {})
-        original = init == "pretrained" and pth
+        original = self.init == "pretrained" and pth
         if original and tokenizer is None:
             raise UserError(f"model.checkpoint={checkpoint} is an original BLIP checkpoint, which holds no "
                             f"tokenizer; set model.tokenizer (Salesforce/blip-image-captioning-base)")
-        self.model = load_transformers_model(transformers.BlipForConditionalGeneration, arch,
-                                             None if original else checkpoint, "random" if original else init, dtype,
-                                             seed, arch_overrides)
+        self.model = load_transformers_model(transformers.BlipForConditionalGeneration, self.arch,
+                                             None if original else checkpoint, "random" if original else self.init,
+                                             dtype, self.seed, arch_overrides)
         if original:
             self.load_original(str(checkpoint))
         self.tokenizer = load_tokenizer(tokenizer or checkpoint)
         self.prompt, self.max_words, self.max_text_tokens = prompt, max_words, max_text_tokens
         self.label_smoothing = label_smoothing
-        self.prune_towers = prune_towers
         text = self.model.config.text_config
         self.bos, self.sep, self.pad = text.bos_token_id, text.sep_token_id, text.pad_token_id
         size = self.model.config.vision_config.image_size

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import random
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -50,12 +51,12 @@ from torch import nn
 from torchvision import transforms
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.adapter import IGNORE, LossTerm, ModelAdapter, contrastive_terms
+from ecoflap_exp.models.adapter import IGNORE, LossTerm, TransformersAdapter, contrastive_terms
 from ecoflap_exp.models.blip_text import blip_caption
-from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, Init, load_tokenizer, load_transformers_model
+from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, load_tokenizer
 from ecoflap_exp.models.precision import PartPrecision, apply_precision, held
 from ecoflap_exp.models.seam import Batch, Block, BlockInput, Tower, blocks_of, find_block_list, linear_matrices
-from ecoflap_exp.options import Count, Names, NonNegativeInt
+from ecoflap_exp.options import Count
 
 
 def square_resize(size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
@@ -190,14 +191,7 @@ VIT_PRECISIONS = {"fp16": torch.float16, "fp32": torch.float32}
 LN_VISION_EPS = 1e-5
 
 
-def load_blip2(auto_class: Any, arch: str | None, checkpoint: str | None, init: str, precision: str,
-               vit_precision: str, seed: int, arch_overrides: dict[str, Any] | None) -> nn.Module:
-    """The model in fp32 for `precision=official` (the parts are cast after), else in that dtype."""
-    dtype = "float32" if precision == "official" else precision
-    return load_transformers_model(auto_class, arch, checkpoint, init, dtype, seed, arch_overrides)
-
-
-class InterpolatesPositions(ModelAdapter):
+class InterpolatesPositions(TransformersAdapter):
     """A ViT whose position embeddings from weights of another image size are interpolated over the
     patch grid when loaded (the pretrained 224 px BLIP-2's into its 364 px COCO fine-tunes, as LAVIS
     does; BLIP's load_checkpoint likewise)."""
@@ -209,25 +203,39 @@ class InterpolatesPositions(ModelAdapter):
 
 
 class Blip2ModelAdapter(InterpolatesPositions):
-    """What both BLIP-2 heads share: image preprocessing, the vision tower, weight transfer, precision."""
+    """What both BLIP-2 heads share: the options of precision and tokenizer, image preprocessing, the
+    vision tower, weight transfer. `precision`: `official` (with LAVIS's `vit_precision`) or a dtype
+    (module docstring); `tokenizer`: the checkpoint's, or `bytes` for the tiny architectures."""
 
     sample_kinds = ("image_captions",)
     calibration_augment = "train"
     has_train_augmentation = True
 
-    def __init__(self, model: nn.Module, tokenizer: Any, max_text_tokens: Count, precision: str,
-                 official: dict[str, PartPrecision]):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_text_tokens = max_text_tokens
-        model.vision_model.post_layernorm.eps = LN_VISION_EPS
-        if precision == "official":
-            self.precision = {**apply_precision(model, official), "every other part": "fp32, autocast none"}
-        else:
-            self.precision = held(model)
-        size = model.config.vision_config.image_size
+    @classmethod
+    @abstractmethod
+    def model_class(cls) -> Any:
+        """The transformers class (or Auto class) the model loads through."""
+
+    def __init__(self, precision: Precision = "float32", vit_precision: VitPrecision = "fp16",
+                 tokenizer: str | None = None, **common: Any):
+        super().__init__(**common)
+        self.official_precision = precision == "official"
+        self.vit_dtype = VIT_PRECISIONS[vit_precision]
+        # in fp32 for precision=official: `hold` casts the parts after
+        self.model = self.load_model(self.model_class(), "float32" if self.official_precision else precision)
+        self.tokenizer = load_tokenizer(tokenizer or self.checkpoint)
+        self.model.vision_model.post_layernorm.eps = LN_VISION_EPS
+        size = self.model.config.vision_config.image_size
         self.preprocess = square_resize(size)
         self.train_preprocess = blip2_image_train(size)
+
+    def hold(self, official: dict[str, PartPrecision]) -> None:
+        """Each part as LAVIS holds and runs it (`official`) with precision=official, else as loaded;
+        the record's `precision` says which."""
+        if self.official_precision:
+            self.precision = {**apply_precision(self.model, official), "every other part": "fp32, autocast none"}
+        else:
+            self.precision = held(self.model)
 
     def vision_tower(self) -> Tower:
         return Tower("vision", blocks_of("vision_model.encoder.layers", self.model.vision_model.encoder.layers),
@@ -254,67 +262,141 @@ class Blip2ModelAdapter(InterpolatesPositions):
         processor.save_pretrained(path)
 
 
-class Blip2Adapter(Blip2ModelAdapter):
-    """Blip2ForConditionalGeneration: `checkpoint` a hub name or folder (Salesforce/blip2-flan-t5-xl,
-    Salesforce/blip2-opt-2.7b, the -coco captioners), or `init=random` with a shipped `arch`.
-    `tokenizer`: the checkpoint's, or `bytes` for the tiny architectures; `precision`: `official`
-    (with LAVIS's `vit_precision`) or a dtype (module docstring). Calibration batches are
-    image-caption pairs; each caption is cleaned (blip_caption) and split at a seeded random
-    character for the prefix-LM loss, truncated to `max_text_tokens` tokens per side."""
+class LanguageHead:
+    """What BLIP-2's language model decides (T5Head, OPTHead): its precision, towers, how texts become
+    tokens and a calibration batch, its logits and loss, generation. The adapter supplies the
+    language model's input (queries, then text) and the padding."""
 
-    collate_draws = True
+    #: the language model as LAVIS holds and runs it (precision=official)
+    precision: PartPrecision
+    #: generation prompts padded on the left (a decoder-only model continues from the right end)
+    pads_left = False
 
-    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: Init = "pretrained",
-                 precision: Precision = "float32", vit_precision: VitPrecision = "fp16", tokenizer: str | None = None,
-                 max_text_tokens: Count = 32, prune_towers: Names | None = None, seed: NonNegativeInt = 0,
-                 arch_overrides: dict[str, Any] | None = None, name: str = ""):
-        self.name = name
-        model = load_blip2(transformers.AutoModelForImageTextToText, arch, checkpoint, init, precision, vit_precision,
-                           seed, arch_overrides)
-        self.encoder_decoder = not model.config.use_decoder_only_language_model
-        # LAVIS: blip2_t5.py casts FlanT5 to bf16 and runs it under bf16 autocast; blip2_opt.py loads OPT in fp16
-        # and runs it under (fp16) maybe_autocast; the ViT runs under maybe_autocast() (fp16) in both
-        language = torch.bfloat16 if self.encoder_decoder else torch.float16
-        official = {"vision_model": PartPrecision(VIT_PRECISIONS[vit_precision], torch.float32, torch.float16),
-                    "language_model": PartPrecision(language, language, language, norms_fp32=not self.encoder_decoder)}
-        super().__init__(model, load_tokenizer(tokenizer or checkpoint), max_text_tokens, precision, official)
-        self.transfer_prefixes = VISION_TRANSFER + LANGUAGE_TRANSFER
-        self.split_rng = random.Random(seed)
-        names = [t.name for t in self.all_towers()]
-        self.prune_towers = list(prune_towers) if prune_towers is not None else [n for n in names if n != "qformer"]
-        if not self.encoder_decoder:
-            # OPT answers end at a newline (LAVIS's eos for VQA)
-            self.newline_id = self.tokenizer("\n", add_special_tokens=False).input_ids[-1]
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
 
-    def all_towers(self) -> list[Tower]:
-        towers = [self.vision_tower(), Tower("qformer", qformer_blocks(self.model.qformer.encoder.layer),
-                                             root=self.model.qformer, reads=("vision",))]
-        lm = self.model.language_model
-        if self.encoder_decoder:
-            return towers + [
-                T5Tower("encoder", t5_blocks("language_model.encoder.block", lm.encoder.block),
-                        token_masks=lambda batch: {"hidden": self.language_mask(batch["attention_mask"])},
-                        root=lm.encoder, reads=("qformer",)),
-                T5Tower("decoder", t5_blocks("language_model.decoder.block", lm.decoder.block),
-                        token_masks=lambda batch: {"hidden": batch["decoder_attention_mask"],
-                                                   "memory": self.language_mask(batch["attention_mask"])},
-                        root=lm.decoder, reads=("encoder",)),
-            ]
-        path, layers = find_block_list(lm)
-        return towers + [Tower("decoder", blocks_of(f"language_model.{path}", layers),
-                               token_masks=lambda batch: {"hidden": self.language_mask(batch["attention_mask"])},
-                               reads=("qformer",))]
+    def generation(self) -> dict[str, Any]:
+        """Generation settings of this language model (the caller's win)."""
+        return {}
 
-    def encode(self, texts: list[str], bos: bool = False, truncate: bool = True) -> list[list[int]]:
-        """Token ids per text, at most max_text_tokens with `truncate` (calibration; LAVIS never
-        truncates evaluation prompts); T5 texts end in the tokenizer's EOS, OPT texts start with
-        its BOS when `bos` (as LAVIS's OPT inputs do)."""
-        limit = self.max_text_tokens if truncate else None
-        if self.encoder_decoder:
-            return self.tokenizer(texts, truncation=truncate, max_length=limit).input_ids
+
+class T5Head(LanguageHead):
+    """FlanT5 (LAVIS's blip2_t5): the prompt or caption prefix goes to the encoder after the queries,
+    the target to the decoder (fed the shifted target); texts end in the tokenizer's EOS."""
+
+    # LAVIS: blip2_t5.py casts FlanT5 to bf16 and runs it under bf16 autocast
+    precision = PartPrecision(torch.bfloat16, torch.bfloat16, torch.bfloat16)
+
+    def towers(self, adapter: Blip2Adapter) -> list[Tower]:
+        lm = adapter.model.language_model
+        return [
+            T5Tower("encoder", t5_blocks("language_model.encoder.block", lm.encoder.block),
+                    token_masks=lambda batch: {"hidden": adapter.language_mask(batch["attention_mask"])},
+                    root=lm.encoder, reads=("qformer",)),
+            T5Tower("decoder", t5_blocks("language_model.decoder.block", lm.decoder.block),
+                    token_masks=lambda batch: {"hidden": batch["decoder_attention_mask"],
+                                               "memory": adapter.language_mask(batch["attention_mask"])},
+                    root=lm.decoder, reads=("encoder",)),
+        ]
+
+    def encode(self, texts: list[str], limit: int | None, bos: bool) -> list[list[int]]:
+        return self.tokenizer(texts, truncation=limit is not None, max_length=limit).input_ids
+
+    def text_batch(self, adapter: Blip2Adapter, prefixes: list[str], targets: list[str]) -> Batch:
+        batch: Batch = {}
+        batch["input_ids"], batch["attention_mask"] = adapter.padded(adapter.encode(prefixes))
+        labels, batch["decoder_attention_mask"] = adapter.padded(adapter.encode(targets))
+        batch["labels"] = labels.masked_fill(batch["decoder_attention_mask"] == 0, IGNORE)
+        return batch
+
+    def logits(self, lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return lm(inputs_embeds=embeds, attention_mask=mask,
+                  decoder_input_ids=lm.prepare_decoder_input_ids_from_labels(labels=batch["labels"]),
+                  decoder_attention_mask=batch["decoder_attention_mask"], use_cache=False).logits
+
+    def loss_terms(self, logits: torch.Tensor, batch: Batch) -> list[LossTerm]:
+        return [LossTerm(logits, batch["labels"])]
+
+
+class OPTHead(LanguageHead):
+    """OPT (LAVIS's blip2_opt): one sequence after the queries, BOS + prefix + target + newline, the
+    loss on the target only; answers end at a newline (LAVIS's eos for VQA)."""
+
+    # LAVIS: blip2_opt.py loads OPT in fp16 and runs it under (fp16) maybe_autocast
+    precision = PartPrecision(torch.float16, torch.float16, torch.float16, norms_fp32=True)
+    pads_left = True
+
+    def __init__(self, tokenizer: Any):
+        super().__init__(tokenizer)
+        self.newline_id = tokenizer("\n", add_special_tokens=False).input_ids[-1]
+
+    def towers(self, adapter: Blip2Adapter) -> list[Tower]:
+        path, layers = find_block_list(adapter.model.language_model)
+        return [Tower("decoder", blocks_of(f"language_model.{path}", layers),
+                      token_masks=lambda batch: {"hidden": adapter.language_mask(batch["attention_mask"])},
+                      reads=("qformer",))]
+
+    def encode(self, texts: list[str], limit: int | None, bos: bool) -> list[list[int]]:
+        """Texts start with the tokenizer's BOS when `bos` (as LAVIS's OPT inputs do)."""
         ids = self.tokenizer(texts, add_special_tokens=False).input_ids
         start = [self.tokenizer.bos_token_id] if bos and self.tokenizer.bos_token_id is not None else []
         return [(start + t)[:limit] for t in ids]
+
+    def text_batch(self, adapter: Blip2Adapter, prefixes: list[str], targets: list[str]) -> Batch:
+        heads = adapter.encode(prefixes, bos=True)
+        tails = adapter.encode([t + "\n" for t in targets])
+        ids = [(h + t)[: adapter.max_text_tokens] for h, t in zip(heads, tails, strict=True)]
+        batch: Batch = {}
+        batch["input_ids"], batch["attention_mask"] = adapter.padded(ids)
+        labels = [([IGNORE] * len(h) + t)[: len(i)] for h, t, i in zip(heads, tails, ids, strict=True)]
+        label_ids, _ = adapter.padded(labels)
+        batch["labels"] = label_ids.masked_fill(batch["attention_mask"] == 0, IGNORE)
+        return batch
+
+    def logits(self, lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+
+    def loss_terms(self, logits: torch.Tensor, batch: Batch) -> list[LossTerm]:
+        """OPT predicts token t+1 at position t: the last query position predicts the first text token."""
+        first_text = logits.shape[1] - batch["labels"].shape[1]
+        return [LossTerm(logits[:, first_text - 1 : -1], batch["labels"])]
+
+    def generation(self) -> dict[str, Any]:
+        return {"eos_token_id": self.newline_id}
+
+
+class Blip2Adapter(Blip2ModelAdapter):
+    """Blip2ForConditionalGeneration: `checkpoint` a hub name or folder (Salesforce/blip2-flan-t5-xl,
+    Salesforce/blip2-opt-2.7b, the -coco captioners), or `init=random` with a shipped `arch`; its
+    language model's choices are a `head` (T5Head, OPTHead). Calibration batches are image-caption
+    pairs; each caption is cleaned (blip_caption) and split at a seeded random character for the
+    prefix-LM loss, truncated to `max_text_tokens` tokens per side."""
+
+    collate_draws = True
+    optional_towers = ("qformer",)
+
+    @classmethod
+    def model_class(cls) -> Any:
+        return transformers.AutoModelForImageTextToText
+
+    def __init__(self, max_text_tokens: Count = 32, **common: Any):
+        super().__init__(**common)
+        self.max_text_tokens = max_text_tokens
+        self.head = (OPTHead if self.model.config.use_decoder_only_language_model else T5Head)(self.tokenizer)
+        # the ViT runs under maybe_autocast() (fp16) in both of LAVIS's models
+        self.hold({"vision_model": PartPrecision(self.vit_dtype, torch.float32, torch.float16),
+                   "language_model": self.head.precision})
+        self.transfer_prefixes = VISION_TRANSFER + LANGUAGE_TRANSFER
+        self.split_rng = random.Random(self.seed)
+
+    def all_towers(self) -> list[Tower]:
+        return [self.vision_tower(), Tower("qformer", qformer_blocks(self.model.qformer.encoder.layer),
+                                           root=self.model.qformer, reads=("vision",)), *self.head.towers(self)]
+
+    def encode(self, texts: list[str], bos: bool = False, truncate: bool = True) -> list[list[int]]:
+        """Token ids per text, at most max_text_tokens with `truncate` (calibration; LAVIS never
+        truncates evaluation prompts), as the head tokenizes them (`bos`: OPT's BOS first)."""
+        return self.head.encode(texts, self.max_text_tokens if truncate else None, bos)
 
     def padded(self, ids: list[list[int]], left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Ids padded to the longest (on the left for generation with a decoder-only model) and the
@@ -334,21 +416,8 @@ class Blip2Adapter(Blip2ModelAdapter):
         padding="longest"); `augment`: the images' training view."""
         prefixes, targets = zip(*(prefix_split(blip_caption(caption), self.split_rng) for _, caption in samples),
                                 strict=True)
-        batch: Batch = {"pixel_values": self.pixels([image for image, _ in samples], augment)}
-        if self.encoder_decoder:
-            batch["input_ids"], batch["attention_mask"] = self.padded(self.encode(list(prefixes)))
-            labels, batch["decoder_attention_mask"] = self.padded(self.encode(list(targets)))
-            batch["labels"] = labels.masked_fill(batch["decoder_attention_mask"] == 0, IGNORE)
-            return batch
-        # OPT: one sequence BOS + prefix + target + "\n", loss on the target part only
-        heads = self.encode(list(prefixes), bos=True)
-        tails = self.encode([t + "\n" for t in targets])
-        ids = [(h + t)[: self.max_text_tokens] for h, t in zip(heads, tails, strict=True)]
-        batch["input_ids"], batch["attention_mask"] = self.padded(ids)
-        labels = [([IGNORE] * len(h) + t)[: len(i)] for h, t, i in zip(heads, tails, ids, strict=True)]
-        label_ids, _ = self.padded(labels)
-        batch["labels"] = label_ids.masked_fill(batch["attention_mask"] == 0, IGNORE)
-        return batch
+        return {"pixel_values": self.pixels([image for image, _ in samples], augment),
+                **self.head.text_batch(self, list(prefixes), list(targets))}
 
     def language_mask(self, text_mask: torch.Tensor) -> torch.Tensor:
         """The language model's attention mask: the query outputs (all real), then the text's."""
@@ -365,32 +434,20 @@ class Blip2Adapter(Blip2ModelAdapter):
         return torch.cat([queries, text], dim=1), self.language_mask(attention_mask)
 
     def forward(self, batch: Batch) -> Any:
-        """The language model's logits (T5: decoder fed the shifted targets, as with labels)."""
+        """The language model's logits."""
         embeds, mask = self.language_inputs(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
-        lm = self.model.language_model
-        if self.encoder_decoder:
-            return lm(inputs_embeds=embeds, attention_mask=mask,
-                      decoder_input_ids=lm.prepare_decoder_input_ids_from_labels(labels=batch["labels"]),
-                      decoder_attention_mask=batch["decoder_attention_mask"], use_cache=False).logits
-        return lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+        return self.head.logits(self.model.language_model, embeds, mask, batch)
 
     def loss_terms(self, batch: Batch) -> list[LossTerm]:
         """Prefix language modelling: token-mean cross-entropy of the caption's target part."""
-        logits = self.forward(batch)
-        if self.encoder_decoder:
-            return [LossTerm(logits, batch["labels"])]
-        # OPT predicts token t+1 at position t: the last query position predicts the first text token
-        first_text = logits.shape[1] - batch["labels"].shape[1]
-        return [LossTerm(logits[:, first_text - 1 : -1], batch["labels"])]
+        return self.head.loss_terms(self.forward(batch), batch)
 
     @torch.no_grad()
     def generate(self, images: list[Image.Image], prompts: list[str], **generation: Any) -> list[str]:
-        ids, mask = self.padded(self.encode(prompts, bos=True, truncate=False), left=not self.encoder_decoder)
+        ids, mask = self.padded(self.encode(prompts, bos=True, truncate=False), left=self.head.pads_left)
         embeds, mask = self.language_inputs(self.pixels(images), ids, mask)
-        if not self.encoder_decoder:
-            generation = {"eos_token_id": self.newline_id, **generation}
         out = self.model.language_model.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False,
-                                                 **generation)
+                                                 **{**self.head.generation(), **generation})
         return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
@@ -409,20 +466,18 @@ class Blip2ITMAdapter(Blip2ModelAdapter):
         vision_from = config.get("vision_from")
         return super().checkpoints(config) + ([vision_from] if isinstance(vision_from, str) else [])
 
-    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: Init = "pretrained",
-                 precision: Precision = "float32", vit_precision: VitPrecision = "fp16", tokenizer: str | None = None,
-                 max_text_tokens: Count = 35, vision_from: str | None = None, prune_towers: Names | None = None,
-                 seed: NonNegativeInt = 0, arch_overrides: dict[str, Any] | None = None, name: str = ""):
-        self.name = name
-        model = load_blip2(transformers.Blip2ForImageTextRetrieval, arch, checkpoint, init, precision, vit_precision,
-                           seed, arch_overrides)
+    @classmethod
+    def model_class(cls) -> Any:
+        return transformers.Blip2ForImageTextRetrieval
+
+    def __init__(self, max_text_tokens: Count = 35, vision_from: str | None = None, **common: Any):
+        super().__init__(**common)
+        self.max_text_tokens = max_text_tokens
         # LAVIS's compute_sim_matrix (the retrieval evaluation) runs without autocast: the COCO model (vit_precision
         # fp32) entirely in fp32; fp16 ViT weights run under maybe_autocast, as its forward
-        vit = VIT_PRECISIONS[vit_precision]
-        official = {"vision_model": PartPrecision(vit, torch.float32, torch.float16 if vit == torch.float16 else None)}
-        super().__init__(model, load_tokenizer(tokenizer or checkpoint), max_text_tokens, precision, official)
+        vit = self.vit_dtype
+        self.hold({"vision_model": PartPrecision(vit, torch.float32, torch.float16 if vit == torch.float16 else None)})
         self.transfer_prefixes = VISION_TRANSFER
-        self.prune_towers = prune_towers
         if vision_from:
             self.load_weights(saved_state(vision_from), VISION_TRANSFER, vision_from)
 

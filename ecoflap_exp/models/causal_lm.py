@@ -10,10 +10,9 @@ import transformers
 from torch import nn
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.adapter import LossTerm, ModelAdapter
-from ecoflap_exp.models.loading import DType, Init, load_tokenizer, load_transformers_model
+from ecoflap_exp.models.adapter import LossTerm, TransformersAdapter
+from ecoflap_exp.models.loading import DType, load_tokenizer
 from ecoflap_exp.models.seam import Batch, Tower, blocks_of
-from ecoflap_exp.options import NonNegativeInt
 
 
 def get_submodule(model: nn.Module, path: str) -> nn.Module:
@@ -30,7 +29,7 @@ def getattr_path(model: nn.Module, path: str) -> Any:
         return None
 
 
-class CausalLMAdapter(ModelAdapter):
+class CausalLMAdapter(TransformersAdapter):
     """LlamaForCausalLM, OPTForCausalLM and their kin: one tower of decoder blocks.
 
     `blocks_path` names the ModuleList of decoder blocks (LLaMA: model.layers, OPT:
@@ -40,23 +39,12 @@ class CausalLMAdapter(ModelAdapter):
 
     sample_kinds = ("tokens",)
 
-    def __init__(
-        self,
-        arch: str | None = None,
-        checkpoint: str | None = None,
-        init: Init = "pretrained",
-        dtype: DType = "float32",
-        blocks_path: str = "model.layers",
-        tokenizer: str | None = None,
-        seed: NonNegativeInt = 0,
-        arch_overrides: dict[str, Any] | None = None,
-        name: str = "",
-    ):
-        self.name = name
+    def __init__(self, dtype: DType = "float32", blocks_path: str = "model.layers", tokenizer: str | None = None,
+                 **common: Any):
+        super().__init__(**common)
         self.blocks_path = blocks_path
-        self.model = load_transformers_model(transformers.AutoModelForCausalLM, arch, checkpoint, init, dtype, seed,
-                                             arch_overrides)
-        self.tokenizer = load_tokenizer(tokenizer or checkpoint)
+        self.model = self.load_model(transformers.AutoModelForCausalLM, dtype)
+        self.tokenizer = load_tokenizer(tokenizer or self.checkpoint)
         vocab = self.model.get_input_embeddings().num_embeddings
         if len(self.tokenizer) > vocab:
             raise UserError(f"tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary is {vocab}")

@@ -28,9 +28,10 @@ from PIL import Image
 from torch import nn
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.adapter import IGNORE, LossTerm, ModelAdapter
+from ecoflap_exp.models.adapter import IGNORE, LossTerm, TransformersAdapter
 from ecoflap_exp.models.loading import resolve_checkpoint
 from ecoflap_exp.models.seam import Batch
+from ecoflap_exp.options import Count
 
 Turns = Sequence[tuple[str, str]]
 #: LLaVA-1.5's instruction for short captions (its mix665k data), which turns an image-caption pair
@@ -70,11 +71,13 @@ def checkpoint_processor(tokenizer: str | None, checkpoint: str | None, **settin
                         f"model.tokenizer=bytes with model.init=random") from err
 
 
-class ChatVLMAdapter(ModelAdapter):
+class ChatVLMAdapter(TransformersAdapter):
     """A transformers image-text-to-text model with a processor that has a chat template. Subclasses
-    load `model` and `processor` and list the towers."""
+    load `model` and `processor` and list the towers: vision, projector (pruned only when
+    `prune_towers` names it), language."""
 
     sample_kinds = ("conversations", "image_captions")
+    optional_towers = ("projector",)
     load_hint = ("transformers.{model_class}.from_pretrained({path!r}); "
                  "transformers.AutoProcessor.from_pretrained({path!r})")
 
@@ -82,6 +85,10 @@ class ChatVLMAdapter(ModelAdapter):
     processor: Any
     #: the longest calibration sequence in tokens (image tokens included); longer ones are cut at the end
     max_tokens: int = 2048
+
+    def __init__(self, max_tokens: Count = 2048, **common: Any):
+        super().__init__(**common)
+        self.max_tokens = max_tokens
 
     @property
     def tokenizer(self) -> Any:

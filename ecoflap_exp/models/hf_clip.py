@@ -12,21 +12,12 @@ import transformers
 from PIL import Image
 from torchvision import transforms
 
-from ecoflap_exp.models.adapter import LossTerm, ModelAdapter, contrastive_terms
-from ecoflap_exp.models.loading import (
-    CLIP_MEAN,
-    CLIP_STD,
-    DType,
-    Init,
-    hub_load_error,
-    load_transformers_model,
-    resolve_checkpoint,
-)
+from ecoflap_exp.models.adapter import LossTerm, TransformersAdapter, contrastive_terms
+from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, DType, hub_load_error, resolve_checkpoint
 from ecoflap_exp.models.seam import Batch, Tower, blocks_of
-from ecoflap_exp.options import Names, NonNegativeInt
 
 
-class HFCLIPAdapter(ModelAdapter):
+class HFCLIPAdapter(TransformersAdapter):
     """`tokenizer`: the checkpoint's CLIPTokenizer, or `open_clip` (the same BPE, bundled with
     open_clip, so random-init models need no files). Towers: vision, text (`prune_towers` picks some)."""
 
@@ -34,12 +25,9 @@ class HFCLIPAdapter(ModelAdapter):
 
     builtin_tokenizers = ("open_clip",)
 
-    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: Init = "pretrained",
-                 dtype: DType = "float32", tokenizer: str | None = None, seed: NonNegativeInt = 0,
-                 prune_towers: Names | None = None, name: str = ""):
-        self.name = name
-        self.model = load_transformers_model(transformers.AutoModel, arch, checkpoint, init, dtype, seed)
-        self.prune_towers = prune_towers
+    def __init__(self, dtype: DType = "float32", tokenizer: str | None = None, **common: Any):
+        super().__init__(**common)
+        self.model = self.load_model(transformers.AutoModel, dtype)
         vision = self.model.config.vision_config
         self.context_length = self.model.config.text_config.max_position_embeddings
         self.preprocess = transforms.Compose([
@@ -48,7 +36,7 @@ class HFCLIPAdapter(ModelAdapter):
             transforms.ToTensor(),
             transforms.Normalize(CLIP_MEAN, CLIP_STD),
         ])
-        self.tokenize_captions = self._tokenizer(tokenizer or checkpoint)
+        self.tokenize_captions = self._tokenizer(tokenizer or self.checkpoint)
 
     def _tokenizer(self, name: str | None) -> Any:
         self.hf_tokenizer = None

@@ -33,9 +33,8 @@ import transformers
 from PIL import Image
 
 from ecoflap_exp.models.chat import ChatVLMAdapter, checkpoint_processor
-from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, DType, Init, load_transformers_model
+from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, DType
 from ecoflap_exp.models.seam import Block, Tower, blocks_of, find_block_list, linear_matrices
-from ecoflap_exp.options import Count, Names, NonNegativeInt
 
 #: llava-hf's chat template for LLaVA-1.5 (Vicuna's USER:/ASSISTANT: turns, images first)
 LLAVA_TEMPLATE = (
@@ -95,23 +94,17 @@ class LlavaAdapter(ChatVLMAdapter):
     #: the colour images are padded to a square with (None: not padded)
     background: tuple[int, ...] | None = None
 
-    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: Init = "pretrained",
-                 dtype: DType = "float16", tokenizer: str | None = None, max_tokens: Count = 2048,
-                 prune_towers: Names | None = None, seed: NonNegativeInt = 0,
-                 arch_overrides: dict[str, Any] | None = None, conversation: Conversation = "vicuna_v1",
-                 pad_to_square: bool = True, name: str = ""):
-        self.name = name
-        self.model = load_transformers_model(transformers.LlavaForConditionalGeneration, arch, checkpoint, init, dtype,
-                                             seed, arch_overrides)
-        self.processor = load_processor(tokenizer, checkpoint, self.model.config)
+    def __init__(self, dtype: DType = "float16", tokenizer: str | None = None, conversation: Conversation = "vicuna_v1",
+                 pad_to_square: bool = True, **common: Any):
+        super().__init__(**common)
+        self.model = self.load_model(transformers.LlavaForConditionalGeneration, dtype)
+        self.processor = load_processor(tokenizer, self.checkpoint, self.model.config)
         if conversation == "vicuna_v1":
             self.processor.chat_template = VICUNA_V1_TEMPLATE
         mean = self.processor.image_processor.image_mean
         self.background = tuple(int(x * 255) for x in mean) if pad_to_square else None
         if tokenizer == "bytes":
             self.model.config.image_token_id = self.processor.image_token_id
-        self.max_tokens = max_tokens
-        self.prune_towers = list(prune_towers) if prune_towers is not None else ["vision", "language"]
 
     def image_view(self, image: Image.Image) -> Image.Image:
         image = super().image_view(image)

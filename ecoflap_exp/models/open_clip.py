@@ -43,13 +43,12 @@ from ecoflap_exp.models.loading import (
     CLIP_STD,
     SHIPPED_PREFIX,
     DType,
-    Init,
     hub_load_error,
     torch_dtype,
     wrapped_state,
 )
 from ecoflap_exp.models.seam import Batch, Block, PrunableMatrix, Tower
-from ecoflap_exp.options import Count, Names, NonNegativeInt
+from ecoflap_exp.options import Count
 
 
 def attention_context(mha: nn.MultiheadAttention, args: tuple, kwargs: dict, masked: bool = True) -> torch.Tensor:
@@ -226,19 +225,18 @@ class OpenCLIPAdapter(ModelAdapter):
         adapter.split_qkv = split_qkv
         return adapter
 
-    def __init__(self, model_name: str, pretrained: str | None = None, init: Init = "pretrained",
-                 dtype: DType = "float32", seed: NonNegativeInt = 0, prune_towers: Names | None = None,
-                 split_qkv: bool = False, prune_in_proj: bool = True, checkpoint: str | None = None,
-                 resize: Resize = "crop", caption_words: Count | None = None,
-                 text_attention_stats: AttentionStats = "causal", name: str = ""):
+    def __init__(self, model_name: str, pretrained: str | None = None, dtype: DType = "float32",
+                 split_qkv: bool = False, prune_in_proj: bool = True, resize: Resize = "crop",
+                 caption_words: Count | None = None, text_attention_stats: AttentionStats = "causal", **common: Any):
         import open_clip
 
-        self.name = name
+        super().__init__(**common)
+        init, checkpoint = self.init, self.checkpoint
         register_shipped_configs()
         if init == "pretrained" and not (pretrained or checkpoint):
             raise UserError("model.init=pretrained needs model.pretrained (an open_clip tag or a checkpoint path)")
         check_activation(model_name, pretrained)
-        torch.manual_seed(seed)
+        torch.manual_seed(self.seed)
         own = init == "pretrained" and (checkpoint is not None or str(pretrained).startswith(SHIPPED_PREFIX))
         try:
             with quiet_random_init_notice(own):
@@ -256,7 +254,6 @@ class OpenCLIPAdapter(ModelAdapter):
         self.caption_words = caption_words
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.construction = {"model_name": model_name}
-        self.prune_towers = prune_towers
         self.split_qkv, self.prune_in_proj = split_qkv, prune_in_proj
         self.text_attention_stats = text_attention_stats
 

@@ -30,9 +30,9 @@ from typing import Any
 import transformers
 
 from ecoflap_exp.models.chat import ChatVLMAdapter, checkpoint_processor
-from ecoflap_exp.models.loading import DType, Init, load_transformers_model
+from ecoflap_exp.models.loading import DType
 from ecoflap_exp.models.seam import Batch, Block, Tower, blocks_of, find_block_list, linear_matrices
-from ecoflap_exp.options import Count, Names, NonNegativeInt
+from ecoflap_exp.options import Count
 
 #: Qwen2-VL-Instruct's chat template (ChatML, a default system turn, the image inline)
 QWEN2VL_TEMPLATE = (
@@ -71,22 +71,17 @@ class Qwen2VLAdapter(ChatVLMAdapter):
     each image's resized area (null: the processor's own; Qwen2-VL's default allows 12.8M pixels,
     16,384 visual tokens, per image)."""
 
-    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: Init = "pretrained",
-                 dtype: DType = "bfloat16", tokenizer: str | None = None, max_tokens: Count = 2048,
-                 min_pixels: Count | None = None, max_pixels: Count | None = None, prune_towers: Names | None = None,
-                 seed: NonNegativeInt = 0, arch_overrides: dict[str, Any] | None = None, name: str = ""):
-        self.name = name
-        self.model = load_transformers_model(transformers.Qwen2VLForConditionalGeneration, arch, checkpoint, init,
-                                             dtype, seed, arch_overrides)
+    def __init__(self, dtype: DType = "bfloat16", tokenizer: str | None = None, min_pixels: Count | None = None,
+                 max_pixels: Count | None = None, **common: Any):
+        super().__init__(**common)
+        self.model = self.load_model(transformers.Qwen2VLForConditionalGeneration, dtype)
         pixels = {k: v for k, v in {"min_pixels": min_pixels, "max_pixels": max_pixels}.items() if v is not None}
-        self.processor = load_processor(tokenizer, checkpoint, self.model.config, pixels)
+        self.processor = load_processor(tokenizer, self.checkpoint, self.model.config, pixels)
         if tokenizer == "bytes":
             ids = dict(zip(SPECIAL_TOKENS, self.tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS)), strict=True))
             config = self.model.config
             config.image_token_id, config.video_token_id = ids["<|image_pad|>"], ids["<|video_pad|>"]
             config.vision_start_token_id, config.vision_end_token_id = ids["<|vision_start|>"], ids["<|vision_end|>"]
-        self.max_tokens = max_tokens
-        self.prune_towers = list(prune_towers) if prune_towers is not None else ["vision", "language"]
 
     def all_towers(self) -> list[Tower]:
         inner = self.model.model

@@ -15,25 +15,25 @@ from torch import nn
 from torchvision import transforms
 
 from ecoflap_exp.errors import UserError
-from ecoflap_exp.models.adapter import LossTerm, ModelAdapter
-from ecoflap_exp.models.loading import (
-    DType,
-    Init,
-    hub_load_error,
-    load_transformers_model,
-    resolve_checkpoint,
-    torch_dtype,
-)
+from ecoflap_exp.models.adapter import LossTerm, ModelAdapter, TransformersAdapter
+from ecoflap_exp.models.loading import DType, hub_load_error, resolve_checkpoint, torch_dtype
 from ecoflap_exp.models.seam import Batch, Tower, blocks_of, find_block_list
-from ecoflap_exp.options import Count, NonNegativeInt
+from ecoflap_exp.options import Count
 
 
 class ImageClassifierAdapter(ModelAdapter):
-    """Shared by both backends: preprocessing, batches of (image, label), loss, logits."""
+    """Shared by both backends: the options of the weights' dtype and of the eval view (resize to
+    `resize_size` or the image size, centre crop, normalise), batches of (image, label), loss, logits."""
 
     sample_kinds = ("labelled_images",)
 
-    def __init__(self, image_size: Count, resize_size: Count | None, mean: list[float], std: list[float]):
+    def __init__(self, dtype: DType = "float32", image_size: Count = 224, resize_size: Count | None = None,
+                 mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5), **common: Any):
+        super().__init__(**common)
+        self.dtype = dtype
+        self.use_view(image_size, resize_size, mean, std)
+
+    def use_view(self, image_size: int, resize_size: int | None, mean: Sequence[float], std: Sequence[float]) -> None:
         self.image_size, self.mean, self.std = image_size, list(mean), list(std)
         self.preprocess = transforms.Compose([
             transforms.Resize(resize_size or image_size, interpolation=transforms.InterpolationMode.BICUBIC),
@@ -60,15 +60,10 @@ class ImageClassifierAdapter(ModelAdapter):
         return self.logits(batch)
 
 
-class HFViTAdapter(ImageClassifierAdapter):
-    def __init__(self, arch: str | None = None, checkpoint: str | None = None, init: Init = "pretrained",
-                 dtype: DType = "float32", image_size: Count = 224, resize_size: Count | None = None,
-                 mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
-                 seed: NonNegativeInt = 0, name: str = ""):
-        super().__init__(image_size, resize_size, list(mean), list(std))
-        self.name = name
-        self.model = load_transformers_model(transformers.AutoModelForImageClassification, arch, checkpoint, init,
-                                             dtype, seed)
+class HFViTAdapter(ImageClassifierAdapter, TransformersAdapter):
+    def __init__(self, **common: Any):
+        super().__init__(**common)
+        self.model = self.load_model(transformers.AutoModelForImageClassification, self.dtype)
 
     @classmethod
     def wraps(cls, model: nn.Module) -> bool:
@@ -78,7 +73,7 @@ class HFViTAdapter(ImageClassifierAdapter):
     def wrapping(cls, model: nn.Module, mean: tuple[float, ...] = (0.5, 0.5, 0.5),
                  std: tuple[float, ...] = (0.5, 0.5, 0.5), name: str = "") -> HFViTAdapter:
         adapter = cls.__new__(cls)
-        ImageClassifierAdapter.__init__(adapter, model.config.image_size, None, list(mean), list(std))
+        adapter.use_view(model.config.image_size, None, mean, std)
         adapter.name = name or type(model).__name__
         adapter.model = model.eval()
         return adapter
@@ -100,28 +95,24 @@ class TimmViTAdapter(ImageClassifierAdapter):
     """timm.create_model(model_name, **model_kwargs); `checkpoint` is a local state dict
     (.safetensors or .pth), or `timm` for timm's own pretrained weights from the hub."""
 
-    def __init__(self, model_name: str, checkpoint: str | None = None, init: Init = "pretrained",
-                 dtype: DType = "float32", model_kwargs: dict[str, Any] | None = None, image_size: Count = 224,
-                 resize_size: Count | None = None, mean: Sequence[float] = (0.5, 0.5, 0.5),
-                 std: Sequence[float] = (0.5, 0.5, 0.5), seed: NonNegativeInt = 0, name: str = ""):
+    def __init__(self, model_name: str, model_kwargs: dict[str, Any] | None = None, **common: Any):
         import timm
 
-        super().__init__(image_size, resize_size, list(mean), list(std))
-        self.name = name
+        super().__init__(**common)
         self.construction = {"model_name": model_name, "model_kwargs": dict(model_kwargs or {})}
-        torch.manual_seed(seed)
-        from_hub = init == "pretrained" and checkpoint == "timm"
+        torch.manual_seed(self.seed)
+        from_hub = self.init == "pretrained" and self.checkpoint == "timm"
         try:
             self.model = timm.create_model(model_name, pretrained=from_hub, **self.construction["model_kwargs"])
         except (OSError, RuntimeError) as err:
             raise hub_load_error(model_name, err) from err
-        if init == "pretrained" and not from_hub:
-            if checkpoint is None:
+        if self.init == "pretrained" and not from_hub:
+            if self.checkpoint is None:
                 raise UserError("model.init=pretrained needs model.checkpoint (a state-dict file, or 'timm')")
-            path = Path(resolve_checkpoint(checkpoint))
+            path = Path(resolve_checkpoint(self.checkpoint))
             state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu")
             self.model.load_state_dict(state)
-        self.model.to(torch_dtype(dtype)).eval()
+        self.model.to(torch_dtype(self.dtype)).eval()
 
     @classmethod
     def wraps(cls, model: nn.Module) -> bool:
@@ -134,8 +125,8 @@ class TimmViTAdapter(ImageClassifierAdapter):
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         size = int(model.patch_embed.img_size[-1])
         adapter = cls.__new__(cls)
-        ImageClassifierAdapter.__init__(adapter, size, round(size / cfg.get("crop_pct", 1.0)),
-                                        list(cfg.get("mean", (0.5, 0.5, 0.5))), list(cfg.get("std", (0.5, 0.5, 0.5))))
+        adapter.use_view(size, round(size / cfg.get("crop_pct", 1.0)), cfg.get("mean", (0.5, 0.5, 0.5)),
+                         cfg.get("std", (0.5, 0.5, 0.5)))
         adapter.name = name or cfg.get("architecture") or type(model).__name__
         adapter.model = model.eval()
         adapter.construction = {"model_name": cfg.get("architecture"), "model_kwargs": {}}

@@ -10,9 +10,9 @@ from typing import Any
 
 import pandas as pd
 
+from ecoflap_exp.record import RunRecord
 from ecoflap_exp.results.paper import PAPER
 from ecoflap_exp.results.records import experiment_rows, point_name
-from ecoflap_exp.tracking.wandb_logger import towers_of
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 LINES = ("-", "--", "-.", ":")
@@ -29,7 +29,7 @@ def paper_points(experiment: str, metric: str) -> dict[str, dict[float, float]]:
     return curves
 
 
-def plot_experiment(records: list[dict[str, Any]], df: pd.DataFrame, experiment: str, plot_dir: Path) -> None:
+def plot_experiment(records: list[RunRecord], df: pd.DataFrame, experiment: str, plot_dir: Path) -> None:
     """metric vs sparsity per method (sweeps over two or more sparsities); sparsity per group of
     each plan coloured by tower; the IDs per matrix (or block) over relative depth."""
     import matplotlib
@@ -69,7 +69,7 @@ def plot_experiment(records: list[dict[str, Any]], df: pd.DataFrame, experiment:
         fig.savefig(plot_dir / f"{experiment}.png", dpi=100)
         plt.close(fig)
     mine = [r for r in records
-            if r.get("status") == "ok" and r["config"].get("experiment_name", "default") == experiment]
+            if r.status == "ok" and r.config.get("experiment_name", "default") == experiment]
     plans = plans_by_point(mine)
     if plans:
         plot_plans(plt, plans, plot_dir / f"{experiment}_plans.png")
@@ -78,14 +78,14 @@ def plot_experiment(records: list[dict[str, Any]], df: pd.DataFrame, experiment:
         plot_id_curves(plt, curves, plot_dir / f"{experiment}_id.png")
 
 
-def plans_by_point(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def plans_by_point(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
     """point -> the records with a non-uniform plan there, one per method (the local pruner does
     not change the plan), in point order."""
-    out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    out: dict[str, dict[str, RunRecord]] = defaultdict(dict)
     for r in records:
-        plan = r.get("plan") or {}
+        plan = r.plan
         if len(set(plan.values())) > 1:
-            out[point_name(r)].setdefault(r["method"].split("+")[0], r)
+            out[point_name(r)].setdefault(r.method.split("+")[0], r)
     order = sorted(out, key=lambda p: (0, float(p[1:])) if p.startswith("p") else (1, 0.0))
     return {p: list(out[p].values()) for p in order}
 
@@ -102,61 +102,61 @@ def tower_spans(names: list[str], tower_of: dict[str, str]) -> list[tuple[str, i
     return spans
 
 
-def plot_plans(plt: Any, plans: dict[str, list[dict[str, Any]]], path: Path) -> None:
+def plot_plans(plt: Any, plans: dict[str, list[RunRecord]], path: Path) -> None:
     """One panel per sparsity point: each group's planned sparsity in model order (x: tower and index
     within it), one line per method, the towers shaded, the target dashed."""
-    methods = sorted({r["method"].split("+")[0] for records in plans.values() for r in records})
+    methods = sorted({r.method.split("+")[0] for records in plans.values() for r in records})
     fig, axes = plt.subplots(len(plans), 1, figsize=(10, 2.8 * len(plans)), squeeze=False)
     for ax, (point, unordered) in zip(axes[:, 0], plans.items(), strict=True):
-        records = sorted(unordered, key=lambda r: methods.index(r["method"].split("+")[0]))
-        names = list(records[0]["plan"])
-        tower_of = towers_of(records[0])
+        records = sorted(unordered, key=lambda r: methods.index(r.method.split("+")[0]))
+        names = list(records[0].plan)
+        tower_of = records[0].tower_of()
         spans = tower_spans(names, tower_of)
         for k, (tower, first, last) in enumerate(spans):
             ax.axvspan(first - 0.5, last + 0.5, color=f"C{k}", alpha=0.12, linewidth=0)
             ax.text((first + last) / 2, 0.97, tower, ha="center", va="top", fontsize=8,
                     transform=ax.get_xaxis_transform())
         for r in records:
-            k = methods.index(r["method"].split("+")[0])  # one style per method in every panel
+            k = methods.index(r.method.split("+")[0])  # one style per method in every panel
             offset = (k - (len(methods) - 1) / 2) * 0.06  # side by side where plans agree
-            ax.plot([i + offset for i in range(len(names))], [r["plan"].get(n, float("nan")) for n in names],
+            ax.plot([i + offset for i in range(len(names))], [r.plan.get(n, float("nan")) for n in names],
                     marker=MARKERS[k % len(MARKERS)], linestyle=LINES[k % len(LINES)], linewidth=1, color=f"C{k}",
                     label=methods[k])
-        ax.axhline(records[0]["target"]["sparsity"], color="k", linestyle="--", linewidth=0.8, label="target")
+        ax.axhline(records[0].target.sparsity, color="k", linestyle="--", linewidth=0.8, label="target")
         index_in_tower = [i - next(f for t, f, last in spans if f <= i <= last) for i in range(len(names))]
         ax.set_xticks(range(len(names)), [f"{tower_of.get(n, '?')[:3]}{j}" for n, j in zip(names, index_in_tower,
                                                                                           strict=True)],
                       fontsize=7, rotation=90 if len(names) > 30 else 0)
         ax.set_xlim(-0.5, len(names) - 0.5)
         ax.set_ylabel("planned sparsity")
-        ax.set_title(f"{records[0]['model']} at {point}: each group's planned sparsity", fontsize=9)
+        ax.set_title(f"{records[0].model} at {point}: each group's planned sparsity", fontsize=9)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def measured_ids(record: dict[str, Any]) -> dict[str, float]:
-    return record.get("scorer_info", {}).get("intrinsic_dim") or {}
+def measured_ids(record: RunRecord) -> dict[str, float]:
+    return record.scorer_info.get("intrinsic_dim") or {}
 
 
-def id_curves(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def id_curves(records: list[RunRecord]) -> list[RunRecord]:
     """One record per model and set of measured groups, leaving out those whose IDs another of the
     same model covers (a run that pruned every tower covers the ones that pruned one)."""
-    keep: list[dict[str, Any]] = []
+    keep: list[RunRecord] = []
     for r in sorted((r for r in records if measured_ids(r)), key=lambda r: -len(measured_ids(r))):
-        if not any(k["model"] == r["model"] and set(measured_ids(r)) <= set(measured_ids(k)) for k in keep):
+        if not any(k.model == r.model and set(measured_ids(r)) <= set(measured_ids(k)) for k in keep):
             keep.append(r)
     return keep
 
 
-def plot_id_curves(plt: Any, records: list[dict[str, Any]], path: Path) -> None:
+def plot_id_curves(plt: Any, records: list[RunRecord], path: Path) -> None:
     """The ID paper's figure: the ID of each measured group (matrix or block) over relative depth,
     the towers' regions shaded and named, one panel per curve."""
     fig, axes = plt.subplots(len(records), 1, figsize=(10, 3 * len(records)), squeeze=False)
     for ax, r in zip(axes[:, 0], records, strict=True):
         ids = measured_ids(r)
-        tower_of = towers_of(r)
+        tower_of = r.tower_of()
         names = list(ids)
         depth = [i / max(len(names) - 1, 1) for i in range(len(names))]
         ax.plot(depth, [ids[n] for n in names], marker=".", linewidth=1, color="k")
@@ -171,8 +171,8 @@ def plot_id_curves(plt: Any, records: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylim(0, 1.15 * max(ids.values()))  # room for the tower names
         ax.set_xlabel("relative depth")
         ax.set_ylabel("intrinsic dimension")
-        scorer = r["config"].get("scorer", {})
-        ax.set_title(f"{r['model']}: ID per {scorer.get('granularity', 'group')} ({scorer.get('estimator', '?')}, "
+        scorer = r.config.get("scorer", {})
+        ax.set_title(f"{r.model}: ID per {scorer.get('granularity', 'group')} ({scorer.get('estimator', '?')}, "
                      f"{scorer.get('num_samples') or 'the calibration'} samples)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

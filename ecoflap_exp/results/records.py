@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from ecoflap_exp.record import RunRecord
 from ecoflap_exp.tracking.store import NON_IDENTITY_KEYS
 
 POINT = re.compile(r"^(p\d[\d.e-]*|nm\d+:\d+)/")
@@ -23,12 +24,12 @@ def config_value(cfg: dict[str, Any], dotted: str) -> Any:
     return cfg
 
 
-def method_name(record: dict[str, Any], row_keys: tuple[str, ...] = ()) -> str:
+def method_name(record: RunRecord, row_keys: tuple[str, ...] = ()) -> str:
     """The record's method (as the runner named it: wanda, ecoflap-zeroth+wanda, dense, ...); with
     row_keys, plus those settings, e.g. `ecoflap-zeroth+wanda (eps=0.001, num_samples=32)`."""
-    name = record["method"]
+    name = record.method
     if row_keys:
-        settings = ", ".join(f"{key.rsplit('.', 1)[-1]}={format_setting(config_value(record['config'], key))}"
+        settings = ", ".join(f"{key.rsplit('.', 1)[-1]}={format_setting(config_value(record.config, key))}"
                              for key in row_keys)
         name += f" ({settings})"
     return name
@@ -54,16 +55,16 @@ def setting_leaves(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return leaves
 
 
-def setting_labels(records: list[dict[str, Any]], names: list[str]) -> list[str]:
+def setting_labels(records: list[RunRecord], names: list[str]) -> list[str]:
     """Per record, what tells its setting from the others of the same experiment, model and method
     name (`model.prune_towers=[text]`), or "" where they share it: only runs that differ in their
     seed pool into one cell."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, (record, name) in enumerate(zip(records, names, strict=True)):
-        groups[(record["config"].get("experiment_name"), record["model"], name)].append(i)
+        groups[(record.config.get("experiment_name"), record.model, name)].append(i)
     labels = [""] * len(records)
     for members in groups.values():
-        leaves = [setting_leaves(records[i]["config"]) for i in members]
+        leaves = [setting_leaves(records[i].config) for i in members]
         keys = sorted({k for leaf in leaves for k in leaf})
         differing = [k for k in keys if len({leaf.get(k, "-") for leaf in leaves}) > 1]
         for i, leaf in zip(members, leaves, strict=True):
@@ -84,60 +85,62 @@ def format_setting(value: Any) -> str:
 LOADED_SPARSE = 0.01
 
 
-def point_name(record: dict[str, Any]) -> str:
+def point_name(record: RunRecord) -> str:
     """`nm2:4`, `p0.5`; a point that pruned nothing but loaded sparse weights: their sparsity (`p0.5`)."""
-    cfg = record["config"]
+    cfg = record.config
     if cfg.get("nm"):
         return f"nm{cfg['nm']}"
-    held = (record.get("achieved") or {}).get("overall", 0.0)
+    held = record.achieved.overall if record.achieved is not None else 0.0
     if cfg["sparsity"] == 0 and held >= LOADED_SPARSE:
         return f"p{round(held, 2):g}"
     return f"p{cfg['sparsity']:g}"
 
 
-def check_record(record: dict[str, Any]) -> None:
-    """KeyError/TypeError for a record without what every table needs (a run that failed before its
-    plugins were built has no method: it has no cell to show)."""
-    record["model"], record["method"], record["config"]["sparsity"]  # noqa: B018
-    if record["status"] == "ok":
-        record["achieved"]["overall"]  # noqa: B018
+def table_record(data: dict[str, Any]) -> RunRecord:
+    """The record (schema 1 or 2), or ValueError without what every table needs (its sparsity
+    point; a finished run's achieved sparsity)."""
+    record = RunRecord.load(data)
+    if not isinstance(record.config.get("sparsity"), int | float):
+        raise ValueError("its config has no sparsity")
+    return record
 
 
-def load_records(results_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+def load_records(results_dir: Path) -> tuple[list[RunRecord], list[str]]:
     """Every readable record of the local store, and a message for each one that is not."""
     records, problems = [], []
     for path in sorted(Path(results_dir).glob("*.json")):
         if path.name.startswith("."):  # a temporary file of a write in progress (or of a killed one)
             continue
         try:
-            record = json.loads(path.read_text())
-            check_record(record)
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-            problems.append(f"{path}: unreadable record ({type(err).__name__}: {err}); skipped")
+            record = table_record(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as err:
+            problems.append(f"{path}: unreadable record ({type(err).__name__}: {' '.join(str(err).split())}); "
+                            f"skipped")
             continue
         records.append(record)
     return records, problems
 
 
 def collect_records(results_dir: Path, wandb_projects: Iterable[str] = (),
-                    api: Any = None) -> tuple[list[dict[str, Any]], list[str]]:
+                    api: Any = None) -> tuple[list[RunRecord], list[str]]:
     """The local store's records plus those of each W&B project (`entity/project`) that the store
     lacks (same run id = same run; the store is the source of truth)."""
     records, problems = load_records(results_dir)
-    seen = {r.get("id") for r in records}
+    seen = {r.id for r in records}
     for project in wandb_projects:
         from ecoflap_exp.tracking.wandb_logger import records_from_project
 
         remote, remote_problems = records_from_project(project, api)
         problems += remote_problems
-        for record in remote:
+        for data in remote:
             try:
-                check_record(record)
-            except (KeyError, TypeError) as err:
-                problems.append(f"{record.get('source')}: incomplete record ({type(err).__name__}: {err}); skipped")
+                record = table_record(data)
+            except (ValueError, TypeError) as err:
+                problems.append(f"{data.get('source')}: incomplete record ({type(err).__name__}: "
+                                f"{' '.join(str(err).split())}); skipped")
                 continue
-            if record["id"] not in seen:
-                seen.add(record["id"])
+            if record.id not in seen:
+                seen.add(record.id)
                 records.append(record)
     return records, problems
 

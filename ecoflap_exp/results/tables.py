@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from ecoflap_exp.record import RunRecord
 from ecoflap_exp.results.paper import DERIVED, LAYOUTS, PAPER, Layout
 from ecoflap_exp.results.plots import plot_experiment
 from ecoflap_exp.results.records import (
@@ -40,37 +41,37 @@ from ecoflap_exp.tracking.wandb_logger import pruning_peak_gpu_gb
 
 log = logging.getLogger(__name__)
 
-def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+def frame(records: list[RunRecord]) -> pd.DataFrame:
     """One row per (record, metric); a failed record is one row with its error and its evals."""
     rows = []
-    names = [method_name(r, LAYOUTS.get(r["config"].get("experiment_name", "default"), Layout()).row_keys)
+    names = [method_name(r, LAYOUTS.get(r.config.get("experiment_name", "default"), Layout()).row_keys)
              for r in records]
     for r, name, label in zip(records, names, setting_labels(records, names), strict=True):
-        experiment = r["config"].get("experiment_name", "default")
+        experiment = r.config.get("experiment_name", "default")
         layout = LAYOUTS.get(experiment, Layout())
-        base = {"experiment": experiment, "model": r["model"], "method": f"{name} [{label}]" if label else name,
-                "point": point_name(r), "status": r.get("status", "?"), "id": r.get("id")}
-        if r.get("status") == "ok":
-            for metric, value in r.get("metrics", {}).items():
+        base = {"experiment": experiment, "model": r.model, "method": f"{name} [{label}]" if label else name,
+                "point": point_name(r), "status": r.status, "id": r.id}
+        if r.status == "ok":
+            for metric, value in r.metrics.items():
                 rows.append({**base, "metric": metric, "value": value})
-            rows.append({**base, "metric": "achieved_sparsity", "value": r["achieved"]["overall"]})
+            rows.append({**base, "metric": "achieved_sparsity", "value": r.achieved.overall})
             if layout.per_tower:
                 for metric, value in tower_metrics(r).items():
                     rows.append({**base, "metric": metric, "value": value})
             if (memory := pruning_peak_gpu_gb(r)) is not None:
                 rows.append({**base, "metric": "prune_peak_gpu_gb", "value": memory})
         else:
-            evals = r["config"].get("evals")
-            rows.append({**base, "metric": None, "value": None, "error": r.get("error", ""),
+            evals = r.config.get("evals")
+            rows.append({**base, "metric": None, "value": None, "error": r.error or "",
                          "evals": tuple(evals) if isinstance(evals, dict) and evals else None})
     return pd.DataFrame(rows)
 
 
-def tower_metrics(record: dict[str, Any]) -> dict[str, float]:
+def tower_metrics(record: RunRecord) -> dict[str, float]:
     """`sparsity/<tower>`: the achieved sparsity of each pruned tower; `mean_id/<tower>`: the mean
     intrinsic dimension the scorer measured in it."""
-    out = {f"sparsity/{t}": v for t, v in record["achieved"].get("per_tower", {}).items()}
-    out.update({f"mean_id/{t}": v for t, v in record.get("scorer_info", {}).get("tower_mean_id", {}).items()})
+    out = {f"sparsity/{t}": v for t, v in record.achieved.per_tower.items()}
+    out.update({f"mean_id/{t}": v for t, v in record.scorer_info.get("tower_mean_id", {}).items()})
     return out
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, PrunableMatrix, Redraw
 from ecoflap_exp.options import Typed
+from ecoflap_exp.tower_outputs import TowerOutputs
 
 #: one group per block, or per matrix (`layer`: the old name of `matrix`)
 Granularity = Literal["block", "matrix", "layer"]
@@ -61,10 +62,12 @@ class BlockScorer(Typed, ABC):
 
     @abstractmethod
     def scores(self, adapter: ModelAdapter, batches: list[Batch], extended: list[Batch] | None = None,
-               redraw: Redraw | None = None) -> dict[str, float]:
+               redraw: Redraw | None = None, outputs: TowerOutputs | None = None) -> dict[str, float]:
         """Group name -> score, for every group of adapter.towers(). `batches`: the pruner's
         calibration; `extended`: the calibration drawn on to `samples_needed` samples (its first
-        ones are `batches`), for a scorer that asked for more."""
+        ones are `batches`), for a scorer that asked for more; `outputs`: the prune's stored tower
+        outputs, which serve the towers a scorer's forwards cannot change (None: every tower is
+        computed, unless the scorer keeps its own)."""
 
 
 def check_granularity(granularity: Granularity) -> str:

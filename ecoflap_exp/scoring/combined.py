@@ -23,6 +23,7 @@ from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, Redraw
 from ecoflap_exp.scoring.base import BlockScorer
+from ecoflap_exp.tower_outputs import TowerOutputs
 
 Normalisation = Literal["none", "tower_mean"]
 
@@ -48,9 +49,9 @@ class ProductScorer(BlockScorer):
                 for i, f in enumerate(self.factors) for key, n in f.sample_counts().items()}
 
     def scores(self, adapter: ModelAdapter, batches: list[Batch], extended: list[Batch] | None = None,
-               redraw: Redraw | None = None) -> dict[str, float]:
+               redraw: Redraw | None = None, outputs: TowerOutputs | None = None) -> dict[str, float]:
         groups = Groups.of(adapter)
-        factors = [factor.scores(adapter, batches, extended, redraw) for factor in self.factors]
+        factors = [factor.scores(adapter, batches, extended, redraw, outputs) for factor in self.factors]
         if any(set(f) != set(factors[0]) for f in factors):
             raise UserError("combined scorers must use the same granularity")
         self.info = {k: v for factor in self.factors for k, v in factor.info.items()}

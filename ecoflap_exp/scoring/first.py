@@ -20,6 +20,7 @@ from ecoflap_exp.models.seam import Batch, PrunableMatrix, Redraw
 from ecoflap_exp.options import Count
 from ecoflap_exp.progress import track
 from ecoflap_exp.scoring.base import Aggregate, BlockScorer, Granularity, aggregate, check_granularity
+from ecoflap_exp.tower_outputs import TowerOutputs
 
 
 class FirstOrderScorer(BlockScorer):
@@ -31,7 +32,7 @@ class FirstOrderScorer(BlockScorer):
         self.num_samples = num_samples
 
     def scores(self, adapter: ModelAdapter, batches: list[Batch], extended: list[Batch] | None = None,
-               redraw: Redraw | None = None) -> dict[str, float]:
+               redraw: Redraw | None = None, outputs: TowerOutputs | None = None) -> dict[str, float]:
         batches = self.reads(batches, extended)
         per_matrix = first_order_matrix_scores(adapter, batches)
         return aggregate(adapter, per_matrix, self.granularity, self.aggregate)

@@ -14,6 +14,7 @@ from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, Redraw
 from ecoflap_exp.options import PositiveFloat
 from ecoflap_exp.scoring.base import BlockScorer
+from ecoflap_exp.tower_outputs import TowerOutputs
 from ecoflap_exp.walk import collect_stats, walk_tower
 
 
@@ -25,11 +26,12 @@ class OutlierRatioScorer(BlockScorer):
 
     @torch.no_grad()
     def scores(self, adapter: ModelAdapter, batches: list[Batch], extended: list[Batch] | None = None,
-               redraw: Redraw | None = None) -> dict[str, float]:
+               redraw: Redraw | None = None, outputs: TowerOutputs | None = None) -> dict[str, float]:
         adapter.model.eval()
         ratios = {}
         for tower in adapter.towers():
-            for block, inputs in walk_tower(adapter, tower, batches, adapter.device, description=f"OWL {tower.name}"):
+            for block, inputs in walk_tower(adapter, tower, batches, adapter.device, description=f"OWL {tower.name}",
+                                            outputs=outputs):
                 outliers = 0
                 for m, norms in collect_stats(tower, block, inputs, ColumnNorms, adapter.device).items():
                     metric = wanda_metric(m.weight, norms)

@@ -20,6 +20,7 @@ from ecoflap_exp.input_stats import ColumnNorms, wanda_metric
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch
 from ecoflap_exp.scoring.first import backward_passes
+from ecoflap_exp.tower_outputs import TowerOutputs
 from ecoflap_exp.walk import collect_stats, walk_tower
 
 
@@ -32,10 +33,12 @@ def sketch(scores: torch.Tensor, quantiles: int) -> Sketch:
 
 
 @torch.no_grad()
-def wanda_sketches(adapter: ModelAdapter, batches: list[Batch], quantiles: int) -> Sketches:
+def wanda_sketches(adapter: ModelAdapter, batches: list[Batch], quantiles: int, outputs: TowerOutputs | None = None
+                   ) -> Sketches:
     sketches: Sketches = {}
     for tower in adapter.towers():
-        for block, inputs in walk_tower(adapter, tower, batches, adapter.device, description=f"ranking {tower.name}"):
+        for block, inputs in walk_tower(adapter, tower, batches, adapter.device, description=f"ranking {tower.name}",
+                                        outputs=outputs):
             for m, norms in collect_stats(tower, block, inputs, ColumnNorms, adapter.device).items():
                 sketches[m.name] = sketch(wanda_metric(m.weight, norms), quantiles)
     return sketches
@@ -55,10 +58,13 @@ def taylor_sketches(adapter: ModelAdapter, batches: list[Batch], quantiles: int)
             for m in adapter.matrices()}
 
 
-def weight_sketches(adapter: ModelAdapter, batches: list[Batch], base_score: str, quantiles: int) -> Sketches:
+def weight_sketches(adapter: ModelAdapter, batches: list[Batch], base_score: str, quantiles: int,
+                    outputs: TowerOutputs | None = None) -> Sketches:
+    """Every matrix's sketch of `base_score`; `outputs` serves the towers the wanda walk's captures
+    read (None: every tower is computed)."""
     adapter.model.eval()
     if base_score == "magnitude":
         return {m.name: sketch(m.weight.abs(), quantiles) for m in adapter.matrices()}
     if base_score == "taylor":
         return taylor_sketches(adapter, batches, quantiles)
-    return wanda_sketches(adapter, batches, quantiles)
+    return wanda_sketches(adapter, batches, quantiles, outputs)

@@ -15,8 +15,9 @@ Two things the official code does not do:
   ones and about half of a tower's block forwards are saved.
 - `reuse_towers`: a perturbation of tower T cannot change the towers that do not read T (those
   before it, BLIP-2's ViT and Q-Former while T5 is scored; those beside it, CLIP's image tower
-  while the text is), so their outputs are computed once per batch and served from
-  tower_outputs; the estimates are again those of the full forwards.
+  while the text is), so their outputs are computed once per batch and served from the
+  TowerOutputs `scores` is handed (its own for the call when it is handed none); the estimates
+  are again those of the full forwards.
 With `redraw` (redraw_calibration) each matrix reads fresh batches, as ECoFLaP's loop iterates its
 DataLoader anew per matrix; no block inputs are then shared, and the per-matrix loop runs.
 """
@@ -37,7 +38,7 @@ from ecoflap_exp.models.seam import Batch, Block, BlockInput, PrunableMatrix, Re
 from ecoflap_exp.options import Count, NonNegativeInt, PositiveFloat
 from ecoflap_exp.progress import track
 from ecoflap_exp.scoring.base import Aggregate, BlockScorer, Granularity, aggregate, check_granularity
-from ecoflap_exp.tower_outputs import TowerOutputs, tower_outputs
+from ecoflap_exp.tower_outputs import DEFAULT_BUDGET_GB, TowerOutputs
 from ecoflap_exp.walk import passing_through, walk_tower
 
 log = logging.getLogger(__name__)
@@ -57,14 +58,14 @@ class ZerothOrderScorer(BlockScorer):
         self.reuse_towers = reuse_towers  # with reuse_prefix only: reuse_prefix=false is the official loop
 
     def scores(self, adapter: ModelAdapter, batches: list[Batch], extended: list[Batch] | None = None,
-               redraw: Redraw | None = None) -> dict[str, float]:
+               redraw: Redraw | None = None, outputs: TowerOutputs | None = None) -> dict[str, float]:
         batches = self.reads(batches, extended)
         with torch.no_grad():
             adapter.model.eval()
             if redraw is not None:
                 per_matrix = self._naive(adapter, batches, redraw)
             elif self.reuse_prefix:
-                per_matrix = self._with_prefix(adapter, batches)
+                per_matrix = self._with_prefix(adapter, batches, outputs)
             else:
                 per_matrix = self._naive(adapter, batches)
         zero = [name for name, value in per_matrix.items() if value == 0]
@@ -89,34 +90,43 @@ class ZerothOrderScorer(BlockScorer):
             per_matrix[m.name] = self.estimate(m, index, [partial(adapter.loss, b) for b in seen])
         return per_matrix
 
-    def _with_prefix(self, adapter: ModelAdapter, batches: list[Batch]) -> dict[str, float]:
-        with tower_outputs(adapter) if self.reuse_towers else contextlib.nullcontext() as outputs:
-            return self._walk(adapter, batches, outputs)
+    def _with_prefix(self, adapter: ModelAdapter, batches: list[Batch], outputs: TowerOutputs | None
+                     ) -> dict[str, float]:
+        """The walk, its captures served from `outputs`, and its perturbed losses too with
+        reuse_towers (from a TowerOutputs of its own when handed none)."""
+        if outputs is not None or not self.reuse_towers:
+            return self._walk(adapter, batches, outputs, outputs if self.reuse_towers else None)
+        with TowerOutputs(adapter, DEFAULT_BUDGET_GB) as own:
+            return self._walk(adapter, batches, own, own)
 
-    def _walk(self, adapter: ModelAdapter, batches: list[Batch], outputs: TowerOutputs | None) -> dict[str, float]:
+    def _walk(self, adapter: ModelAdapter, batches: list[Batch], captures: TowerOutputs | None,
+              losses: TowerOutputs | None) -> dict[str, float]:
+        """Block by block, each matrix's estimate from the block's cached inputs on: the walk's
+        captures served from `captures`, the perturbed losses from `losses`."""
         index = {m.name: i for i, m in enumerate(adapter.matrices())}
         per_matrix: dict[str, float] = {}
         for tower in adapter.towers():
-            walk = walk_tower(adapter, tower, batches, adapter.device, description=f"zeroth-order {tower.name}")
-            unchanged = outputs.unchanged_by(tower.name) if outputs else {}
+            walk = walk_tower(adapter, tower, batches, adapter.device, description=f"zeroth-order {tower.name}",
+                              outputs=captures)
+            unchanged = losses.unchanged_by(tower.name) if losses else {}
             for b, (block, inputs) in enumerate(walk):
                 # this tower's earlier blocks are skipped; other towers' outputs that the
                 # perturbation cannot reach (an earlier tower's, CLIP's image embedding while the
-                # text is scored) come from tower_outputs
+                # text is scored) are served from `losses`
                 earlier = [(tower, blk) for blk in tower.blocks[:b]]
                 with start_at(block.module, earlier) as feed:
 
                     def loss_from_block(batch: Batch, inp: BlockInput, unchanged: dict[str, bool]) -> torch.Tensor:
                         feed(inp)
-                        if outputs is None:
+                        if losses is None:
                             return adapter.loss(batch)
-                        with outputs.serving(unchanged), outputs.batch(batch):
+                        with losses.serving(unchanged), losses.batch(batch):
                             return adapter.loss(batch)
 
-                    losses = [partial(loss_from_block, batch, inp, unchanged)
-                              for batch, inp in zip(batches, inputs, strict=True)]
+                    block_losses = [partial(loss_from_block, batch, inp, unchanged)
+                                    for batch, inp in zip(batches, inputs, strict=True)]
                     for m in block.matrices:
-                        per_matrix[m.name] = self.estimate(m, index[m.name], losses)
+                        per_matrix[m.name] = self.estimate(m, index[m.name], block_losses)
         return per_matrix
 
     def estimate(self, matrix: PrunableMatrix, index: int, losses: list[Callable[[], torch.Tensor]]) -> float:
@@ -172,32 +182,3 @@ def start_at(first: torch.nn.Module, skipped: list[tuple[Tower, Block]]) -> Iter
             yield feed
     finally:
         handle.remove()
-
-
-class BlockForwardCounter:
-    real = 0
-
-    def __init__(self) -> None:
-        #: per tower, the forwards of its blocks that really computed
-        self.by_tower: dict[str, int] = {}
-
-
-@contextlib.contextmanager
-def count_block_forwards(adapter: ModelAdapter) -> Iterator[BlockForwardCounter]:
-    """Instrumentation for benchmarks and tests (never on in a run): counts forwards of every
-    block that really computed within the context (blocks `start_at` skips and blocks of towers
-    served from tower_outputs are not counted), in all and per tower."""
-    counter = BlockForwardCounter()
-
-    def count(module: torch.nn.Module, args: tuple, output: object, tower: str) -> None:
-        if "forward" not in vars(module):  # a skipped block's forward is patched on the instance
-            counter.real += 1
-            counter.by_tower[tower] = counter.by_tower.get(tower, 0) + 1
-
-    handles = [block.module.register_forward_hook(partial(count, tower=tower.name))
-               for tower in adapter.all_towers() for block in tower.blocks]
-    try:
-        yield counter
-    finally:
-        for h in handles:
-            h.remove()

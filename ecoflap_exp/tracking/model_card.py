@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ecoflap_exp.record import RunRecord
+
 
 def base_checkpoint(config: dict[str, Any]) -> str:
     model = config.get("model") or {}
@@ -16,27 +18,28 @@ def base_checkpoint(config: dict[str, Any]) -> str:
     return str(model.get("checkpoint") or model.get("pretrained"))
 
 
-def pruning_json(record: dict[str, Any]) -> dict[str, Any]:
+def pruning_json(record: RunRecord) -> dict[str, Any]:
     keys = ("model", "method", "target", "scores", "plan", "achieved", "config", "versions", "git_commit")
-    return {"base_checkpoint": base_checkpoint(record["config"]), **{k: record.get(k) for k in keys}}
+    return {"base_checkpoint": base_checkpoint(record.config), **record.model_dump(mode="json", include=set(keys))}
 
 
-def model_card(record: dict[str, Any], load_hint: str) -> str:
+def model_card(record: RunRecord, load_hint: str) -> str:
     """A README.md: what was pruned, how, what it reached and scored, and how to load it."""
-    achieved = record["achieved"]
-    towers = "\n".join(f"| {tower} | {value:.4f} |" for tower, value in achieved.get("per_tower", {}).items())
-    metrics = "\n".join(f"| {name} | {value:.4f} |" for name, value in record.get("metrics", {}).items())
-    nm = record["target"].get("nm")
+    achieved, target = record.achieved, record.target
+    assert achieved is not None and target is not None, "a saved model was pruned and verified"
+    towers = "\n".join(f"| {tower} | {value:.4f} |" for tower, value in achieved.per_tower.items())
+    metrics = "\n".join(f"| {name} | {value:.4f} |" for name, value in record.metrics.items())
+    nm = target.nm
     library = load_hint.split(".", 1)[0]
     return f"""---
 tags: [pruning, sparse, ecoflap_exp]
 ---
 
-# {record['model']} pruned with {record['method']}
+# {record.model} pruned with {record.method}
 
-Base checkpoint: {base_checkpoint(record['config'])}. Target sparsity {record['target']['sparsity']:g}
-{f"({nm} semi-structured)" if nm else "(unstructured)"}; {achieved['overall']:.4f} of the
-{achieved['prunable_params']:,} prunable weights are zero. The pruned weights are stored as zeros in
+Base checkpoint: {base_checkpoint(record.config)}. Target sparsity {target.sparsity:g}
+{f"({nm} semi-structured)" if nm else "(unstructured)"}; {achieved.overall:.4f} of the
+{achieved.prunable_params:,} prunable weights are zero. The pruned weights are stored as zeros in
 a dense checkpoint, so it loads wherever the base model does.
 
 | tower | sparsity |
@@ -55,11 +58,11 @@ import {library}
 ```
 
 `pruning.json` holds the plan, the per-matrix sparsities, the resolved config (to rerun it with
-ecoflap_exp), the library versions and the git commit. Masks' SHA-1: `{achieved.get('masks_sha1')}`.
+ecoflap_exp), the library versions and the git commit. Masks' SHA-1: `{achieved.masks_sha1}`.
 """
 
 
-def write_extras(folder: Path, record: dict[str, Any], load_hint: str) -> None:
+def write_extras(folder: Path, record: RunRecord, load_hint: str) -> None:
     (folder / "pruning.json").write_text(json.dumps(pruning_json(record), indent=1, default=str))
     (folder / "README.md").write_text(model_card(record, load_hint))
 

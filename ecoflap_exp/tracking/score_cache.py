@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ecoflap_exp.allocation.base import Sketch, Sketches
+from ecoflap_exp.oneshot import Scored
 from ecoflap_exp.tracking.store import read_or_set_aside, write_atomically
 
 
@@ -71,3 +73,24 @@ class ScoreCache:
         entry = {"scores": scores, "scorer_info": info, "sketched": list(sketches) if sketches is not None else None}
         write_atomically(self.root / f"{key}.json", lambda path: path.write_text(json.dumps(entry, default=str)))
 
+
+
+@dataclass
+class CachedScores:
+    """One key's entry of the cache, as the pruning core's ScoreMemo; `reuse=False` (force=true)
+    computes the scores again and overwrites the entry."""
+
+    cache: ScoreCache
+    key: str
+    reuse: bool = True
+
+    def load(self) -> Scored | None:
+        hit = self.cache.load(self.key) if self.reuse else None
+        return None if hit is None else Scored(*hit)
+
+    def save(self, scored: Scored) -> None:
+        self.cache.save(self.key, scored.scores, scored.info, scored.sketches)
+
+    @property
+    def path(self) -> Path:
+        return self.cache.root / f"{self.key}.json"

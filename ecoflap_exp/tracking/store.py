@@ -23,13 +23,15 @@ import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
 from ecoflap_exp.errors import UserError
+from ecoflap_exp.record import RunRecord
 
 log = logging.getLogger(__name__)
+Parsed = TypeVar("Parsed")
 #: temporary files older than this are left over by a killed process
 STALE_TEMPORARY_S = 3600
 
@@ -63,11 +65,11 @@ class ResultsStore:
     def path(self, rid: str) -> Path:
         return self.root / f"{rid}.json"
 
-    def finished(self, rid: str) -> dict[str, Any] | None:
+    def finished(self, rid: str) -> RunRecord | None:
         """The record of a run that ended well, or None (absent, failed, or unreadable: then moved
         aside so that the rerun's record takes its place)."""
-        record = read_or_set_aside(self.path(rid))
-        return record if record is not None and record.get("status") == "ok" else None
+        record = read_or_set_aside(self.path(rid), RunRecord.load)
+        return record if record is not None and record.status == "ok" else None
 
     def check_writable(self) -> None:
         """UserError unless a record can be written here (checked before any work); removes the
@@ -112,11 +114,37 @@ class ResultsStore:
             return
         raise UserError(f"could not claim run {rid} in {self.root}: another process keeps re-creating {path.name}")
 
-    def write(self, record: dict[str, Any]) -> Path:
+    def write(self, record: RunRecord) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
-        target = self.path(record["id"])
-        write_atomically(target, lambda path: path.write_text(json.dumps(record, indent=1, default=str)))
+        target = self.path(record.id)
+        write_atomically(target, lambda path: path.write_text(record_json(record)))
         return target
+
+    def write_or_say_why(self, record: RunRecord) -> str | None:
+        """Write the record; on failure log where it could not go and return why (None: written). A
+        failure to write never hides the run's own error."""
+        try:
+            self.write(record)
+        except OSError as err:
+            reason = f"{type(err).__name__}: {err.strerror or err}"
+            log.error("could not write the record of run %s to %s (%s)", record.id, self.path(record.id), reason)
+            return reason
+        return None
+
+
+def record_json(record: RunRecord) -> str:
+    return json.dumps(record.as_json(), indent=1, default=str)
+
+
+def keep_elsewhere(record: RunRecord) -> Path | None:
+    """The record written where the store could not take it: the system's temporary folder, else
+    the home folder (None if neither can)."""
+    for folder in (Path(tempfile.gettempdir()), Path.home()):
+        path = folder / f"ecoflap-record-{record.id}.json"
+        with contextlib.suppress(OSError):
+            write_atomically(path, lambda tmp: tmp.write_text(record_json(record)))
+            return path
+    return None
 
 
 def write_atomically(target: Path, write: Callable[[Path], Any]) -> None:
@@ -168,13 +196,14 @@ def stale(claim: dict[str, Any]) -> bool:
     return started is None or (claim.get("started") is not None and abs(started - claim["started"]) > 1)
 
 
-def read_or_set_aside(path: Path) -> dict[str, Any] | None:
-    """A JSON file's content; None if absent; one that cannot be read is renamed to
-    `<name>.unreadable` with one logged line (None)."""
+def read_or_set_aside(path: Path, parse: Callable[[dict[str, Any]], Parsed] = dict) -> Parsed | None:
+    """A JSON object's content, parsed (a ValueError from `parse` means unreadable); None if absent;
+    one that cannot be read is renamed to `<name>.unreadable` with one logged line (None)."""
     try:
         content = json.loads(path.read_text())
         if not isinstance(content, dict):
             raise ValueError(f"a JSON {type(content).__name__}, not an object")
+        return parse(content)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:
@@ -182,9 +211,8 @@ def read_or_set_aside(path: Path) -> dict[str, Any] | None:
         with contextlib.suppress(OSError):
             os.replace(path, aside)
         log.warning("%s cannot be read (%s: %s); moved to %s, and it is computed again", path, type(err).__name__,
-                    err, aside.name)
+                    " ".join(str(err).split()), aside.name)
         return None
-    return content
 
 
 def remove_stale_temporaries(folder: Path) -> None:

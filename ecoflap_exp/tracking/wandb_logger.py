@@ -24,6 +24,7 @@ from typing import Any
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.extras import require
 from ecoflap_exp.options import Names, Typed
+from ecoflap_exp.record import RunRecord
 from ecoflap_exp.tracking.store import NON_IDENTITY_KEYS
 
 #: stages of the pruning job (load, calibrate, score, allocate, prune), i.e. not the evaluation
@@ -33,11 +34,11 @@ RECORD_FIELDS = ("status", "error", "model", "method", "scorer", "target", "plan
                  "timings_s", "peak_gpu_gb", "peak_rss_gb", "started", "finished", "git_commit", "versions")
 
 
-def pruning_peak_gpu_gb(record: dict[str, Any]) -> float | None:
+def pruning_peak_gpu_gb(record: RunRecord) -> float | None:
     """Peak GPU memory of the pruning job (max over its stages), None where nothing was measured
     (CPU runs) or nothing was pruned (dense: the papers print "-")."""
-    peaks = record.get("peak_gpu_gb") or {}
-    if not record.get("plan"):
+    peaks = record.peak_gpu_gb
+    if not record.plan:
         return None
     values = [peaks[stage] for stage in PRUNING_STAGES if stage in peaks]
     return max(values) if values else None
@@ -58,13 +59,13 @@ def override_name(overrides: Iterable[str]) -> str:
     return ",".join(parts)
 
 
-def settings_name(record: dict[str, Any]) -> str:
+def settings_name(record: RunRecord) -> str:
     """`llama_tiny-ecoflap-zeroth+wanda-p0.5` (a run that failed before its method was known: the
     model and the point only)."""
-    cfg = record["config"]
-    target = record.get("target") or {"sparsity": cfg.get("sparsity"), "nm": cfg.get("nm")}
+    cfg = record.config
+    target = record.target.model_dump() if record.target else {"sparsity": cfg.get("sparsity"), "nm": cfg.get("nm")}
     pattern = target["nm"] or f"p{target['sparsity']:g}"
-    return "-".join(part for part in (record["model"], record.get("method"), pattern) if part)
+    return "-".join(part for part in (record.model, record.method, pattern) if part)
 
 
 def hydra_overrides() -> list[str]:
@@ -74,32 +75,24 @@ def hydra_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def run_name(record: dict[str, Any], overrides: Iterable[str] = ()) -> str:
+def run_name(record: RunRecord, overrides: Iterable[str] = ()) -> str:
     return override_name(overrides) or settings_name(record)
 
 
-def block_rows(record: dict[str, Any]) -> list[list[Any]]:
+def block_rows(record: RunRecord) -> list[list[Any]]:
     """One row per planned group (block or matrix): group, tower, planned, achieved, score."""
-    achieved = record.get("achieved") or {}
-    per_group = {**achieved.get("per_matrix", {}), **achieved.get("per_block", {})}
-    plan = record.get("plan") or dict.fromkeys(achieved.get("per_block", {}), 0.0)
-    towers = towers_of(record)
-    scores = record.get("scores") or {}
-    return [[g, towers.get(g), s, per_group.get(g), scores.get(g)] for g, s in plan.items()]
+    if record.achieved is None:
+        return []
+    per_group = {**record.achieved.per_matrix, **record.achieved.per_block}
+    plan = record.plan or dict.fromkeys(record.achieved.per_block, 0.0)
+    towers = record.tower_of()
+    return [[g, towers.get(g), s, per_group.get(g), record.scores.get(g)] for g, s in plan.items()]
 
 
-def towers_of(record: dict[str, Any]) -> dict[str, str]:
-    """Block and matrix name -> tower, from the per-matrix reports (or the `towers` a W&B run holds)."""
-    towers = dict(record.get("towers") or {})
-    for m in record.get("matrices") or []:
-        towers[m["name"]] = towers[m["block"]] = m["tower"]
-    return towers
-
-
-def finetune_curves(record: dict[str, Any]) -> list[tuple[int, dict[str, float]]]:
+def finetune_curves(record: RunRecord) -> list[tuple[int, dict[str, float]]]:
     """(step, values) of a fine-tuning run's curves, in step order: loss and learning rate, overall
     and per-tower sparsity at each masking step."""
-    tuned = record.get("finetune") or {}
+    tuned = record.finetune or {}
     by_step: dict[int, dict[str, float]] = {}
     for step, loss, lr in tuned.get("loss_trajectory", []):
         by_step.setdefault(step, {}).update({"finetune/loss": loss, "finetune/lr": lr})
@@ -118,22 +111,21 @@ class WandbLogger(Typed):
         require("wandb", "wandb", "logger=wandb")
         self.settings = {"project": project, "entity": entity, "mode": mode, "dir": dir, "tags": list(tags or [])}
 
-    def log(self, record: dict[str, Any]) -> None:
+    def log(self, record: RunRecord) -> None:
         import wandb
 
-        run = wandb.init(config=record["config"], name=run_name(record, hydra_overrides()),
-                         group=record["config"].get("experiment_name"), id=record["id"], resume="allow",
-                         **self.settings)
-        scalars: dict[str, Any] = {f"metrics/{k}": v for k, v in record.get("metrics", {}).items()}
-        scalars.update({f"time_s/{k}": v for k, v in record.get("timings_s", {}).items()})
-        scalars.update({f"peak_gpu_gb/{k}": v for k, v in record.get("peak_gpu_gb", {}).items()})
+        run = wandb.init(config=record.config, name=run_name(record, hydra_overrides()),
+                         group=record.config.get("experiment_name"), id=record.id, resume="allow", **self.settings)
+        scalars: dict[str, Any] = {f"metrics/{k}": v for k, v in record.metrics.items()}
+        scalars.update({f"time_s/{k}": v for k, v in record.timings_s.items()})
+        scalars.update({f"peak_gpu_gb/{k}": v for k, v in record.peak_gpu_gb.items()})
         if (pruning_peak := pruning_peak_gpu_gb(record)) is not None:
             scalars["peak_gpu_gb/pruning"] = pruning_peak
-        scalars["peak_rss_gb"] = record.get("peak_rss_gb")
-        if "target" in record:
-            scalars["sparsity/target"] = record["target"]["sparsity"]
-        if "achieved" in record:
-            scalars["sparsity/achieved"] = record["achieved"]["overall"]
+        scalars["peak_rss_gb"] = record.peak_rss_gb
+        if record.target is not None:
+            scalars["sparsity/target"] = record.target.sparsity
+        if record.achieved is not None:
+            scalars["sparsity/achieved"] = record.achieved.overall
         rows = block_rows(record)
         if rows:
             table = wandb.Table(columns=["group", "tower", "planned", "achieved", "score"], data=rows)
@@ -143,31 +135,33 @@ class WandbLogger(Typed):
         for step, values in finetune_curves(record):
             run.log(values, step=step)
         run.log(scalars)
-        summary = {k: record[k] for k in RECORD_FIELDS if k in record}
-        if "achieved" in record:
-            summary["achieved"] = {k: record["achieved"][k] for k in ("overall", "prunable_params", "per_tower",
-                                                                       "per_block") if k in record["achieved"]}
+        fields = record.model_dump(mode="json", include=set(RECORD_FIELDS))
+        summary = {k: v for k, v in fields.items() if v is not None}
+        if record.achieved is not None:
+            summary["achieved"] = record.achieved.model_dump(include={"overall", "prunable_params", "per_tower",
+                                                                      "per_block"})
         named = {*summary.get("achieved", {}).get("per_block", {}),
-                 *record.get("scorer_info", {}).get("intrinsic_dim", {})}  # the ID plot's matrices
-        summary["towers"] = {group: tower for group, tower in towers_of(record).items() if group in named}
+                 *record.scorer_info.get("intrinsic_dim", {})}  # the ID plot's matrices
+        summary["towers"] = {group: tower for group, tower in record.tower_of().items() if group in named}
         run.summary.update(summary)
         log_artifacts(wandb, run, record)
         run.finish()
 
 
-def log_artifacts(wandb: Any, run: Any, record: dict[str, Any]) -> None:
+def log_artifacts(wandb: Any, run: Any, record: RunRecord) -> None:
     """The record itself (`record-<id>`, type run-record) and, with save_model=true, the saved
     folder (`model-<id>`, type model: weights, processor, pruning.json, model card) as Artifacts."""
-    artifact = wandb.Artifact(f"record-{record['id']}", type="run-record",
-                              metadata={"model": record.get("model"), "method": record.get("method")})
+    artifact = wandb.Artifact(f"record-{record.id}", type="run-record",
+                              metadata={"model": record.model, "method": record.method})
     with artifact.new_file("record.json") as f:
-        json.dump(record, f, indent=1, default=str)
+        json.dump(record.as_json(), f, indent=1, default=str)
     run.log_artifact(artifact)
-    if record.get("saved_model"):
-        model = wandb.Artifact(f"model-{record['id']}", type="model",
-                               metadata={"method": record.get("method"), "target": record.get("target"),
-                                         "achieved": record.get("achieved", {}).get("overall")})
-        model.add_dir(record["saved_model"])
+    if record.saved_model:
+        model = wandb.Artifact(f"model-{record.id}", type="model",
+                               metadata={"method": record.method,
+                                         "target": record.target.model_dump() if record.target else None,
+                                         "achieved": record.achieved.overall if record.achieved else None})
+        model.add_dir(record.saved_model)
         run.log_artifact(model)
 
 

@@ -1,0 +1,28 @@
+"""extras: a config that needs an optional package names the extra that installs it."""
+
+import sys
+
+import pytest
+
+from ecoflap_exp.errors import UserError
+from ecoflap_exp.extras import require
+from ecoflap_exp.plugins import Plugins
+from tests.integration.test_reliability import config
+
+
+@pytest.mark.parametrize(("module", "overrides", "extra"), [
+    ("wandb", ["logger=wandb"], "wandb"),
+    ("pycocoevalcap", ["model=blip2_t5_tiny", "suite=none", "+eval@evals.nocaps=nocaps"], "captions"),
+])
+def test_a_config_that_needs_a_missing_extra_names_it(tmp_path, monkeypatch, module, overrides, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    message = rf'needs {module}, which is not installed; pip install "ecoflap_exp\[{extra}\]"'
+    with pytest.raises(UserError, match=message):
+        Plugins.build(config(tmp_path, *overrides))
+
+
+def test_an_installed_module_passes_and_a_missing_one_names_its_extra():
+    require("json", "core", "anything")
+    with pytest.raises(UserError, match=r'^logger=x needs no_such_module_xyz, which is not installed; pip install '
+                                        r'"ecoflap_exp\[x\]" \(in a clone: pip install -e "\.\[x\]"\)$'):
+        require("no_such_module_xyz", "x", "logger=x")
