@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ecoflap_exp.allocation.base import Allocation, Groups, Sketches
+from ecoflap_exp.allocation.base import Allocation, Groups, Sketches, settled
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.seam import Batch, Plan, Redraw
@@ -191,11 +191,14 @@ class Calibration:
 
 @dataclass
 class OneShot:
-    """What a one-shot prune did: the scores (and whether they came from the memo), the plan
-    (empty for a dense point), one report per pruned matrix and the achieved sparsity."""
+    """What a one-shot prune did: the scores (and whether they came from the memo), the allocation's
+    plan (empty for a dense point), the plan as pruned (`pruned_plan`: with exact counting, each
+    matrix's share of the target's exact count), one report per pruned matrix and the achieved
+    sparsity."""
 
     scored: Scored
     plan: Plan
+    pruned_plan: Plan
     reports: list[MatrixReport]
     achieved: dict[str, Any]
     reused: bool = False
@@ -227,26 +230,31 @@ def prune_with(adapter: ModelAdapter, calibration: Calibration, method: Method, 
     """Prune the adapter's model in place to the target: score, allocate, prune block by block,
     verify. A target of 0 with no selection prunes nothing and verifies the weights as they are."""
     dense = target.sparsity == 0 and not selection.chooses
+    # exact counting over the whole model: the matrices' counts add up to exactly the target
+    whole = method.exact and target.nm is None and not selection.chooses and not dense
     plan: Plan = {}
+    pruned_plan: Plan = {}
     reports: list[MatrixReport] = []
     scored, reused = Scored({}, {}, None), False
     if not dense:
+        groups = Groups.of(adapter)
         with TowerOutputs(adapter, cache_gb) as outputs:  # shared by scoring and the engine's input capture
             if selection.per_matrix is None:
                 with stage("score"):
                     scored, reused = score(adapter, method, calibration, outputs, memo)
                 with stage("allocate"):
-                    plan = method.allocation.plan(scored.scores, Groups.of(adapter), target.sparsity,
-                                                  target.max_sparsity, scored.sketches)
+                    plan = method.allocation.plan(scored.scores, groups, target.sparsity, target.max_sparsity,
+                                                  scored.sketches)
             else:
                 plan = dict.fromkeys((b.name for b in adapter.blocks()), 0.0)
             if selection.chooses:
                 plan = selection.applied(plan, adapter)
+            pruned_plan = settled(plan, groups, target.sparsity) if whole else plan
             with stage("prune"):
-                engine = SequentialEngine(adapter, method.pruner, plan, target.nm, device or adapter.device, offload,
-                                          pads_in_stats, outputs=outputs)
+                engine = SequentialEngine(adapter, method.pruner, pruned_plan, target.nm, device or adapter.device,
+                                          offload, pads_in_stats, outputs=outputs)
                 reports = engine.run(calibration.batches, calibration.redraw)
     with stage("verify"):
-        achieved = verify(adapter, plan or dict.fromkeys((b.name for b in adapter.blocks()), 0.0), target.nm, reports,
-                          exact=method.exact)
-    return OneShot(scored, plan, reports, achieved, reused)
+        achieved = verify(adapter, pruned_plan or dict.fromkeys((b.name for b in adapter.blocks()), 0.0), target.nm,
+                          reports, exact=method.exact, overall=target.sparsity if whole else None)
+    return OneShot(scored, plan, pruned_plan, reports, achieved, reused)

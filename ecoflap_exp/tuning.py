@@ -55,13 +55,14 @@ def fine_tune(finetune: FineTuning, calib: CalibrationSource, adapter: ModelAdap
         ids = dict(id_info["intrinsic_dim"]) if id_info else None
         outcome = finetune.run(adapter, samples, augment, checkpoints, target.sparsity, ids, trained_on)
     outcome.info.update(oneshot_sparsity=pruned.achieved["overall"], **id_info)
-    plan, reports = pruned.plan, pruned.reports
+    plan, pruned_plan, reports = pruned.plan, pruned.pruned_plan, pruned.reports
     if outcome.pruned is not None:
         plan, reports = iterative_plan(adapter, outcome.pruned)
+        pruned_plan = plan
     reports, outcome.info["zeroed_by_training"] = zeroed_in_training(adapter, reports)
     with stage("verify"):
-        achieved = verify(adapter, plan or dict.fromkeys((b.name for b in adapter.blocks()), 0.0), target.nm, reports,
-                          exact=outcome.pruned is not None or exact,
+        achieved = verify(adapter, pruned_plan or dict.fromkeys((b.name for b in adapter.blocks()), 0.0), target.nm,
+                          reports, exact=outcome.pruned is not None or exact,
                           overall=target.sparsity if outcome.pruned is not None else None)
     return Tuned(outcome.info, plan, reports, achieved)
 

@@ -14,11 +14,17 @@ allocate (water-filling, p_max = p + 0.1), prune. `--zeroth-blocks 1` perturbs o
 block of each tower (the memory peak does not grow with more blocks; the time does, per matrix).
 Issue 4 anchors on one GPU at full size: Wanda 8.87 GB, zeroth 8.93 GB, first-order 22.4 GB.
 
-`--model llava_15_7b` / `qwen2_vl_7b`: LLaVA-1.5-7B (CLIP ViT-L/14-336, Vicuna-7B widths and
-vocabulary) or Qwen2-VL-7B (its ViT, merger and Qwen2-7B) with `--blocks` blocks in the vision tower
-and the language model, random init, byte-tokenized one-round conversations about random 336 px
-images (576 image tokens for LLaVA, 144 for Qwen2-VL), loss on the answers; the same passes as
-BLIP-2's (the projector stays dense, as the models' configs default).
+`--model llava_15_7b` / `qwen2_vl_7b` / `qwen2_5_vl_7b` / `internvl3_8b` / `gemma3_4b` /
+`llava_onevision_7b`: the chat VLMs' real widths and vocabularies (LLaVA-1.5-7B: CLIP ViT-L/14-336 and
+Vicuna-7B; Qwen2-VL-7B and Qwen2.5-VL-7B: their ViTs, mergers and Qwen2(.5)-7B; InternVL3-8B:
+InternViT-300M and Qwen2.5-7B; gemma-3-4b-it: SigLIP-so400m at 896 px and Gemma 3 4B;
+llava-onevision-qwen2-7b-ov: SigLIP-so400m at 384 px and Qwen2-7B) with `--blocks` blocks in the
+vision tower and the language model (Qwen2.5-VL's last ViT block with full attention, the others
+windowed; Gemma 3's last language layer global, the others sliding), random init, byte-tokenized
+one-round conversations about random square images (336 px for LLaVA and the Qwens: 576 image tokens
+for LLaVA, 144 for Qwen2(.5)-VL; 448 px, one tile, 256 tokens for InternVL3; 896 px, 256 tokens for
+Gemma 3; 384 px, two crops for LLaVA-OneVision), loss on the answers; the same passes as BLIP-2's
+(the projector stays dense, as the models' configs default).
 
 `--passes forward,sparsegpt_reference_count,ist_sparsegpt` puts our SparseGPT (counting as the
 reference does, so the masks can agree) beside IST-DASLab/sparsegpt's algorithm as its code
@@ -32,7 +38,8 @@ identical in every child, so the ratios to the plain forward's figures compare l
 Only the pass itself is timed. With a GPU (`--device cuda`), peak GPU memory is reported instead
 (`--blocks 32 --dtype float16 --device cuda` for LLaMA-7B; `--blocks 39` for BLIP-2's full ViT).
 
-    python scripts/bench_prune.py [--model llama|blip2_t5|llava_15_7b|qwen2_vl_7b] [--blocks 2] [--samples 16]
+    python scripts/bench_prune.py [--model llama|blip2_t5|llava_15_7b|qwen2_vl_7b|qwen2_5_vl_7b|internvl3_8b|
+                                           gemma3_4b|llava_onevision_7b] [--blocks 2] [--samples 16]
                                    [--out bench.json]
 """
 
@@ -61,7 +68,11 @@ from ecoflap_exp.allocation.waterfill import WaterFilling  # noqa: E402
 from ecoflap_exp.models.adapter import ModelAdapter  # noqa: E402
 from ecoflap_exp.models.blip2 import Blip2Adapter  # noqa: E402
 from ecoflap_exp.models.causal_lm import CausalLMAdapter  # noqa: E402
+from ecoflap_exp.models.gemma3 import Gemma3Adapter  # noqa: E402
+from ecoflap_exp.models.internvl import InternVLAdapter  # noqa: E402
 from ecoflap_exp.models.llava import LlavaAdapter  # noqa: E402
+from ecoflap_exp.models.llava_onevision import LlavaOnevisionAdapter  # noqa: E402
+from ecoflap_exp.models.qwen2_5_vl import Qwen2_5_VLAdapter  # noqa: E402
 from ecoflap_exp.models.qwen2_vl import Qwen2VLAdapter  # noqa: E402
 from ecoflap_exp.models.seam import Batch, Tower  # noqa: E402
 from ecoflap_exp.pruning.engine import SequentialEngine  # noqa: E402
@@ -105,6 +116,19 @@ CHAT_VLMS = {
                                                   "text_config": {"num_hidden_layers": n}}),
     "qwen2_vl_7b": (Qwen2VLAdapter, 336, lambda n: {"vision_config": {"depth": n},
                                                     "text_config": {"num_hidden_layers": n}}),
+    # the last ViT block with full attention, the others windowed (the released model: 7, 15, 23, 31 of 32)
+    "qwen2_5_vl_7b": (Qwen2_5_VLAdapter, 336, lambda n: {
+        "vision_config": {"depth": n, "fullatt_block_indexes": [n - 1]}, "text_config": {"num_hidden_layers": n}}),
+    # one 448 px tile per square image
+    "internvl3_8b": (InternVLAdapter, 448, lambda n: {"vision_config": {"num_hidden_layers": n},
+                                                      "text_config": {"num_hidden_layers": n}}),
+    # the last language layer global, the others sliding-window (the released model: every sixth global)
+    "gemma3_4b": (Gemma3Adapter, 896, lambda n: {
+        "vision_config": {"num_hidden_layers": n},
+        "text_config": {"num_hidden_layers": n, "layer_types": ["sliding_attention"] * (n - 1) + ["full_attention"]}}),
+    # a square image: the whole-image crop and one grid crop (2 x 729 patches)
+    "llava_onevision_7b": (LlavaOnevisionAdapter, 384, lambda n: {"vision_config": {"num_hidden_layers": n},
+                                                                  "text_config": {"num_hidden_layers": n}}),
 }
 QUESTIONS = ["What is the man doing?", "How many dogs are there?", "What is on the plate?", "When was this taken?"]
 
@@ -117,7 +141,7 @@ def build(args: argparse.Namespace) -> tuple[ModelAdapter, list[Batch]]:
         samples = list(ids)
     elif args.model in CHAT_VLMS:
         adapter_class, side, layers = CHAT_VLMS[args.model]
-        extra = {"max_pixels": side * side} if adapter_class is Qwen2VLAdapter else {}
+        extra = {"max_pixels": side * side} if issubclass(adapter_class, Qwen2VLAdapter) else {}
         adapter = scored_leading(adapter_class)(arch=args.model, init="random", tokenizer="bytes", dtype=args.dtype,
                                                 arch_overrides=layers(args.blocks), **extra)
         generator = torch.Generator().manual_seed(0)
@@ -217,7 +241,7 @@ def run_pass(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     extra: dict[str, Any] = {}
     if name == "forward":
         plain_forwards(adapter, batches)
@@ -225,12 +249,13 @@ def run_pass(name: str, args: argparse.Namespace) -> dict[str, Any]:
         extra = prune(adapter, batches, name, args)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"pass": name, "seconds": seconds, "peak_gb": peak, **extra}
+    # CPU time (all threads) as well as wall time: the one that holds when the machine is shared
+    return {"pass": name, "seconds": seconds, "cpu_seconds": cpu_seconds, "peak_gb": peak, **extra}
 
 
 def main() -> None:
@@ -266,12 +291,13 @@ def main() -> None:
     memory = "peak GPU GB" if args.device.startswith("cuda") else "peak RSS GB"
     print(f"{args.model} x {args.blocks} blocks per tower, {args.samples} samples in batches of {args.batch}, "
           f"{args.dtype}, {args.device}")
-    print(f"{'pass':10} {'seconds':>9} {'x forward':>10} {memory:>12} {'x forward':>10}")
+    print(f"{'pass':10} {'seconds':>9} {'CPU s':>9} {'x forward':>10} {memory:>12} {'x forward':>10}")
     for r in rows:
         r["time_x_forward"] = r["seconds"] / base["seconds"]
+        r["cpu_x_forward"] = r["cpu_seconds"] / base["cpu_seconds"]
         r["memory_x_forward"] = r["peak_gb"] / base["peak_gb"]
-        print(f"{r['pass']:10} {r['seconds']:9.2f} {r['time_x_forward']:10.2f} {r['peak_gb']:12.2f} "
-              f"{r['memory_x_forward']:10.3f}")
+        print(f"{r['pass']:10} {r['seconds']:9.2f} {r['cpu_seconds']:9.2f} {r['cpu_x_forward']:10.2f} "
+              f"{r['peak_gb']:12.2f} {r['memory_x_forward']:10.3f}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"args": vars(args), "rows": rows}, f, indent=1)

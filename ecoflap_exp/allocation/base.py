@@ -4,6 +4,7 @@ passes `max_sparsity`."""
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,3 +80,21 @@ def solve_level(total_at: Callable[[float], float], target: float, low: float, h
         mid = (low + high) / 2
         low, high = (mid, high) if total_at(mid) < target else (low, mid)
     return high
+
+
+def settled(plan: Plan, groups: Groups, sparsity: float) -> Plan:
+    """The plan as integer counts per matrix that add up to round(sparsity x N) of the N prunable
+    weights: a matrix planned at p_m prunes floor(n_m p_m) or one more, the extra weights going to
+    the largest fractional parts (ties in pruning order). Each matrix rounding its own count
+    instead misses the target by up to half a weight per matrix. Each sparsity is count / n_m."""
+    matrices = [m for m in groups.sizes if m in groups.block_of]
+    shares = {m: groups.sizes[m] * (plan[m] if m in plan else plan[groups.block_of[m]]) for m in matrices}
+    # a share within 1e-9 of an integer is that integer (c / n x n need not give c back exactly)
+    counts = {m: math.floor(s + 1e-9) for m, s in shares.items()}
+    extra = round(sparsity * sum(groups.sizes[m] for m in matrices)) - sum(counts.values())
+    if not 0 <= extra <= len(matrices):
+        raise RuntimeError(f"the plan's counts ({sum(counts.values())} weights) cannot reach sparsity {sparsity:g}")
+    by_fraction = sorted(matrices, key=lambda m: counts[m] - shares[m])  # stable: ties stay in pruning order
+    for m in by_fraction[:extra]:
+        counts[m] += 1
+    return {m: c / groups.sizes[m] for m, c in counts.items()}

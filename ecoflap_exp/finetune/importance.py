@@ -57,7 +57,7 @@ class Importance:
             if grad is None:
                 raise UserError(f"{m.name} has no gradient after a training step; finetune.score={self.kind} needs "
                                 f"the gradients of every pruned matrix (is it frozen?)")
-            sensitivity = (w * grad[m.rows].float()).abs()
+            sensitivity = (w * m.part(grad).float()).abs()
             if self.kind == "taylor":
                 self.ipt[m.name] = sensitivity
                 continue

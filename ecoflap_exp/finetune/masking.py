@@ -79,7 +79,7 @@ class FixedMasks:
     def clear_gradients(self) -> None:
         for m in self.matrices:
             if m.param.grad is not None:
-                m.param.grad[m.rows].mul_(self.keep[m.name])
+                m.part(m.param.grad).mul_(self.keep[m.name])
 
     @torch.no_grad()
     def apply(self) -> None:

@@ -30,7 +30,7 @@ from torch import nn
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.adapter import IGNORE, LossTerm, TransformersAdapter
 from ecoflap_exp.models.loading import resolve_checkpoint
-from ecoflap_exp.models.seam import Batch
+from ecoflap_exp.models.seam import Batch, Block, PrunableMatrix, Tower, blocks_of, find_block_list, linear_matrices
 from ecoflap_exp.options import Count
 
 Turns = Sequence[tuple[str, str]]
@@ -39,7 +39,7 @@ Turns = Sequence[tuple[str, str]]
 CAPTION_INSTRUCTION = "Provide a one-sentence caption for the provided image."
 #: per-token keys of a processor's output, padded along the sequence; the others (pixels, image
 #: grids) are concatenated along their first dimension
-SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 ROLES = {"human": "user", "gpt": "assistant"}
 #: where LLaVA's instruction files put the image in a turn's text
 IMAGE_MARK = "<image>"
@@ -103,6 +103,12 @@ class ChatVLMAdapter(TransformersAdapter):
         adds_bos = bos is not None and self.tokenizer("a", add_special_tokens=True).input_ids[:1] == [bos]
         return self.tokenizer.bos_token if adds_bos else ""
 
+    @property
+    def answer_end(self) -> str | None:
+        """The token that ends an answer, appended where the template writes none: the EOS (a
+        template whose turns end in a token of their own, Gemma's <end_of_turn>, names that one)."""
+        return self.tokenizer.eos_token
+
     def image_view(self, image: Image.Image) -> Image.Image:
         """An image as the processor receives it (RGB; a model may reshape it first)."""
         return image.convert("RGB")
@@ -152,7 +158,7 @@ class ChatVLMAdapter(TransformersAdapter):
     def encode(self, image: Image.Image, turns: Turns) -> tuple[dict[str, torch.Tensor], list[int]]:
         """One conversation: the processor's tensors (ids over the whole sequence) and the labels
         (answer ids, IGNORE elsewhere)."""
-        eos = self.tokenizer.eos_token
+        eos = self.answer_end
         segments = [(t.rstrip() + eos if answer and eos is not None and eos not in t else t, answer)
                     for t, answer in self.segments(turns)]
         text = self.text_start + "".join(t for t, _ in segments)
@@ -210,9 +216,14 @@ class ChatVLMAdapter(TransformersAdapter):
                 fill = pad if key == "input_ids" else 0
                 values = [torch.cat([v, torch.full((1, width - v.shape[1]), fill, dtype=v.dtype)], dim=1)
                           for v in values]
-            batch[key] = torch.cat(values, dim=0)
+            batch[key] = self.joined(key, values)
         batch["labels"] = torch.tensor([labels + [IGNORE] * (width - len(labels)) for _, labels in encoded])
         return {key: self.placed(key, value) for key, value in batch.items()}
+
+    def joined(self, key: str, values: list[torch.Tensor]) -> torch.Tensor:
+        """The samples' tensors of a key that is not per token as the batch's: concatenated along
+        their first dimension (a model whose pixels differ in shape between images pads them here)."""
+        return torch.cat(values, dim=0)
 
     def placed(self, key: str, value: torch.Tensor) -> torch.Tensor:
         """On the model's device; pixels in the dtype of the weights."""
@@ -236,13 +247,35 @@ class ChatVLMAdapter(TransformersAdapter):
         """The language model's real tokens: every token but the pads (image tokens included)."""
         return {"hidden": batch["attention_mask"]}
 
+    def projected_towers(self, vision_layers: int | None = None,
+                         projector_matrices: list[PrunableMatrix] | None = None) -> list[Tower]:
+        """The towers of a model laid out as transformers' LLaVA family (model.vision_tower,
+        model.multi_modal_projector, model.language_model): the ViT's first `vision_layers` layers (all
+        by default), the projector as one block (its Linears, or the given matrices), the language
+        model's layers."""
+        inner = self.model.model
+        path, layers = find_block_list(inner.vision_tower)
+        projector = inner.multi_modal_projector
+        lm_path, lm_layers = find_block_list(inner.language_model)
+        if projector_matrices is None:
+            projector_matrices = linear_matrices("model.multi_modal_projector", projector)
+        return [
+            Tower("vision", blocks_of(f"model.vision_tower.{path}", layers)[:vision_layers], root=inner.vision_tower,
+                  reads=()),
+            Tower("projector", [Block("model.multi_modal_projector", projector, projector_matrices)], root=projector,
+                  reads=("vision",)),
+            Tower("language", blocks_of(f"model.language_model.{lm_path}", lm_layers), token_masks=self.language_mask,
+                  reads=("projector",)),
+        ]
+
     @torch.no_grad()
     def generate(self, images: list[Image.Image], prompts: list[str], **generation: Any) -> list[str]:
         """Greedy or beam decoding from a one-turn chat per (image, prompt), left-padded; LAVIS's
         `min_length` counts new tokens here (a decoder-only model's min_length counts the prompt)."""
         texts = [self.text_start + self.render(messages_of([("human", prompt)]), generation_prompt=True)
                  for prompt in prompts]
-        inputs = self.processor(text=texts, images=[self.image_view(image) for image in images], padding=True,
+        # one list of images per prompt, as every processor takes them (Gemma 3's reads a flat list as one prompt's)
+        inputs = self.processor(text=texts, images=[[self.image_view(image)] for image in images], padding=True,
                                 padding_side="left", add_special_tokens=False, return_tensors="pt")
         inputs = {key: self.placed(key, value) for key, value in inputs.items()}
         generation = {key: value for key, value in generation.items() if value is not None}

@@ -34,7 +34,7 @@ from PIL import Image
 
 from ecoflap_exp.models.chat import ChatVLMAdapter, checkpoint_processor
 from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, DType
-from ecoflap_exp.models.seam import Block, Tower, blocks_of, find_block_list, linear_matrices
+from ecoflap_exp.models.seam import Tower, find_block_list
 
 #: llava-hf's chat template for LLaVA-1.5 (Vicuna's USER:/ASSISTANT: turns, images first)
 LLAVA_TEMPLATE = (
@@ -70,6 +70,13 @@ def expand2square(image: Image.Image, background: tuple[int, ...]) -> Image.Imag
     square = Image.new(image.mode, (side, side), background)
     square.paste(image, ((side - width) // 2, (side - height) // 2))
     return square
+
+
+def used_vision_layers(feature_layers: int | list[int], count: int) -> int:
+    """How many of a ViT's `count` layers feed the image features: up to the deepest of the model's
+    `vision_feature_layer`s (hidden state k is layer k-1's output; 0 is the embeddings')."""
+    return max(layer if layer >= 0 else count + 1 + layer for layer in
+               ([feature_layers] if isinstance(feature_layers, int) else feature_layers))
 
 
 def load_processor(tokenizer: str | None, checkpoint: str | None, config: Any) -> Any:
@@ -110,25 +117,6 @@ class LlavaAdapter(ChatVLMAdapter):
         image = super().image_view(image)
         return expand2square(image, self.background) if self.background is not None else image
 
-    def used_vision_layers(self, count: int) -> int:
-        """How many of the ViT's layers feed the image features: up to the deepest feature layer
-        (hidden state k is layer k-1's output; 0 is the embeddings')."""
-        layers = self.model.config.vision_feature_layer
-        deepest = max(layer if layer >= 0 else count + 1 + layer for layer in
-                      ([layers] if isinstance(layers, int) else layers))
-        return deepest
-
     def all_towers(self) -> list[Tower]:
-        inner = self.model.model
-        path, layers = find_block_list(inner.vision_tower)
-        vision = blocks_of(f"model.vision_tower.{path}", layers)[: self.used_vision_layers(len(layers))]
-        projector = inner.multi_modal_projector
-        lm_path, lm_layers = find_block_list(inner.language_model)
-        return [
-            Tower("vision", vision, root=inner.vision_tower, reads=()),
-            Tower("projector", [Block("model.multi_modal_projector", projector,
-                                      linear_matrices("model.multi_modal_projector", projector))],
-                  root=projector, reads=("vision",)),
-            Tower("language", blocks_of(f"model.language_model.{lm_path}", lm_layers), token_masks=self.language_mask,
-                  reads=("projector",)),
-        ]
+        layers = len(find_block_list(self.model.model.vision_tower)[1])
+        return self.projected_towers(used_vision_layers(self.model.config.vision_feature_layer, layers))

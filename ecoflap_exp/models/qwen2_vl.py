@@ -15,9 +15,7 @@ Towers in pruning order (each one's blocks found as the longest block list under
   M-RoPE's 3-D (temporal, height, width) position ids, computed from the ids, the token types
   and the image grids; pads are kept out of statistics.
 
-Qwen2.5-VL (windowed attention in most ViT blocks: their `cu_seqlens` differ from block to
-block, and the patches are reordered by window) needs a tower that hands each block its own
-sequence boundaries and is not supported. With `tokenizer=bytes` the processor is built here:
+With `tokenizer=bytes` the processor is built here:
 ByT5's byte tokenizer with Qwen2-VL's special tokens, Qwen2-VL's image processor at the
 architecture's patch and merge sizes, and a ChatML template of Qwen2-VL-Instruct's form; the
 model config takes its token ids.
@@ -47,7 +45,8 @@ SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_en
                   "<|video_pad|>")
 
 
-def load_processor(tokenizer: str | None, checkpoint: str | None, config: Any, pixels: dict[str, int]) -> Any:
+def load_processor(tokenizer: str | None, checkpoint: str | None, config: Any, pixels: dict[str, int],
+                   processor_class: Any) -> Any:
     if tokenizer != "bytes":
         return checkpoint_processor(tokenizer, checkpoint, **pixels)
     byte_tokenizer = transformers.ByT5Tokenizer(eos_token="<|im_end|>")
@@ -55,9 +54,9 @@ def load_processor(tokenizer: str | None, checkpoint: str | None, config: Any, p
     vision = config.vision_config
     sizes = {"patch_size": vision.patch_size, "merge_size": vision.spatial_merge_size,
              "temporal_patch_size": vision.temporal_patch_size, **pixels}
-    return transformers.Qwen2VLProcessor(image_processor=transformers.Qwen2VLImageProcessor(**sizes),
-                                         video_processor=transformers.Qwen2VLVideoProcessor(**sizes),
-                                         tokenizer=byte_tokenizer, chat_template=QWEN2VL_TEMPLATE)
+    return processor_class(image_processor=transformers.Qwen2VLImageProcessor(**sizes),
+                           video_processor=transformers.Qwen2VLVideoProcessor(**sizes),
+                           tokenizer=byte_tokenizer, chat_template=QWEN2VL_TEMPLATE)
 
 
 def patches_per_image(batch: Batch) -> list[int]:
@@ -71,12 +70,22 @@ class Qwen2VLAdapter(ChatVLMAdapter):
     each image's resized area (null: the processor's own; Qwen2-VL's default allows 12.8M pixels,
     16,384 visual tokens, per image)."""
 
+    @classmethod
+    def model_class(cls) -> Any:
+        """The transformers class the model loads through."""
+        return transformers.Qwen2VLForConditionalGeneration
+
+    @classmethod
+    def processor_class(cls) -> Any:
+        """The processor class the byte tokenizer's processor is built as (`tokenizer=bytes`)."""
+        return transformers.Qwen2VLProcessor
+
     def __init__(self, dtype: DType = "bfloat16", tokenizer: str | None = None, min_pixels: Count | None = None,
                  max_pixels: Count | None = None, **common: Any):
         super().__init__(**common)
-        self.model = self.load_model(transformers.Qwen2VLForConditionalGeneration, dtype)
+        self.model = self.load_model(self.model_class(), dtype)
         pixels = {k: v for k, v in {"min_pixels": min_pixels, "max_pixels": max_pixels}.items() if v is not None}
-        self.processor = load_processor(tokenizer, self.checkpoint, self.model.config, pixels)
+        self.processor = load_processor(tokenizer, self.checkpoint, self.model.config, pixels, self.processor_class())
         if tokenizer == "bytes":
             ids = dict(zip(SPECIAL_TOKENS, self.tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS)), strict=True))
             config = self.model.config

@@ -40,7 +40,9 @@ def first_input(args: tuple, kwargs: dict) -> torch.Tensor:
 class PrunableMatrix:
     """`stream` names the token sequence the matrix reads, so the right token mask selects its
     real tokens: "hidden" (the block's own tokens) or "memory" (the states a cross-attention
-    reads, e.g. the encoder output the T5 decoder's cross-attention k and v take)."""
+    reads, e.g. the encoder output the T5 decoder's cross-attention k and v take). `transposed`:
+    the parameter holds the matrix as (inputs, outputs), a projection applied as x @ W (Gemma 3's
+    multimodal projector), where an nn.Linear holds (outputs, inputs)."""
 
     name: str
     param: nn.Parameter
@@ -48,11 +50,17 @@ class PrunableMatrix:
     rows: slice = field(default_factory=lambda: slice(None))
     input_of: Callable[[tuple, dict], torch.Tensor] = first_input
     stream: str = "hidden"
+    transposed: bool = False
+
+    def part(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The matrix's part of a tensor shaped like its parameter (the parameter, its gradient), as
+        a view of (outputs, inputs)."""
+        return (tensor.t() if self.transposed else tensor)[self.rows]
 
     @property
     def weight(self) -> torch.Tensor:
-        """A view of the matrix inside its parameter; writes go to the model."""
-        return self.param.data[self.rows]
+        """A view of the matrix inside its parameter, (outputs, inputs); writes go to the model."""
+        return self.part(self.param.data)
 
     @property
     def shape(self) -> tuple[int, int]:

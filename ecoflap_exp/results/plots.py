@@ -76,6 +76,8 @@ def plot_experiment(records: list[RunRecord], df: pd.DataFrame, experiment: str,
     curves = id_curves(mine)
     if curves:
         plot_id_curves(plt, curves, plot_dir / f"{experiment}_id.png")
+    for record in tower_profile_records(mine):
+        plot_tower_profiles(plt, record, plot_dir / f"{experiment}_{record.model}_towers.png")
 
 
 def plans_by_point(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
@@ -174,6 +176,70 @@ def plot_id_curves(plt: Any, records: list[RunRecord], path: Path) -> None:
         scorer = r.config.get("scorer", {})
         ax.set_title(f"{r.model}: ID per {scorer.get('granularity', 'group')} ({scorer.get('estimator', '?')}, "
                      f"{scorer.get('num_samples') or 'the calibration'} samples)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def block_profiles(record: RunRecord) -> dict[str, dict[str, list[float]]]:
+    """Per tower, block by block in model order: the measured ID (the mean of its matrices' IDs where
+    they were measured per matrix), the planned and the achieved sparsity (a per-matrix plan weighted
+    by the matrices' sizes)."""
+    ids, plan, achieved = measured_ids(record), record.plan, record.achieved
+    blocks: dict[str, dict[str, list]] = {}
+    for m in record.matrices:
+        blocks.setdefault(m.block, {"tower": m.tower, "matrices": []})["matrices"].append(m)
+    profiles: dict[str, dict[str, list[float]]] = {}
+    for block, held in blocks.items():
+        matrices = held["matrices"]
+        sizes = [m.rows * m.cols for m in matrices]
+        block_ids = [ids[m.name] for m in matrices if m.name in ids] or ([ids[block]] if block in ids else [])
+        planned = plan[block] if block in plan else sum(
+            plan.get(m.name, 0.0) * n for m, n in zip(matrices, sizes, strict=True)) / sum(sizes)
+        tower = profiles.setdefault(held["tower"], {"id": [], "planned": [], "achieved": []})
+        tower["id"].append(sum(block_ids) / len(block_ids) if block_ids else float("nan"))
+        tower["planned"].append(planned)
+        tower["achieved"].append(achieved.per_block.get(block, float("nan")) if achieved else float("nan"))
+    return profiles
+
+
+def tower_profile_records(records: list[RunRecord]) -> list[RunRecord]:
+    """Per model, the run with measured IDs and a non-uniform plan nearest 50% sparsity (the ID paper's
+    figure of BLIP: one model, one point)."""
+    chosen: dict[str, RunRecord] = {}
+    for r in records:
+        if measured_ids(r) and r.matrices and r.target and len(set(r.plan.values())) > 1:
+            best = chosen.get(r.model)
+            if best is None or abs(r.target.sparsity - 0.5) < abs(best.target.sparsity - 0.5):
+                chosen[r.model] = r
+    return [chosen[model] for model in sorted(chosen)]
+
+
+def plot_tower_profiles(plt: Any, record: RunRecord, path: Path) -> None:
+    """The ID paper's per-tower figure: one column per tower (vision, projector, language), the ID of
+    each block above and its planned and achieved sparsity below, the target dashed."""
+    profiles = block_profiles(record)
+    fig, axes = plt.subplots(2, len(profiles), figsize=(5 * len(profiles), 5.5), squeeze=False, sharey="row")
+    for column, (tower, profile) in enumerate(profiles.items()):
+        count = len(profile["id"])
+        blocks = range(count)
+        top, bottom = axes[0, column], axes[1, column]
+        top.plot(blocks, profile["id"], marker=".", color=f"C{column}")
+        top.set_title(f"{tower} ({count} block{'s' if count > 1 else ''})", fontsize=9)
+        for ax in (top, bottom):
+            ax.set_xlim(-0.5, count - 0.5)
+            ax.set_xticks(range(0, count, max(1, count // 8)))
+        bottom.plot(blocks, profile["planned"], marker="o", markerfacecolor="none", color=f"C{column}",
+                    label="planned")
+        bottom.plot(blocks, profile["achieved"], marker="x", linestyle=":", color="k", label="achieved")
+        bottom.axhline(record.target.sparsity, color="grey", linestyle="--", linewidth=0.8, label="target")
+        bottom.set_xlabel("block")
+        if column == 0:
+            top.set_ylabel("intrinsic dimension")
+            bottom.set_ylabel("sparsity")
+            bottom.legend(fontsize=7)
+    fig.suptitle(f"{record.model}, {record.method} at {record.target.sparsity:g}: ID and sparsity per block",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

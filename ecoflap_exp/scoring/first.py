@@ -74,7 +74,7 @@ def first_order_matrix_scores(adapter: ModelAdapter, batches: list[Batch]) -> di
 
     def reduce_and_free(param: nn.Parameter) -> None:
         for m in by_param[param]:
-            totals[m.name] += float((m.weight.abs().float() * param.grad[m.rows].abs().float()).sum())
+            totals[m.name] += float((m.weight.abs().float() * m.part(param.grad).abs().float()).sum())
         param.grad = None
 
     backward_passes(adapter, batches, reduce_and_free, "first-order scores")

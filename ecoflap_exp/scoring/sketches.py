@@ -54,7 +54,7 @@ def taylor_sketches(adapter: ModelAdapter, batches: list[Batch], quantiles: int)
         param.grad = None
 
     backward_passes(adapter, batches, accumulate, "Taylor scores")
-    return {m.name: sketch((m.weight.float() * sums[m.param][m.rows] / len(batches)).abs(), quantiles)
+    return {m.name: sketch((m.weight.float() * m.part(sums[m.param]) / len(batches)).abs(), quantiles)
             for m in adapter.matrices()}
 
 

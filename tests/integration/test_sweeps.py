@@ -39,6 +39,10 @@ TINY = {
     # the conversation fixture holds 4 entries with images
     "llava_15_7b": ["model=llava_tiny", "calib.num_samples=4", "calib.batch_size=2"],
     "qwen2_vl_7b": ["model=qwen2vl_tiny", "calib.num_samples=4", "calib.batch_size=2"],
+    "qwen2_5_vl_7b": ["model=qwen25vl_tiny", "calib.num_samples=4", "calib.batch_size=2"],
+    "internvl3_8b": ["model=internvl3_tiny", "calib.num_samples=4", "calib.batch_size=2"],
+    "gemma3_4b": ["model=gemma3_tiny", "calib.num_samples=4", "calib.batch_size=2"],
+    "llava_onevision_7b": ["model=onevision_tiny", "calib.num_samples=4", "calib.batch_size=2"],
     "clip_vitl14_336": ["model=clip_tiny", "calib=flickr30k_train", "calib.num_samples=1", "calib.batch_size=1",
                         "finetune.batch_size=1"],
 }
