@@ -72,6 +72,15 @@ class Allocation(Typed, ABC):
         none above `max_sparsity`."""
 
 
+def min_max_scaled(scores: dict[str, float]) -> dict[str, float] | None:
+    """The scores mapped linearly onto [0, 1] (lowest 0, highest 1); None when they are all equal
+    (the allocations that scale them then give the uniform plan)."""
+    low, high = min(scores.values()), max(scores.values())
+    if high == low:
+        return None
+    return {g: (s - low) / (high - low) for g, s in scores.items()}
+
+
 def solve_level(total_at: Callable[[float], float], target: float, low: float, high: float,
                 iterations: int = 100) -> float:
     """The level in [low, high] at which the non-decreasing `total_at(level)` reaches `target`

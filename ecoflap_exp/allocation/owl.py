@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ecoflap_exp.allocation.base import Allocation, Groups, Sketches, solve_level
+from ecoflap_exp.allocation.base import Allocation, Groups, Sketches, min_max_scaled, solve_level
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.models.seam import Plan
 from ecoflap_exp.options import NonNegativeFloat
@@ -20,11 +20,11 @@ class OwlAllocation(Allocation):
 
     def plan(self, scores: dict[str, float], groups: Groups, sparsity: float, max_sparsity: float,
              sketches: Sketches | None = None) -> Plan:
-        low, high = min(scores.values()), max(scores.values())
-        if high == low:
+        unit = min_max_scaled(scores)
+        if unit is None:
             return dict.fromkeys(scores, sparsity)
         sizes = groups.sizes
-        scaled = {g: (s - low) / (high - low) * 2 * self.lam for g, s in scores.items()}
+        scaled = {g: u * 2 * self.lam for g, u in unit.items()}
         mean = sum(v * sizes[g] for g, v in scaled.items()) / sum(sizes[g] for g in scaled)
         raw = {g: sparsity - (v - mean) for g, v in scaled.items()}
 

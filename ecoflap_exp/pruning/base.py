@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from ecoflap_exp.input_stats import InputStats
-from ecoflap_exp.models.seam import Group, Tower
+from ecoflap_exp.models.seam import Block, Group, PrunableMatrix, Tower
 from ecoflap_exp.options import Typed
 from ecoflap_exp.pruning.masks import NM, Counting
 
@@ -38,6 +38,11 @@ class LocalPruner(Typed, ABC):
     def group_for(self, tower: Tower) -> Group | None:
         """The comparison group this pruner uses in `tower` (None: it has no groups)."""
         return None
+
+    def for_matrix(self, block: Block, matrix: PrunableMatrix) -> LocalPruner:
+        """The pruner that prunes `matrix` of `block`: this one, unless a pruner treats some
+        matrices by their name (DSnoT leaves the sub-layers it skips at its initial mask)."""
+        return self
 
     def prepare(self, weight: torch.Tensor, stats: InputStats | None) -> None:
         """Changes to the weights that come before any mask is chosen (SparseGPT zeroes the

@@ -82,9 +82,10 @@ class SequentialEngine:
             sparsity = planned_sparsity(self.plan, block, m)
             rows, cols = m.shape
             weight = m.weight
-            self.pruner.prepare(weight, stats[m])
+            pruner = self.pruner.for_matrix(block, m)
+            pruner.prepare(weight, stats[m])
             zeros_before = int((weight == 0).sum())
-            mask = self.pruner.prune(weight, stats[m], sparsity, self.nm, group)
+            mask = pruner.prune(weight, stats[m], sparsity, self.nm, group)
             reports.append(MatrixReport(m.name, block.name, tower.name, rows, cols, sparsity, int(mask.sum()),
                                         zeros_before, group))
             stats[m] = None  # drop this matrix's reference (shared statistics live until their last user)

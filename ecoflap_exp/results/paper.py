@@ -47,6 +47,24 @@ PAPER: dict[str, dict[str, dict[str, float]]] = {
         "owl+wanda": {"p0.7/wikitext2/ppl": 24.55},
         "owl+sparsegpt": {"p0.7/wikitext2/ppl": 19.49},
     },
+    # LLaMA-7B, WikiText-2 perplexity at 2048, 128 C4 windows. Sources: OWL's README results table (dense, 70%
+    # rows; luuyin/OWL), Wanda's 50% rows as quoted by LLMPrune-BESA's README and locuslab/wanda issue #45, DSnoT's
+    # Table 2 (on Wanda's mask) as quoted in zyxxmu/DSnoT issue #6. Not found in a primary source (docs/methods.md):
+    # RIA, AlphaPruning and ECoFLaP on LLaMA, DSnoT at 50%, every 2:4 row.
+    "methods_llama": {
+        "dense": {"p0/wikitext2/ppl": 5.68},
+        "wanda": {"p0.5/wikitext2/ppl": 7.26, "p0.7/wikitext2/ppl": 85.77},
+        "sparsegpt": {"p0.5/wikitext2/ppl": 7.22, "p0.7/wikitext2/ppl": 26.30},
+        "owl+wanda": {"p0.7/wikitext2/ppl": 24.55},
+        "dsnot": {"p0.7/wikitext2/ppl": 62.05},
+    },
+    # LLaMA-2-7B, WikiText-2 perplexity at 4096 (Wanda's model.seqlen = max_position_embeddings; confirmed in
+    # locuslab/wanda issue #47), 128 C4 windows: Wanda's README "Pruning LLaMA-2" table.
+    "methods_llama2": {
+        "dense": {"p0/wikitext2/ppl": 5.12},
+        "wanda": {"p0.5/wikitext2/ppl": 6.42, "nm2:4/wikitext2/ppl": 11.02},
+        "sparsegpt": {"p0.5/wikitext2/ppl": 6.51, "nm2:4/wikitext2/ppl": 10.17},
+    },
     "table1_blip2": {  # ECoFLaP Table 1: memory GB, VQAv2, OK-VQA, GQA, NoCaps CIDEr/SPICE, Flickr30k TR@1/IR@1, macro
         "dense": paper_cells("p0", TABLE1_METRICS, (None, 63.1, 41.1, 44.1, 121.7, 15.8, 97.6, 89.7, 62.1)),
         "sparsegpt": paper_cells("p0.5", TABLE1_METRICS, (9.04, 57.4, 36.1, 40.8, 108.1, 14.1, 96.4, 86.3, 57.4)),

@@ -30,6 +30,7 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.y
 #: an experiment's model config -> the tiny stand-in (and calibration sizes its fixtures hold)
 TINY = {
     "llama_7b": ["model=llama_tiny", "calib=shipped_text", "suite=shipped_text"],
+    "llama2_7b": ["model=llama_tiny", "calib=shipped_text", "suite=shipped_text"],
     "vit_b16": ["model=vit_tiny", "calib.num_samples=8"],
     "blip2_t5": ["model=blip2_t5_tiny", "calib.num_samples=8", "calib.batch_size=4"],
     "clip_vitb16": ["model=clip_tiny", "calib.num_samples=4", "calib.batch_size=2"],
@@ -96,6 +97,23 @@ def test_corrupt_record_is_reported_and_the_rest_still_tabulated(tmp_path, caplo
     tables = write_tables(runs, tmp_path / "out")
     assert "broken.json" in caplog.text
     assert tables["default"].loc["wanda", "text/ppl"] != "-"
+
+
+def test_the_methods_table_sets_each_methods_published_rows_beside_ours(tmp_path):
+    """experiment=methods_llama's table on tiny runs of DSnoT and RIA at 70%: each method's row, and the
+    published DSnoT (62.05, zyxxmu/DSnoT Table 2) and Wanda (85.77, OWL's README) rows beside them."""
+    runs = tmp_path / "runs"
+    for method in ("dsnot", "ria"):
+        run(compose_config(tmp_path, f"+experiment/method={method}", "sparsity=0.7", "experiment_name=methods_llama",
+                           f"paths.results_dir={runs}", "evals=null",
+                           "+evals.wikitext2={_target_: ecoflap_exp.evals.perplexity.Perplexity, "
+                           "source: 'shipped:evaluation', seqlen: 128}"))
+    table = write_tables(runs, tmp_path / "out")["methods_llama"]  # one point: its columns are the metrics
+    assert table.loc["dsnot (paper)", "wikitext2/ppl"] == "62.05"
+    assert table.loc["wanda (paper)", "wikitext2/ppl"] == "85.77"
+    ours = float(table.loc["dsnot", "wikitext2/ppl"])
+    assert table.loc["dsnot (ours - paper)", "wikitext2/ppl"] == f"{ours - 62.05:+.2f}"
+    assert float(table.loc["ria", "wikitext2/ppl"]) > 0 and "ria (paper)" not in table.index
 
 
 def test_missing_points_show_as_dash_and_paper_rows_show_the_difference(tmp_path):

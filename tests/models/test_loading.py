@@ -297,6 +297,19 @@ def test_llama_7b_is_built_as_released():
     assert model.lm_head.weight is not model.model.embed_tokens.weight
 
 
+def test_llama2_7b_is_built_as_released():
+    """meta-llama/Llama-2-7b-hf config.json: LLaMA-7B's shapes with RMSNorm eps 1e-5 and 4096 positions (LLaMA-1:
+    1e-6, 2048), and windows of 4096 tokens (the reference codes' model.seqlen = max_position_embeddings)."""
+    adapter = built("llama2_7b", "model.tokenizer=bytes")
+    assert llama_facts(adapter.model.model) == {"layers": 32, "hidden": 4096, "mlp": 11008, "heads": 32,
+                                                "kv_heads": 32, "vocab": 32000, "act": "SiLUActivation",
+                                                "norm": ("RMSNorm", 1e-5), "rope_theta": 10000.0, "positions": 4096,
+                                                "qkv_bias": False}
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", ["model=llama2_7b"])
+    assert cfg.calib.seqlen == cfg.evals.wikitext2.seqlen == 4096
+
+
 def test_vit_b16_is_built_as_released():
     """google/vit-base-patch16-224 config.json: 12 x 768, 12 heads, 3072, GELU, LayerNorm eps 1e-12 (not
     timm's 1e-6), qkv bias, 224 px / 16, 1000 classes. timm's vit_base_patch16_224: eps 1e-6 (its registry)."""
