@@ -255,6 +255,8 @@ def prune_with(adapter: ModelAdapter, calibration: Calibration, method: Method, 
                                           offload, pads_in_stats, outputs=outputs)
                 reports = engine.run(calibration.batches, calibration.redraw)
     with stage("verify"):
+        # others=False: the pruners wrote only the matrices verify reads; the rest is as the load's
+        # check_weights saw it (the runner and the API run it before every prune)
         achieved = verify(adapter, pruned_plan or dict.fromkeys((b.name for b in adapter.blocks()), 0.0), target.nm,
-                          reports, exact=method.exact, overall=target.sparsity if whole else None)
+                          reports, exact=method.exact, overall=target.sparsity if whole else None, others=False)
     return OneShot(scored, plan, pruned_plan, reports, achieved, reused)

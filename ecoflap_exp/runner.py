@@ -164,6 +164,8 @@ def execute(cfg: DictConfig, target: Target, plugins: Plugins, adapter: ModelAda
     record.torch_threads = torch.get_num_threads()
     if cfg.save_model:
         record.saved_model = save(adapter, Path(cfg.paths.models_dir) / record.id, record)
+        if finetune is not None:
+            finetune.save_beside(Path(record.saved_model))  # finetune=lora: the adapters, in peft's format
         if cfg.push_to_hub:
             record.pushed_to = push_to_hub(Path(record.saved_model), cfg.push_to_hub)
 

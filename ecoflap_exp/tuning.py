@@ -63,7 +63,8 @@ def fine_tune(finetune: FineTuning, calib: CalibrationSource, adapter: ModelAdap
     with stage("verify"):
         achieved = verify(adapter, pruned_plan or dict.fromkeys((b.name for b in adapter.blocks()), 0.0), target.nm,
                           reports, exact=outcome.pruned is not None or exact,
-                          overall=target.sparsity if outcome.pruned is not None else None)
+                          overall=target.sparsity if outcome.pruned is not None else None,
+                          others=True)  # the training steps wrote every trainable parameter
     return Tuned(outcome.info, plan, reports, achieved)
 
 

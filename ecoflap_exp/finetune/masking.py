@@ -10,7 +10,9 @@ weights go at sparsity 1 - r, ties broken by position. Its per-matrix guard is k
 
 `FixedMasks` keeps a pruned model's zeros through training: gradients of pruned weights are zeroed
 before each optimizer step (so momentum and Adam moments of those weights stay 0) and the weights
-are zeroed again after it (so weight decay or any optimizer cannot move them).
+are zeroed again after it (so weight decay or any optimizer cannot move them). Under FSDP2 (the
+optimizer holds a sharded copy's DTensor parameters) each process does the same to its own shards,
+with each mask cut as the parameter was (`on_shards`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from ecoflap_exp.models.seam import PrunableMatrix
 
@@ -65,6 +68,25 @@ class FixedMasks:
         self.matrices = matrices
         self.keep = {m.name: m.weight != 0 for m in matrices}
         self.handles: list[Any] = []
+        self.shards: list[tuple[nn.Parameter, torch.Tensor]] | None = None
+
+    @torch.no_grad()
+    def on_shards(self, whole: nn.Module, sharded: nn.Module) -> None:
+        """Hold the masks on `sharded`, an FSDP2 copy of `whole` (the model the matrices are in),
+        from now on: each parameter's mask, whole-sized (True outside its matrices), is cut to this
+        process's shard by the placements of the parameter's DTensor, which is the cut FSDP2 made
+        (src_data_rank=None: every process holds the whole mask, so nothing is sent)."""
+        from torch.distributed.tensor import distribute_tensor
+
+        names = {p: name for name, p in whole.named_parameters()}
+        params = dict(sharded.named_parameters())
+        keep: dict[str, torch.Tensor] = {}
+        for m in self.matrices:
+            name = names[m.param]
+            m.part(keep.setdefault(name, torch.ones_like(m.param, dtype=torch.bool))).copy_(self.keep[m.name])
+        self.shards = [(params[name], distribute_tensor(mask, params[name].device_mesh, params[name].placements,
+                                                        src_data_rank=None).to_local())
+                       for name, mask in keep.items()]
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         self.handles = [optimizer.register_step_pre_hook(lambda *_: self.clear_gradients()),
@@ -77,12 +99,21 @@ class FixedMasks:
 
     @torch.no_grad()
     def clear_gradients(self) -> None:
+        if self.shards is not None:
+            for param, keep in self.shards:
+                if param.grad is not None:
+                    param.grad.to_local().mul_(keep)
+            return
         for m in self.matrices:
             if m.param.grad is not None:
                 m.part(m.param.grad).mul_(self.keep[m.name])
 
     @torch.no_grad()
     def apply(self) -> None:
+        if self.shards is not None:
+            for param, keep in self.shards:
+                param.to_local().mul_(keep)
+            return
         for m in self.matrices:
             m.weight.mul_(self.keep[m.name])
 

@@ -3,7 +3,10 @@ trains data-parallel on several GPUs (each process its share of every epoch's ba
 averaged by accelerate's DDP), the same code on one CPU in the tests; mixed precision and gradient
 accumulation are accelerate's; checkpoints are `Accelerator.save_state` folders (model, optimizer,
 RNG states, the masks or importance scores, the step and trajectories), so a killed run resumes
-from its last checkpoint with the same masks and schedule position.
+from its last checkpoint with the same masks and schedule position. Masked fine-tuning can instead
+train an FSDP2-sharded copy of the model (finetune.fsdp=true, shard_copy), masking each process's
+shards; accelerate then prepares only the optimizer, since its own FSDP plugin takes GPU launches
+only and would swap the parameters the masks hold.
 
 The loop follows ID_VL_Pruning's train_caption.py: AdamW over every parameter, its learning rate
 set at each epoch's start by a cosine over the epochs (BLIP's cosine_lr_schedule), one optimizer
@@ -14,12 +17,14 @@ step updates), and the loss goes through the adapter's `loss` (computed and redu
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -42,15 +47,18 @@ MixedPrecision = Literal["no", "fp16", "bf16"]
 
 class LossOf(nn.Module):
     """The adapter's training loss as a module, so accelerate can wrap it (DDP, autocast): its one
-    submodule is the adapter's model, whose parameters are the ones trained."""
+    submodule is the adapter's model, whose parameters are the ones trained. `autocast`: the
+    context its forward runs in, where accelerate does not wrap it (an FSDP-sharded model)."""
 
-    def __init__(self, adapter: ModelAdapter):
+    def __init__(self, adapter: ModelAdapter, autocast: Callable[[], AbstractContextManager] = nullcontext):
         super().__init__()
         self.model = adapter.model
         self.adapter = adapter
+        self.autocast = autocast
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.adapter.loss(batch)
+        with self.autocast():
+            return self.adapter.loss(batch)
 
 
 @dataclass
@@ -89,27 +97,77 @@ def sparsity_point(step: int, matrices: list[PrunableMatrix], towers: Mapping[st
     return [step, overall, {t: zeros[t] / sizes[t] for t in sizes}]
 
 
+def check_fsdp(checkpoint_every: int | None, mixed_precision: str) -> None:
+    """What sharded training (finetune.fsdp=true) needs, before anything loads."""
+    if "LOCAL_RANK" not in os.environ:
+        raise UserError("finetune.fsdp=true shards the model over the processes of a distributed launch; start the "
+                        "run with `accelerate launch` or `torchrun` (--nproc_per_node 1 on one device)")
+    if checkpoint_every is not None:
+        raise UserError(f"finetune.fsdp=true with finetune.checkpoint_every={checkpoint_every}: checkpoints of the "
+                        f"shards are not written (accelerate's save_state keeps the models it prepared, and it "
+                        f"does not prepare the sharded copy); set finetune.checkpoint_every=null")
+    if mixed_precision == "fp16":
+        raise UserError("finetune.fsdp=true with finetune.mixed_precision=fp16: the sharded gradients are not loss-"
+                        "scaled; use bf16 or no")
+
+
+def shard_copy(adapter: ModelAdapter) -> nn.Module:
+    """A copy of the adapter's model sharded with FSDP2 (torch's fully_shard; FSDP1 needs an
+    accelerator device, FSDP2 runs on gloo too) over the launch's processes: each block of the
+    towers to prune its own unit, gathered for its forward and backward and resharded after, the
+    rest of the model the root's. The model itself stays whole, since the run verifies, evaluates
+    and saves it, so a process holds the model, one shard of the trained copy, its gradients and
+    AdamW's moments: P + 4P/world instead of DDP's 4P."""
+    from torch.distributed.fsdp import fully_shard
+
+    paths = {id(module): path for path, module in adapter.model.named_modules()}
+    sharded = copy.deepcopy(adapter.model)
+    for p in sharded.parameters():
+        p.requires_grad_(p.is_floating_point())
+    for block in adapter.blocks():
+        fully_shard(sharded.get_submodule(paths[id(block.module)]))
+    fully_shard(sharded)
+    return sharded
+
+
+@torch.no_grad()
+def gather_into(sharded: nn.Module, model: nn.Module) -> None:
+    """The trained shards back into the whole model's parameters (a collective: every process)."""
+    whole = dict(model.named_parameters())
+    for name, p in sharded.named_parameters():
+        whole[name].copy_(p.full_tensor())
+
+
 class FineTuning(Typed, ABC):
-    """Training hyper-parameters shared by both modes (the reference's defaults are the task
-    configs'); `train`: the training split (None: the calibration samples)."""
+    """Training hyper-parameters shared by the modes (the reference's defaults are the task
+    configs'); `train`: the training split (None: the calibration samples); `fsdp`: train sharded
+    (the modes that can: `unshardable` is empty)."""
 
     option_group = "finetune"
 
     mode = ""
+    #: why the mode cannot train an FSDP-sharded model (finetune.fsdp=true); "" where it can
+    unshardable = ""
 
     def __init__(self, train: Any = None, epochs: PositiveFloat = 1, max_steps: Count | None = None,
                  batch_size: Count = 8, lr: PositiveFloat = 1e-5, min_lr: NonNegativeFloat = 0.0,
                  weight_decay: NonNegativeFloat = 0.0, grad_accumulation: Count = 1,
                  mixed_precision: MixedPrecision = "no", checkpoint_every: Count | None = 500, resume: bool = True,
-                 log_every: Count = 10, num_workers: NonNegativeInt = 0, seed: NonNegativeInt = 0):
+                 log_every: Count = 10, num_workers: NonNegativeInt = 0, seed: NonNegativeInt = 0,
+                 fsdp: bool = False):
         if min_lr > lr:
             raise UserError(f"finetune.min_lr={min_lr} must lie in [0, finetune.lr={lr}]")
+        if fsdp and self.unshardable:
+            raise UserError(f"finetune={self.mode} with finetune.fsdp=true: {self.unshardable}; use finetune=masked "
+                            f"or finetune.fsdp=false")
+        if fsdp:
+            check_fsdp(checkpoint_every, mixed_precision)
         self.train = train
         self.epochs, self.max_steps, self.batch_size = epochs, max_steps, batch_size
         self.lr, self.min_lr, self.weight_decay = float(lr), float(min_lr), float(weight_decay)
         self.grad_accumulation, self.mixed_precision = grad_accumulation, mixed_precision
         self.checkpoint_every, self.resume, self.log_every = checkpoint_every, resume, log_every
-        self.num_workers, self.seed = num_workers, seed
+        self.num_workers, self.seed, self.fsdp = num_workers, seed, fsdp
 
     def oneshot_sparsity(self, target: float) -> float:
         """The sparsity the run's one-shot pruning reaches before this stage."""
@@ -124,6 +182,11 @@ class FineTuning(Typed, ABC):
         """The run's method, given the one-shot method's name and the target sparsity."""
 
     # the mode's part of the loop
+    def prepare(self, adapter: ModelAdapter) -> list[nn.Parameter]:
+        """Set the model up for training (after the matrices are listed); the parameters to train:
+        every floating-point one here."""
+        return [p for p in adapter.model.parameters() if p.is_floating_point()]
+
     @abstractmethod
     def begin(self, matrices: list[PrunableMatrix], schedule_steps: int, steps_per_epoch: int,
               target: float, ids: Mapping[str, float] | None) -> Any:
@@ -174,16 +237,20 @@ class FineTuning(Typed, ABC):
                             f"finetune.batch_size={self.batch_size} x grad_accumulation={self.grad_accumulation} x "
                             f"{accelerator.num_processes} processes; lower them or give more training samples")
         total = self.max_steps or max(1, round(self.epochs * steps_per_epoch))
-        if any(p.dtype != torch.float32 for p in model.parameters() if p.is_floating_point()):
-            log.warning("fine-tuning weights held in %s: optimizer updates lose precision; load the model with "
-                        "model.dtype=float32 and set finetune.mixed_precision=bf16", next(model.parameters()).dtype)
         was_trainable = {p: p.requires_grad for p in model.parameters()}
+        trainable = self.prepare(adapter)
+        if any(p.dtype != torch.float32 for p in trainable):
+            log.warning("fine-tuning weights held in %s: optimizer updates lose precision; load the model with "
+                        "model.dtype=float32 and set finetune.mixed_precision=bf16", trainable[0].dtype)
+        chosen = set(trainable)
         for p in model.parameters():
-            p.requires_grad_(p.is_floating_point())
-        loss_module = LossOf(adapter)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.lr,
-                                      weight_decay=self.weight_decay)
-        loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+            p.requires_grad_(p in chosen)
+        optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay)
+        if self.fsdp:  # the shards sync their gradients themselves: no DDP around them, only autocast
+            loss_module: nn.Module = LossOf(adapter, accelerator.autocast)
+            optimizer = accelerator.prepare(optimizer)
+        else:
+            loss_module, optimizer = accelerator.prepare(LossOf(adapter), optimizer)
         progress = Progress()
         mode_state = self.begin(matrices, total, steps_per_epoch, target, ids)
         accelerator.register_for_checkpointing(progress, mode_state)
@@ -198,13 +265,16 @@ class FineTuning(Typed, ABC):
             for p, trainable in was_trainable.items():
                 p.requires_grad_(trainable)
                 p.grad = None
+        final = sparsity_point(progress.step, matrices, towers)
+        if progress.sparsity[-1][0] != final[0]:
+            progress.sparsity.append(final)
         model.eval()
         if accelerator.is_main_process and folder.exists():
             shutil.rmtree(folder, ignore_errors=True)  # the run is done: its checkpoints are not needed
         losses = progress.losses
         info = {
             "mode": self.mode, "trained_on": trained_on, "samples": len(samples),
-            "processes": accelerator.num_processes, "batch_size": self.batch_size,
+            "processes": accelerator.num_processes, "fsdp": self.fsdp, "batch_size": self.batch_size,
             "grad_accumulation": self.grad_accumulation,
             "mixed_precision": self.mixed_precision, "steps": total, "steps_per_epoch": steps_per_epoch,
             "epochs": total / steps_per_epoch, "lr": self.lr, "weight_decay": self.weight_decay,
@@ -216,6 +286,11 @@ class FineTuning(Typed, ABC):
 
     def final_counts(self) -> dict[str, int] | None:
         """The per-matrix pruned counts of the last mask (None: the one-shot plan holds)."""
+        return None
+
+    def save_beside(self, folder: Path) -> None:
+        """Write what the stage keeps apart from the model's weights into the saved model's folder
+        (save_model=true): nothing here."""
         return None
 
     def restore(self, accelerator: Any, folder: Path, progress: Progress) -> int:
@@ -293,22 +368,30 @@ class FineTuning(Typed, ABC):
                         self.save(accelerator, folder, progress.step)
                     if progress.step >= total:
                         break
-        final = sparsity_point(progress.step, matrices, towers)
-        if progress.sparsity[-1][0] != final[0]:
-            progress.sparsity.append(final)
 
 
 class MaskedFineTuning(FineTuning):
-    """Train with the masks of the run's one-shot pruning fixed: a pruned weight stays exactly 0."""
+    """Train with the masks of the run's one-shot pruning fixed: a pruned weight stays exactly 0.
+    `fsdp`: train an FSDP2-sharded copy of the model (shard_copy), each process masking its own
+    shards, and gather it back into the model at the end."""
 
     mode = "masked"
 
     def method_name(self, oneshot: str, target: float) -> str:
         return ("dense" if target == 0 else oneshot) + "+masked-ft"
 
+    def prepare(self, adapter: ModelAdapter) -> list[nn.Parameter]:
+        if not self.fsdp:
+            return super().prepare(adapter)
+        self.adapter, self.whole = adapter, adapter.model
+        adapter.model = shard_copy(adapter)  # the loss runs through the shards until end()
+        return [p for p in adapter.model.parameters() if p.is_floating_point()]
+
     def begin(self, matrices: list[PrunableMatrix], schedule_steps: int, steps_per_epoch: int,
               target: float, ids: Mapping[str, float] | None) -> FixedMasks:
         self.masks = FixedMasks(matrices)
+        if self.fsdp:
+            self.masks.on_shards(self.whole, self.adapter.model)
         return self.masks
 
     def after_step(self, step: int, epoch_start: bool) -> bool:
@@ -322,6 +405,9 @@ class MaskedFineTuning(FineTuning):
 
     def end(self) -> None:
         self.masks.detach()
+        if self.fsdp:
+            gather_into(self.adapter.model, self.whole)
+            self.adapter.model = self.whole
 
 
 class IterativePruning(FineTuning):
@@ -332,6 +418,7 @@ class IterativePruning(FineTuning):
     each epoch, as the reference does by re-creating its Pruner every epoch."""
 
     mode = "iterative"
+    unshardable = "its one threshold ranks every weight of the model together, and a process holds only its shards"
 
     def __init__(self, score: ImportanceKind = "platon", use_id: bool = False, initial_sparsity: Fraction = 0.0,
                  initial_warmup: NonNegativeFloat = 1, final_warmup: NonNegativeFloat = 1, delta_t: Count = 10,

@@ -4,6 +4,13 @@ Checked on the weights themselves: with exact counting a matrix must have at lea
 count of zeros, and at most that plus the zeros it already had (a weight that was exactly zero
 before pruning may be kept and stay zero). With the reference codes' counting the count depends
 on the data (ties at the threshold), so the pruner's own count stands in for the plan there.
+
+What it reads: each prunable matrix once (its zero mask, which gives the count and the hash, and its
+minimum and maximum, which any NaN or inf reaches); the parameters outside those matrices only when
+the caller says something could have written them (`others`): after fine-tuning, whose training
+steps write every trainable parameter, but not after a one-shot prune, whose pruners write only the
+matrix they prune (SparseGPT's `prepare` and weight update included) while the load's check
+(oneshot.check_weights, before every prune) saw the rest.
 """
 
 from __future__ import annotations
@@ -21,11 +28,23 @@ from ecoflap_exp.pruning.engine import MatrixReport, Plan, planned_sparsity
 from ecoflap_exp.pruning.masks import NM, planned_prune_count
 
 
+def finite(tensor: torch.Tensor) -> bool:
+    """Whether every value is finite, from the tensor's minimum and maximum: a NaN anywhere makes
+    both NaN (torch.aminmax propagates it), +inf the maximum and -inf the minimum. One vectorised
+    reduction, where isfinite(...).all() writes and reads a mask as large as the tensor."""
+    if tensor.numel() == 0:  # aminmax has no answer there, and nothing is non-finite
+        return True
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
 def verify(adapter: ModelAdapter, plan: Plan, nm: NM | None, reports: list[MatrixReport],
-           exact: bool = True, overall: float | None = None) -> dict[str, Any]:
+           exact: bool = True, overall: float | None = None, *, others: bool = True) -> dict[str, Any]:
     """Achieved sparsity overall, per tower, block and matrix; RuntimeError when a matrix misses its
-    plan, or when `overall` is given (a global plan, as iterative pruning's) and the plan's counts
-    do not add up to exactly that fraction of the prunable weights."""
+    plan or holds NaN/inf, or when `overall` is given (a global plan, as iterative pruning's) and the
+    plan's counts do not add up to exactly that fraction of the prunable weights. `others`: also
+    check every parameter outside the prunable matrices (embeddings, norms, heads) for NaN/inf, a
+    UserError; pass False only where nothing wrote them since the load's check."""
     by_name = {r.name: r for r in reports}
     per_matrix: dict[str, float] = {}
     block_zeros: dict[str, int] = defaultdict(int)
@@ -35,17 +54,21 @@ def verify(adapter: ModelAdapter, plan: Plan, nm: NM | None, reports: list[Matri
     problems = []
     planned_total = 0
     masks = hashlib.sha1()  # of every matrix's zero pattern, in pruning order: same seed, same masks
+    read: dict[int, int] = defaultdict(int)  # id(parameter) -> its elements the matrix loop reads
     for tower in adapter.towers():
         for block in tower.blocks:
             for m in block.matrices:
                 weight = m.weight
                 rows, cols = weight.shape
+                read[id(m.param)] += weight.numel()
                 planned = planned_prune_count(rows, cols, planned_sparsity(plan, block, m), nm)
                 planned_total += planned
-                is_zero = weight == 0
-                zeros = int(is_zero.sum())
+                # the mask once, on the CPU (where the hash reads it): numpy counts a bool array
+                # at memory speed, where torch's bool sum widens every element to int64 first
+                is_zero = (weight == 0).flatten().cpu().numpy()
+                zeros = int(np.count_nonzero(is_zero))
                 masks.update(m.name.encode())
-                masks.update(np.packbits(is_zero.flatten().cpu().numpy()).tobytes())
+                masks.update(np.packbits(is_zero).tobytes())
                 report = by_name.get(m.name)
                 if report is None:
                     if planned:
@@ -55,7 +78,7 @@ def verify(adapter: ModelAdapter, plan: Plan, nm: NM | None, reports: list[Matri
                         planned = report.pruned
                     if not planned <= zeros <= planned + report.zeros_before:
                         problems.append(f"{m.name}: {zeros} zeros, planned {planned}")
-                if not torch.isfinite(weight).all():
+                if not finite(weight):
                     problems.append(f"{m.name}: NaN/inf weights")
                 per_matrix[m.name] = zeros / weight.numel()
                 block_zeros[block.name] += zeros
@@ -68,10 +91,15 @@ def verify(adapter: ModelAdapter, plan: Plan, nm: NM | None, reports: list[Matri
                         f"{round(overall * total)} (sparsity {overall:g})")
     if problems:
         raise RuntimeError("pruned model does not match the plan:\n  " + "\n  ".join(problems[:20]))
-    bad_params = [n for n, p in adapter.model.named_parameters() if not torch.isfinite(p).all()]
-    if bad_params:
-        raise UserError(f"the pruned model has NaN/inf parameters ({', '.join(bad_params[:5])}); "
-                        f"lower the sparsity or check the calibration data")
+    if others:
+        # a parameter that holds matrices is skipped only when they cover it whole (a fused
+        # projection whose matrices are row slices of it may leave rows out)
+        bad_params = [name for name, p in adapter.model.named_parameters()
+                      if read.get(id(p), 0) < p.numel() and not finite(p.detach())]
+        if bad_params:
+            raise UserError(f"the model has NaN/inf parameters outside the pruned matrices "
+                            f"({', '.join(bad_params[:5])}): a training step wrote them; lower finetune.lr or "
+                            f"check the training data")
     return {
         "overall": sum(block_zeros.values()) / total if total else 0.0,
         "prunable_params": total,

@@ -17,7 +17,7 @@ from transformers import BertTokenizer
 
 from ecoflap_exp.api import prune
 from ecoflap_exp.data.training import ImageCaptionSplit
-from ecoflap_exp.errors import ConfigError
+from ecoflap_exp.errors import ConfigError, UserError
 from ecoflap_exp.finetune.masking import FixedMasks
 from ecoflap_exp.finetune.trainer import IterativePruning, MaskedFineTuning, Progress
 from ecoflap_exp.models.adapter import IGNORE
@@ -342,3 +342,84 @@ def test_resume_false_ignores_a_checkpoint(tmp_path):
     (tmp_path / "latest").write_text("step-5")
     progress = Progress()
     assert MaskedFineTuning(resume=False).restore(None, tmp_path, progress) == 0 and progress.step == 0
+
+
+def fsdp_setup() -> tuple:
+    """A magnitude-pruned tiny LLaMA (the same in every process) and 16 fixed-length samples."""
+    from ecoflap_exp.models.causal_lm import CausalLMAdapter
+
+    adapter = CausalLMAdapter(arch="llama_tiny", init="random", tokenizer="bytes", seed=0)
+    ids = torch.randint(3, 259, (16, 32), generator=torch.Generator().manual_seed(0))
+    prune(adapter, [adapter.collate(list(ids[:8]))], pruner="magnitude", sparsity=0.5)
+    return adapter, list(ids)
+
+
+def fsdp_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One process of a gloo launch, as torchrun sets it up: masked fine-tuning under FSDP2 at batch 4."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    adapter, samples = fsdp_setup()
+    whole = {m.name: m.weight != 0 for m in adapter.matrices()}
+    tuner = MaskedFineTuning(lr=1e-2, weight_decay=0.1, epochs=2, batch_size=4, log_every=1, fsdp=True,
+                             checkpoint_every=None)
+    cut = []
+
+    def begin_and_check_the_cut(*args):
+        masks = MaskedFineTuning.begin(tuner, *args)
+        for (param, keep), m in zip(masks.shards, adapter.matrices(), strict=True):  # one matrix per parameter
+            assert type(param).__name__ == "DTensor" and keep.shape == param.to_local().shape
+            assert torch.equal(keep, whole[m.name].chunk(world)[rank])  # FSDP2 cuts dim 0 into `world` chunks
+            cut.append(keep.shape[0] / whole[m.name].shape[0])
+        return masks
+
+    tuner.begin = begin_and_check_the_cut
+    outcome = tuner.run(adapter, samples, False, Path(out) / f"ckpt{rank}", 0.5, trained_on="test")
+    torch.save({"info": outcome.info, "state": adapter.model.state_dict(), "cut": cut}, Path(out) / f"rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_masked_finetuning_under_fsdp_on_two_cpu_processes_masks_each_shard_and_trains_as_one_process(tmp_path):
+    # FSDP2 (fully_shard) runs on CPU with gloo (FSDP1 refuses: "FSDP needs a non-CPU accelerator device"):
+    # two processes at batch 4 each hold half of every matrix's rows and mask their own half; the model they
+    # gather back is one process's at batch 8 with the same masks, every pruned weight still 0
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(fsdp_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    adapter, samples = fsdp_setup()
+    pruned = {name: p == 0 for name, p in adapter.model.state_dict().items()}
+    one = MaskedFineTuning(lr=1e-2, weight_decay=0.1, epochs=2, batch_size=8, log_every=1).run(
+        adapter, samples, False, tmp_path / "one", 0.5, trained_on="test").info
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    two = ranks[0]["info"]
+    assert two["fsdp"] and two["processes"] == 2 and two["steps"] == one["steps"] == 4
+    assert set(ranks[0]["cut"]) == {0.5}  # every matrix halved
+    losses = [loss for _, loss, _ in one["loss_trajectory"]]
+    assert losses[-1] < losses[0] - 0.1
+    assert [loss for _, loss, _ in two["loss_trajectory"]] == pytest.approx(losses, rel=1e-5)
+    whole = adapter.model.state_dict()
+    for name, tensor in whole.items():
+        for rank in ranks:  # each process gathered the whole trained model back
+            torch.testing.assert_close(rank["state"][name], tensor, rtol=0, atol=1e-5)
+    for m in adapter.matrices():
+        assert bool((ranks[0]["state"][m.name + ".weight"][pruned[m.name + ".weight"]] == 0).all()), m.name
+    assert [point[1] for point in two["sparsity_trajectory"]] == [0.5, 0.5]
+
+
+def test_fsdp_is_refused_where_it_cannot_hold_before_anything_loads(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(UserError, match="finetune.fsdp=true shards the model over the processes of a distributed"):
+        MaskedFineTuning(fsdp=True, checkpoint_every=None)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(UserError, match="finetune.checkpoint_every=500: checkpoints of the shards are not written"):
+        MaskedFineTuning(fsdp=True)
+    with pytest.raises(UserError, match="mixed_precision=fp16: the sharded gradients are not loss-scaled"):
+        MaskedFineTuning(fsdp=True, checkpoint_every=None, mixed_precision="fp16")
+    with pytest.raises(UserError, match="finetune=iterative with finetune.fsdp=true: its one threshold"):
+        IterativePruning(fsdp=True, checkpoint_every=None)
+    assert MaskedFineTuning(fsdp=True, checkpoint_every=None, mixed_precision="bf16").fsdp

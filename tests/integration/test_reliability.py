@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -239,17 +240,24 @@ def test_same_seed_same_masks_and_a_new_seed_a_new_calibration_draw(tmp_path):
 
 
 def readme_commands():
-    """The run.py command lines of the code blocks of README.md and the docs (the overrides after run.py)."""
-    lines = [line for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-             for line in page.read_text().splitlines()]
-    return [line.split("run.py", 1)[1].split("#")[0].split() for line in lines
+    """The run.py command lines of the code blocks of README.md and the docs (the overrides after run.py, as
+    the shell splits them: quotes, and lines continued with a backslash)."""
+    text = "\n".join(page.read_text() for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    lines = text.replace("\\\n", " ").splitlines()
+    return [shlex.split(line.split("run.py", 1)[1], comments=True) for line in lines
             if line.startswith("    ") and "run.py" in line and line.split()[0].endswith("python")]
+
+
+def first_point(override: str) -> str:
+    """A sweep's first value (`key=a,b` -> `key=a`); a list or dict value is one value."""
+    key, _, value = override.partition("=")
+    return override if value.startswith(("[", "{")) else f"{key}={value.split(',')[0]}"
 
 
 @pytest.mark.parametrize("overrides", readme_commands(), ids=" ".join)
 def test_every_readme_command_composes_and_passes_the_checks_that_need_no_files(tmp_path, overrides):
     """A sweep's first point; Hydra's own settings (launchers) are left to Hydra."""
-    single = [o.split(",")[0] for o in overrides if o != "--multirun" and not o.startswith("hydra")]
+    single = [first_point(o) for o in overrides if o != "--multirun" and not o.startswith("hydra")]
     validate(config(tmp_path, *single))
 
 

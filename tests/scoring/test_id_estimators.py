@@ -146,3 +146,55 @@ def test_vector_store_neighbours_are_exact_in_memory_and_on_disk(tmp_path):
     naive = (flat.square().sum(1)[:, None] + flat.square().sum(1)[None] - 2 * flat @ flat.t()).clamp_min(0).sqrt()
     exact = torch.cdist(flat.double(), flat.double(), compute_mode="donot_use_mm_for_euclid_dist")
     assert float(((naive.double() - exact).abs() / exact.clamp_min(1e-12)).max()) > 0.1
+
+
+def test_twonn_equals_scikit_dimension_within_1e_6_on_gaussian_points():
+    """The benchmark's data (scripts/bench_twonn.py): Gaussian float32 points in 768 dimensions, 2100
+    of them, so the Gram matrix takes five row blocks, the last one partial."""
+    X = np.random.default_rng(3).standard_normal((2100, 768)).astype(np.float32)
+    ours, theirs = estimators.twonn(torch.from_numpy(X)), skdim.id.TwoNN().fit(X).dimension_
+    assert abs(ours - theirs) <= 1e-6 * theirs
+
+
+def centred_gram64(X):
+    """The float64 Gram matrix of (points, tokens, features) centred over the points at each token,
+    summed over the tokens: what gram32 approximates in float32."""
+    X = X.double()
+    centred = X - X.mean(0)
+    return torch.einsum("itf,jtf->ij", centred, centred)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_the_gram_matrix_through_onednn_equals_torch_blas_and_float64(monkeypatch):
+    """Three token positions accumulated (the first overwrites the uninitialised matrix, the others
+    add), 1100 points in three row blocks: oneDNN's products and torch's BLAS both stay within float32
+    rounding of the float64 Gram matrix, far inside the tolerance the bounds allow, and give the same
+    exact neighbours."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(1100, 3, 40, generator=g) + 5
+    store = estimators.VectorStore(torch.device("cpu"))
+    store.add(X)
+    assert estimators.onednn_products(torch.device("cpu"))
+    onednn, onednn_ratios = store.gram32(), store.neighbours().ratios()
+    monkeypatch.setattr(estimators, "onednn_products", lambda device: False)
+    blas, blas_ratios = store.gram32(), store.neighbours().ratios()
+    exact = centred_gram64(X)
+    norms = exact.diagonal()
+    scale = norms[:, None] + norms[None]
+    for gram in (onednn, blas):
+        assert float(((gram.double() - exact).abs() / scale).max()) < estimators.GRAM32_TOLERANCE / 1000
+    expected = exact_ratios(X.reshape(1100, -1))
+    for ratios in (onednn_ratios, blas_ratios):
+        for ours, reference in zip(ratios, expected, strict=True):
+            torch.testing.assert_close(ours, reference, rtol=1e-12, atol=0)
+
+
+def test_below_highest_float32_matmul_precision_the_gram_stays_on_torch_blas():
+    """A lower precision may let oneDNN compute in bfloat16, outside GRAM32_TOLERANCE's budget."""
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert not estimators.onednn_products(torch.device("cpu"))
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert not estimators.onednn_products(torch.device("meta"))  # not the CPU
