@@ -27,7 +27,7 @@ from typing import Any
 
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import Evaluation
-from ecoflap_exp.extras import require
+from ecoflap_exp.extras import require_import
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import TokenLogits
 from ecoflap_exp.options import Count, Names, NonNegativeInt
@@ -39,12 +39,7 @@ FULL_RESULTS = ("results", "groups", "group_subtasks", "configs", "versions", "n
 
 def import_harness() -> None:
     """Import lm-eval and its Hugging Face model wrapper, or say how to install them."""
-    require("lm_eval", "lm_eval", "eval lm_eval (lm-evaluation-harness)")
-    try:
-        import lm_eval.models.huggingface  # noqa: F401
-    except ImportError as err:
-        raise UserError(f"eval lm_eval: lm-evaluation-harness does not import ({err}); reinstall it with "
-                        f"pip install \"ecoflap_exp[lm_eval]\"") from err
+    require_import("lm_eval.models.huggingface", "lm_eval", "eval lm_eval (lm-evaluation-harness)")
 
 
 def adds_bos(tokenizer: Any) -> bool:

@@ -45,7 +45,7 @@ from PIL import Image
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.evals.base import ReadsSplit
 from ecoflap_exp.evals.lm_eval import FULL_RESULTS, flatten
-from ecoflap_exp.extras import require
+from ecoflap_exp.extras import require_import
 from ecoflap_exp.models.adapter import ModelAdapter
 from ecoflap_exp.models.capabilities import GeneratesFromImages
 from ecoflap_exp.options import Count, Names, NonNegativeInt
@@ -141,12 +141,7 @@ TASKS: dict[str, dict[str, Any]] = {
 
 def import_lmms_eval() -> None:
     """Import lmms-eval's evaluator, or say how to install it."""
-    require("lmms_eval", "lmms_eval", "eval lmms_eval (lmms-eval)")
-    try:
-        import lmms_eval.evaluator  # noqa: F401
-    except ImportError as err:
-        raise UserError(f"eval lmms_eval: lmms-eval does not import ({err}); reinstall it with "
-                        f"pip install \"ecoflap_exp[lmms_eval]\"") from err
+    require_import("lmms_eval.evaluator", "lmms_eval", "eval lmms_eval (lmms-eval)")
 
 
 def resolved(value: Any) -> Any:
