@@ -64,6 +64,21 @@ def batches_of(adapter, size=2):
     return [adapter.collate(SAMPLES[i : i + size]) for i in range(0, len(SAMPLES), size)]
 
 
+def pruned_and_reloaded(adapter, batches, folder):
+    """The adapter's model pruned to 0.5 by Wanda and saved in transformers' format under `folder`; an
+    adapter of its class around the model and processor transformers' Auto classes reload from there."""
+    import transformers
+
+    SequentialEngine(adapter, WandaPruner(), {b.name: 0.5 for b in adapter.blocks()}).run(batches)
+    adapter.save(folder)
+    model = transformers.AutoModelForImageTextToText.from_pretrained(folder).eval()
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    assert type(model) is type(adapter.model) and processor.chat_template == adapter.processor.chat_template
+    reloaded = type(adapter).__new__(type(adapter))
+    reloaded.model, reloaded.processor, reloaded.max_tokens = model, processor, adapter.max_tokens
+    return reloaded
+
+
 def answers_of(adapter, batch):
     """The tokens that carry a target, decoded per sample."""
     return [adapter.tokenizer.decode([t for t, label in zip(ids.tolist(), labels.tolist(), strict=True)

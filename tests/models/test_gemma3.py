@@ -18,7 +18,14 @@ from ecoflap_exp.scoring.first import first_order_matrix_scores
 from tests.fixtures import write_caption_pairs, write_llava_conversations
 from tests.integration.test_run import config
 from tests.integration.test_vlm_runs import tower_sparsity
-from tests.models.test_chat import SAMPLES, answers_of, real_tokens_of, recorded_inputs, walked_as_the_model_hands_them
+from tests.models.test_chat import (
+    SAMPLES,
+    answers_of,
+    pruned_and_reloaded,
+    real_tokens_of,
+    recorded_inputs,
+    walked_as_the_model_hands_them,
+)
 from tests.pruning.test_engine import assert_same_pruning, prune_by_full_forwards
 
 ALL_TOWERS = ["vision", "projector", "language"]
@@ -210,8 +217,6 @@ def test_run_with_zeroth_order_scores_reaches_exactly_the_target(tmp_path):
 def test_answers_come_from_gemmas_generation_prompt_and_a_pruned_model_reloads(tmp_path):
     """Generation prompts end in `<start_of_turn>model\\n` with one image per prompt; the pruned model and
     its processor reload with transformers' Auto classes, zeros (the projector's too) and logits kept."""
-    import transformers
-
     from tests.models.test_chat import SHORT_ANSWER, image
 
     adapter = make()
@@ -226,17 +231,11 @@ def test_answers_come_from_gemmas_generation_prompt_and_a_pruned_model_reloads(t
                         "word or phrase.<end_of_turn>\n<start_of_turn>model\n",
                         "<bos><start_of_turn>user\n<start_of_image>Why?<end_of_turn>\n<start_of_turn>model\n"]
     adapter = make()
-    SequentialEngine(adapter, WandaPruner(), {b.name: 0.5 for b in adapter.blocks()}).run(batches_of(adapter))
-    adapter.save(tmp_path / "saved")
-    model = transformers.AutoModelForImageTextToText.from_pretrained(tmp_path / "saved").eval()
-    processor = transformers.AutoProcessor.from_pretrained(tmp_path / "saved")
-    assert type(model) is type(adapter.model) and processor.chat_template == adapter.processor.chat_template
-    reloaded = Gemma3Adapter.__new__(Gemma3Adapter)
-    reloaded.model, reloaded.processor, reloaded.max_tokens = model, processor, adapter.max_tokens
+    reloaded = pruned_and_reloaded(adapter, batches_of(adapter), tmp_path / "saved")
     batch = adapter.collate(SAMPLES[:2])
     assert torch.equal(reloaded.collate(SAMPLES[:2])["input_ids"], batch["input_ids"])
     with torch.no_grad():
         torch.testing.assert_close(reloaded.forward(batch), adapter.forward(batch))
     for m in adapter.matrices():  # the projector's matrix is named as its parameter, a Linear's as its module
-        saved = model.get_parameter(m.name if m.transposed else f"{m.name}.weight")
+        saved = reloaded.model.get_parameter(m.name if m.transposed else f"{m.name}.weight")
         assert torch.equal(m.part(saved) == 0, m.weight == 0), m.name

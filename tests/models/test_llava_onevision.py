@@ -21,6 +21,7 @@ from tests.models.test_chat import (
     SHORT_ANSWER,
     answers_of,
     image,
+    pruned_and_reloaded,
     real_tokens_of,
     recorded_inputs,
     walked_as_the_model_hands_them,
@@ -199,23 +200,15 @@ def test_generation_prompts_in_the_qwen_template_and_the_checkpoint_template_is_
 
 
 def test_a_pruned_model_saves_in_transformers_format_with_its_processor(tmp_path):
-    import transformers
-
     adapter = make()
-    SequentialEngine(adapter, WandaPruner(), {b.name: 0.5 for b in adapter.blocks()}).run(batches_of(adapter))
-    adapter.save(tmp_path / "saved")
-    model = transformers.AutoModelForImageTextToText.from_pretrained(tmp_path / "saved").eval()
-    processor = transformers.AutoProcessor.from_pretrained(tmp_path / "saved")
-    assert type(model) is type(adapter.model) and processor.chat_template == adapter.processor.chat_template
-    reloaded = LlavaOnevisionAdapter.__new__(LlavaOnevisionAdapter)
-    reloaded.model, reloaded.processor, reloaded.max_tokens = model, processor, adapter.max_tokens
+    reloaded = pruned_and_reloaded(adapter, batches_of(adapter), tmp_path / "saved")
     batch = adapter.collate(SAMPLES[2:4])
     assert torch.equal(reloaded.collate(SAMPLES[2:4])["pixel_values"], batch["pixel_values"])
     assert torch.equal(reloaded.collate(SAMPLES[2:4])["input_ids"], batch["input_ids"])
     with torch.no_grad():
         torch.testing.assert_close(reloaded.forward(batch), adapter.forward(batch))
     for m in adapter.matrices():
-        assert torch.equal(model.get_parameter(m.name + ".weight") == 0, m.weight == 0), m.name
+        assert torch.equal(reloaded.model.get_parameter(m.name + ".weight") == 0, m.weight == 0), m.name
 
 
 @pytest.mark.slow
