@@ -19,7 +19,7 @@ from ecoflap_exp.models.seam import Batch, Plan, Redraw
 from ecoflap_exp.pruning.base import LocalPruner
 from ecoflap_exp.pruning.engine import MatrixReport, SequentialEngine
 from ecoflap_exp.pruning.masks import NM, check_nm_fits, check_sparsity, nm_sparsity, parse_nm
-from ecoflap_exp.pruning.verify import verify
+from ecoflap_exp.pruning.verify import finite, verify
 from ecoflap_exp.scoring.base import BlockScorer
 from ecoflap_exp.scoring.sketches import weight_sketches
 from ecoflap_exp.tower_outputs import DEFAULT_BUDGET_GB, TowerOutputs
@@ -108,7 +108,7 @@ def check_weights(adapter: ModelAdapter) -> None:
     if meta:
         raise UserError(f"{len(meta)} parameters ({', '.join(meta[:3])}{', ...' if len(meta) > 3 else ''}) are on the "
                         f"meta device: the model was never loaded; load its weights (or materialise it) first")
-    bad = [name for name, p in params if not torch.isfinite(p).all()]
+    bad = [name for name, p in params if not finite(p)]
     if bad:
         raise UserError(f"the loaded model holds NaN/inf weights in {len(bad)} parameters ({', '.join(bad[:3])}"
                         f"{', ...' if len(bad) > 3 else ''}): the checkpoint is broken; re-download or re-save it")
