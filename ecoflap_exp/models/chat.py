@@ -71,6 +71,13 @@ def checkpoint_processor(tokenizer: str | None, checkpoint: str | None, **settin
                         f"model.tokenizer=bytes with model.init=random") from err
 
 
+def used_vision_layers(feature_layers: int | list[int], count: int) -> int:
+    """How many of a ViT's `count` layers feed the image features: up to the deepest of the model's
+    `vision_feature_layer`s (hidden state k is layer k-1's output; 0 is the embeddings')."""
+    return max(layer if layer >= 0 else count + 1 + layer for layer in
+               ([feature_layers] if isinstance(feature_layers, int) else feature_layers))
+
+
 class ChatVLMAdapter(TransformersAdapter):
     """A transformers image-text-to-text model with a processor that has a chat template. Subclasses
     load `model` and `processor` and list the towers: vision, projector (pruned only when
@@ -247,14 +254,16 @@ class ChatVLMAdapter(TransformersAdapter):
         """The language model's real tokens: every token but the pads (image tokens included)."""
         return {"hidden": batch["attention_mask"]}
 
-    def projected_towers(self, vision_layers: int | None = None,
+    def projected_towers(self, feature_layers: int | list[int] | None = None,
                          projector_matrices: list[PrunableMatrix] | None = None) -> list[Tower]:
         """The towers of a model laid out as transformers' LLaVA family (model.vision_tower,
-        model.multi_modal_projector, model.language_model): the ViT's first `vision_layers` layers (all
-        by default), the projector as one block (its Linears, or the given matrices), the language
+        model.multi_modal_projector, model.language_model): the ViT's layers up to the deepest of the
+        model's `vision_feature_layer`s (all of them by default; a layer after it computes nothing the
+        model reads), the projector as one block (its Linears, or the given matrices), the language
         model's layers."""
         inner = self.model.model
         path, layers = find_block_list(inner.vision_tower)
+        vision_layers = None if feature_layers is None else used_vision_layers(feature_layers, len(layers))
         projector = inner.multi_modal_projector
         lm_path, lm_layers = find_block_list(inner.language_model)
         if projector_matrices is None:

@@ -34,7 +34,7 @@ from PIL import Image
 
 from ecoflap_exp.models.chat import ChatVLMAdapter, checkpoint_processor
 from ecoflap_exp.models.loading import CLIP_MEAN, CLIP_STD, DType
-from ecoflap_exp.models.seam import Tower, find_block_list
+from ecoflap_exp.models.seam import Tower
 
 #: llava-hf's chat template for LLaVA-1.5 (Vicuna's USER:/ASSISTANT: turns, images first)
 LLAVA_TEMPLATE = (
@@ -70,13 +70,6 @@ def expand2square(image: Image.Image, background: tuple[int, ...]) -> Image.Imag
     square = Image.new(image.mode, (side, side), background)
     square.paste(image, ((side - width) // 2, (side - height) // 2))
     return square
-
-
-def used_vision_layers(feature_layers: int | list[int], count: int) -> int:
-    """How many of a ViT's `count` layers feed the image features: up to the deepest of the model's
-    `vision_feature_layer`s (hidden state k is layer k-1's output; 0 is the embeddings')."""
-    return max(layer if layer >= 0 else count + 1 + layer for layer in
-               ([feature_layers] if isinstance(feature_layers, int) else feature_layers))
 
 
 def load_processor(tokenizer: str | None, checkpoint: str | None, config: Any) -> Any:
@@ -118,5 +111,4 @@ class LlavaAdapter(ChatVLMAdapter):
         return expand2square(image, self.background) if self.background is not None else image
 
     def all_towers(self) -> list[Tower]:
-        layers = len(find_block_list(self.model.model.vision_tower)[1])
-        return self.projected_towers(used_vision_layers(self.model.config.vision_feature_layer, layers))
+        return self.projected_towers(self.model.config.vision_feature_layer)

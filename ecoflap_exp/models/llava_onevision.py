@@ -49,9 +49,8 @@ import transformers
 from torch.nn import functional as F
 
 from ecoflap_exp.models.chat import ChatVLMAdapter, checkpoint_processor
-from ecoflap_exp.models.llava import used_vision_layers
 from ecoflap_exp.models.loading import DType
-from ecoflap_exp.models.seam import Tower, find_block_list
+from ecoflap_exp.models.seam import Tower
 
 #: llava-hf/llava-onevision-qwen2-7b-ov-hf's chat_template.json (ChatML; images, then videos, then "\n" + text)
 ONEVISION_HF_TEMPLATE = (
@@ -126,5 +125,4 @@ class LlavaOnevisionAdapter(ChatVLMAdapter):
         return super().joined(key, values)
 
     def all_towers(self) -> list[Tower]:
-        layers = len(find_block_list(self.model.model.vision_tower)[1])
-        return self.projected_towers(used_vision_layers(self.model.config.vision_feature_layer, layers))
+        return self.projected_towers(self.model.config.vision_feature_layer)
