@@ -73,7 +73,7 @@ def zeroed_in_training(adapter: ModelAdapter, reports: list[MatrixReport]) -> tu
     exactly 0.0 (an AdamW step can land one there: 1 of 1.9M in a BLIP ViT fc2 over 4 steps; a weight
     with no gradient stays at its 0 through iterative masks), and how many those are; verify still
     holds every matrix to at least its pruned count."""
-    zeros = {m.name: int((m.weight == 0).sum()) for m in adapter.matrices()}
+    zeros = {m.name: m.zeros() for m in adapter.matrices()}
     widened, total = [], 0
     for r in reports:
         extra = max(0, zeros[r.name] - r.pruned - r.zeros_before)

@@ -56,7 +56,7 @@ def global_prune(matrices: list[PrunableMatrix], scores: Mapping[str, torch.Tens
     for m in matrices:
         mask = pruned[start : start + m.numel].view(m.shape).to(m.weight.device)
         m.weight.masked_fill_(mask, 0)
-        counts[m.name] = int(mask.sum())
+        counts[m.name] = int(torch.count_nonzero(mask))
         start += m.numel
     return counts
 

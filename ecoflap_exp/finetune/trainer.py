@@ -91,7 +91,7 @@ def sparsity_point(step: int, matrices: list[PrunableMatrix], towers: Mapping[st
     sizes: dict[str, int] = {}
     for m in matrices:
         tower = towers[m.name]
-        zeros[tower] = zeros.get(tower, 0) + int((m.weight == 0).sum())
+        zeros[tower] = zeros.get(tower, 0) + m.zeros()
         sizes[tower] = sizes.get(tower, 0) + m.numel
     overall = sum(zeros.values()) / max(sum(sizes.values()), 1)
     return [step, overall, {t: zeros[t] / sizes[t] for t in sizes}]

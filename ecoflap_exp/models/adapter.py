@@ -221,7 +221,7 @@ class ModelAdapter(Typed, ABC):
         """The share of zeros among the weights of the prunable matrices of the towers to prune (the
         set a run's achieved sparsity is measured over)."""
         matrices = list(self.matrices())
-        zeros = sum(int((m.weight == 0).sum()) for m in matrices)
+        zeros = sum(m.zeros() for m in matrices)
         return zeros / max(1, sum(m.weight.numel() for m in matrices))
 
 

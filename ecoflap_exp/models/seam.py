@@ -71,6 +71,11 @@ class PrunableMatrix:
     def numel(self) -> int:
         return self.weight.numel()
 
+    def zeros(self) -> int:
+        """How many weights are exactly zero, counted without a mask as large as the matrix (a bool
+        mask's sum widens it to int64 first: 8 bytes a weight)."""
+        return self.numel - int(torch.count_nonzero(self.weight))
+
 
 @dataclass(eq=False)
 class Block:

@@ -175,7 +175,7 @@ class DSnoTPruner(LocalPruner):
                                   self.update_threshold, same_sign=not self.without_same_sign)
             else:
                 swap_nm(mask, expected, regrow_key, metric, nm, self.max_cycle_time, self.update_threshold)
-        weight[mask] = 0
+        weight.masked_fill_(mask, 0)
         return mask
 
 

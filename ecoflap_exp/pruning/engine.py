@@ -84,9 +84,10 @@ class SequentialEngine:
             weight = m.weight
             pruner = self.pruner.for_matrix(block, m)
             pruner.prepare(weight, stats[m])
-            zeros_before = int((weight == 0).sum())
+            zeros_before = m.zeros()
             mask = pruner.prune(weight, stats[m], sparsity, self.nm, group)
-            reports.append(MatrixReport(m.name, block.name, tower.name, rows, cols, sparsity, int(mask.sum()),
-                                        zeros_before, group))
+            pruned = int(torch.count_nonzero(mask))  # a bool sum would widen the mask to int64
+            reports.append(MatrixReport(m.name, block.name, tower.name, rows, cols, sparsity, pruned, zeros_before,
+                                        group))
             stats[m] = None  # drop this matrix's reference (shared statistics live until their last user)
         return reports

@@ -8,7 +8,7 @@ import torch
 from ecoflap_exp.input_stats import InputStats
 from ecoflap_exp.models.seam import Group, Tower
 from ecoflap_exp.pruning.base import LocalPruner
-from ecoflap_exp.pruning.masks import NM, Counting, select_mask
+from ecoflap_exp.pruning.masks import NM, Counting, RowMetric, select_mask
 
 
 class MagnitudePruner(LocalPruner):
@@ -24,6 +24,7 @@ class MagnitudePruner(LocalPruner):
 
     def prune(self, weight: torch.Tensor, stats: InputStats | None, sparsity: float, nm: NM | None,
               group: Group | None) -> torch.Tensor:
-        mask = select_mask(weight.abs().float(), sparsity, group or self.group, nm, self.count)
-        weight[mask] = 0
+        metric = RowMetric((weight.shape[0], weight.shape[1]), lambda rows: weight[rows].abs().float())
+        mask = select_mask(metric, sparsity, group or self.group, nm, self.count)
+        weight.masked_fill_(mask, 0)
         return mask

@@ -5,12 +5,20 @@ rule (the default) a selection prunes exactly the planned number of weights, tie
 position: the plan is the contract the verification step checks. The `reference` rule counts as
 the reference codes do (Wanda's per-row int(cols x p); "<= the value at index int(n x p)" over a
 whole matrix), so their masks can be reproduced bit for bit.
+
+Memory: a selection copies what it selects from and adds int64 indices (torch's kthvalue and sort,
+12 bytes a weight beside the metric's 4). Row groups and N:M choose each row from that row alone, so
+they take the metric a few rows at a time (`RowMetric`, `CHUNK` weights a step) and never hold it
+whole: the pass then adds the bool mask (1 byte a weight) and a few MB, where a whole 28672 x 8192
+matrix would need 3.8 GB of metric and selection temporaries. A whole-matrix comparison still
+reads the whole metric.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,6 +29,36 @@ from ecoflap_exp.models.seam import Group
 
 #: how many weights a mask removes: exactly the asked share, or as the reference code counts them
 Counting = Literal["exact", "reference"]
+
+#: weights of a metric selected from at a time in row groups and N:M (about 16 MB of temporaries)
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class RowMetric:
+    """A (rows x cols) fp32 metric computed for the rows asked for (a slice or an index tensor), so
+    that a row-wise selection never holds it whole: a pruner passes its formula over its weight's rows."""
+
+    shape: tuple[int, int]
+    rows: Callable[[slice | torch.Tensor], torch.Tensor]
+
+    @classmethod
+    def of(cls, metric: torch.Tensor) -> RowMetric:
+        """An already computed metric."""
+        return cls((metric.shape[0], metric.shape[1]), metric.__getitem__)
+
+    def whole(self) -> torch.Tensor:
+        return self.rows(slice(None))
+
+    def empty_mask(self) -> torch.Tensor:
+        """An all-False mask of the metric's shape, on its device."""
+        return torch.zeros(self.shape, dtype=torch.bool, device=self.rows(slice(0, 0)).device)
+
+    def chunks(self) -> Iterator[slice]:
+        """Consecutive row ranges of about CHUNK weights each."""
+        rows, cols = self.shape
+        step = max(1, CHUNK // max(cols, 1))
+        return (slice(start, min(start + step, rows)) for start in range(0, rows, step))
 
 
 @dataclass(frozen=True)
@@ -104,29 +142,40 @@ def nm_mask(metric: torch.Tensor, nm: NM) -> torch.Tensor:
     return mask.scatter_(-1, order, True).reshape(rows, cols)
 
 
-def smallest(metric: torch.Tensor, count: int, group: Group = "row") -> torch.Tensor:
+def smallest(metric: torch.Tensor | RowMetric, count: int, group: Group = "row") -> torch.Tensor:
     """Exactly the `count` weights with the smallest metric (ties broken by position).
 
     - group="matrix": the `count` smallest of the whole matrix.
     - group="row": every row loses count // rows of its smallest; the count % rows remaining
       prunes go to the rows whose next-smallest weight is smallest, so the total is exact.
     """
+    if isinstance(metric, torch.Tensor):
+        metric = RowMetric.of(metric)
     rows, cols = metric.shape
     if not 0 <= count <= rows * cols:
         raise ValueError(f"cannot prune {count} of {rows * cols} weights")
     if count == 0:
-        return torch.zeros_like(metric, dtype=torch.bool)
+        return metric.empty_mask()
     if group == "matrix":
-        return smallest_per_row(metric.reshape(1, -1), count).reshape(rows, cols)
+        return smallest_per_row(metric.whole().reshape(1, -1), count).reshape(rows, cols)
     if group != "row":
         raise UserError(f"comparison group {group!r} is unknown; use 'row' or 'matrix'")
     per_row, extra = divmod(count, rows)
-    mask = smallest_per_row(metric, per_row) if per_row else torch.zeros_like(metric, dtype=torch.bool)
+    mask, following = metric.empty_mask(), []
+    for chunk in metric.chunks():
+        values = metric.rows(chunk)
+        if per_row:
+            mask[chunk] = smallest_per_row(values, per_row)
+        if extra:
+            following.append(values.kthvalue(per_row + 1, dim=1).values)  # each row's next candidate
     if extra:
-        following = metric.kthvalue(per_row + 1, dim=1).values  # each row's next candidate
-        chosen = torch.argsort(following, stable=True)[:extra]
-        candidates = (metric[chosen] == following[chosen, None]) & ~mask[chosen]
-        mask[chosen, candidates.int().argmax(1)] = True
+        next_values = torch.cat(following)
+        chosen = torch.argsort(next_values, stable=True)[:extra]
+        step = max(1, CHUNK // cols)
+        for start in range(0, extra, step):
+            these = chosen[start : start + step]
+            candidates = (metric.rows(these) == next_values[these, None]) & ~mask[these]
+            mask[these, candidates.int().argmax(1)] = True
     return mask
 
 
@@ -138,16 +187,21 @@ def at_or_below_quantile(metric: torch.Tensor, sparsity: float) -> torch.Tensor:
     return metric <= threshold
 
 
-def select_mask(metric: torch.Tensor, sparsity: float, group: Group = "row", nm: NM | None = None,
+def select_mask(metric: torch.Tensor | RowMetric, sparsity: float, group: Group = "row", nm: NM | None = None,
                 count: Counting = "exact") -> torch.Tensor:
     """Prune the weights with the smallest `metric` at `sparsity` (N:M: its pattern, sparsity
-    ignored), counted by the `count` rule."""
+    ignored), counted by the `count` rule. Row groups and N:M read the metric a chunk of rows at a time."""
+    if isinstance(metric, torch.Tensor):
+        metric = RowMetric.of(metric)
     rows, cols = metric.shape
-    if nm is not None:
-        return nm_mask(metric, nm)
-    if count == "exact":
+    if count == "exact" and nm is None:
         return smallest(metric, planned_prune_count(rows, cols, sparsity, None), group)
-    if group == "row":
-        return smallest_per_row(metric, int(cols * sparsity)) if int(cols * sparsity) else torch.zeros_like(
-            metric, dtype=torch.bool)
-    return at_or_below_quantile(metric, sparsity)
+    if group == "matrix" and nm is None:
+        return at_or_below_quantile(metric.whole(), sparsity)
+    mask = metric.empty_mask()
+    if nm is None and not int(cols * sparsity):
+        return mask
+    for chunk in metric.chunks():
+        values = metric.rows(chunk)
+        mask[chunk] = nm_mask(values, nm) if nm is not None else smallest_per_row(values, int(cols * sparsity))
+    return mask

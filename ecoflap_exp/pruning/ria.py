@@ -154,5 +154,5 @@ class RiaPruner(LocalPruner):
             mask, _ = reallocated_nm_mask(metric, nm, self.lsa)
         else:
             mask = select_mask(metric, sparsity, group or self.group, nm, self.count)
-        weight[mask] = 0
+        weight.masked_fill_(mask, 0)
         return mask

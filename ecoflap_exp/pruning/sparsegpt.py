@@ -34,52 +34,78 @@ from ecoflap_exp.pruning.masks import NM, Counting, at_or_below_quantile, nm_mas
 
 class Hessian(InputStats):
     def __init__(self, cols: int, device: torch.device):
-        self.H = torch.zeros(cols, cols, device=device, dtype=torch.float32)
+        self.H: torch.Tensor | None = torch.zeros(cols, cols, device=device, dtype=torch.float32)
+        self.dead: torch.Tensor | None = None
         self.inverted: tuple[tuple[float, str], torch.Tensor] | None = None
 
     def accumulate(self, tokens: torch.Tensor, rescale: float) -> None:
+        assert self.H is not None, "inputs added to a Hessian already inverted"
         self.H.mul_(rescale)
         x = tokens * (2 / self.samples) ** 0.5
         self.H.addmm_(x.t(), x)
 
     def dead_columns(self) -> torch.Tensor:
         """Input columns that were zero in every calibration token."""
-        return torch.diag(self.H) == 0
+        if self.dead is None:
+            assert self.H is not None
+            self.dead = torch.diag(self.H) == 0
+        return self.dead
 
     def inverse(self, percdamp: float, damping: str = "ist") -> torch.Tensor:
         """The upper Cholesky factor of H^-1 (`damping` picks the reference), computed once for all
         the matrices that share these inputs (q, k and v; gate and up), where the reference inverts
-        the same Hessian for each."""
+        the same Hessian for each. The factor is computed in H's own memory, so H is gone after:
+        a 11008-column Hessian is 0.5 GB in fp32, and the inversion never holds a second one."""
         key = (percdamp, damping)
-        if self.inverted is None or self.inverted[0] != key:
+        if self.inverted is None:
+            self.dead_columns()
+            H, self.H = self.H, None
+            assert H is not None
             invert = ecoflap_inverse_cholesky if damping == "ecoflap" else inverse_cholesky
-            self.inverted = (key, invert(self.H, percdamp))
+            self.inverted = (key, invert(H, percdamp))
+        if self.inverted[0] != key:
+            raise RuntimeError(f"the Hessian was inverted with {self.inverted[0]}, then asked for {key}")
         return self.inverted[1]
 
 
-def inverse_cholesky(H: torch.Tensor, percdamp: float, tries: int = 5) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp I)^-1, raising the damping until H is positive definite.
-    Works on one cols x cols copy at a time (a 11008-column Hessian is 0.5 GB in fp32)."""
+def inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp I)^-1, damp = percdamp x mean(diag H), as the reference,
+    computed in H's own memory (H is consumed): torch hands LAPACK a row-major matrix through a
+    column-major copy, but H's transpose (a view) is column-major already, and equals H once H's
+    upper triangle mirrors the lower one the reference's factorisation reads. So the three
+    factorisations work in place, with the same bits as the reference's out-of-place calls, and the
+    result is turned back to row-major in place. Like the reference, no second try: a Hessian that
+    is not positive definite ends the run."""
     diagonal = torch.diag(H).clone()
     diagonal[diagonal == 0] = 1  # dead columns, as the reference: their weights are zeroed
-    damp = percdamp * torch.mean(diagonal)
-    for _ in range(tries):
-        A = H.clone()
-        A.diagonal().copy_(diagonal + damp)
-        L, info = torch.linalg.cholesky_ex(A)
-        del A
-        if info == 0:
-            Hinv = torch.cholesky_inverse(L)
-            del L
-            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-            if info == 0:
-                return U
-        damp *= 10
-    raise UserError(
-        "SparseGPT: the input Hessian is not positive definite even with 10^4 x the damping; "
-        "the calibration inputs are degenerate (NaN/inf activations?); check the calibration data "
-        "or raise pruner.percdamp"
-    )
+    H.diagonal().copy_(diagonal + percdamp * torch.mean(diagonal))
+    mirror_lower(H)
+    A = H.mT
+    info = torch.empty((), dtype=torch.int32, device=H.device)
+    torch.linalg.cholesky_ex(A, out=(A, info))
+    if info == 0:
+        torch.cholesky_inverse(A, out=A)
+        torch.linalg.cholesky_ex(A, upper=True, out=(A, info))
+    if info != 0 or torch.isnan(H.diagonal()).any():
+        raise UserError(
+            f"SparseGPT: the input Hessian is not positive definite with pruner.percdamp={percdamp:g}; "
+            f"the calibration inputs may be degenerate (NaN/inf activations?): check the calibration data or "
+            f"raise pruner.percdamp (e.g. pruner.percdamp={percdamp * 10:g})")
+    # H now holds the factor's transpose (its lower triangle; the upper is zero): mirror it up
+    mirror_lower(H)
+    return H.triu_()
+
+
+def mirror_lower(A: torch.Tensor, chunk: int = 1 << 20) -> None:
+    """Set A's strict upper triangle to the transpose of its strict lower one, in place, a band of
+    rows at a time (no temporary beyond `chunk` elements)."""
+    n = A.shape[0]
+    step = max(1, chunk // max(n, 1))
+    for start in range(0, n, step):
+        end = min(start + step, n)
+        band = A[start:end, start:end]
+        band.copy_(band.tril() + band.tril(-1).mT)
+        A[start:end, end:].copy_(A[end:, start:end].mT)
 
 
 def quantile(t: torch.Tensor, q: float) -> torch.Tensor:
@@ -116,14 +142,14 @@ def cholesky_damped_on_failure(A: torch.Tensor, damp: torch.Tensor, upper: bool,
 def ecoflap_inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
     """ECoFLaP's fasterprune (its LAVIS and CoOp forks): infinities clipped; the Cholesky of H
     tried undamped, percdamp x mean(diag H) added only while it fails; then the same for the upper
-    factor of H^-1 with percdamp x mean(|diag H^-1|)."""
-    A = H.clone()
-    dead = torch.diag(A) == 0
-    A[dead, dead] = 1
-    clip_infinities(A)
-    L = cholesky_damped_on_failure(A, percdamp * torch.mean(torch.diag(A)), upper=False)
-    del A
-    Hinv = torch.cholesky_inverse(L)
+    factor of H^-1 with percdamp x mean(|diag H^-1|). H is consumed (H^-1 is written over it): its
+    retries need the matrix they factorise intact, so this holds two at a time, not one."""
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    clip_infinities(H)
+    L = cholesky_damped_on_failure(H, percdamp * torch.mean(torch.diag(H)), upper=False)
+    Hinv = torch.cholesky_inverse(L, out=H)
+    del L
     clip_infinities(Hinv)
     return cholesky_damped_on_failure(Hinv, percdamp * torch.mean(torch.diag(Hinv).abs()), upper=True)
 

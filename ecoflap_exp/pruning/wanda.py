@@ -12,7 +12,7 @@ import torch
 from ecoflap_exp.input_stats import ColumnNorms, InputStats, wanda_metric
 from ecoflap_exp.models.seam import Group, Tower
 from ecoflap_exp.pruning.base import LocalPruner
-from ecoflap_exp.pruning.masks import NM, Counting, select_mask
+from ecoflap_exp.pruning.masks import NM, Counting, RowMetric, select_mask
 
 
 class WandaPruner(LocalPruner):
@@ -31,7 +31,9 @@ class WandaPruner(LocalPruner):
     def prune(self, weight: torch.Tensor, stats: InputStats | None, sparsity: float, nm: NM | None,
               group: Group | None) -> torch.Tensor:
         assert stats is not None
-        metric = wanda_metric(weight, stats)
+        # the metric a few rows at a time where the group allows (masks.RowMetric): never a second
+        # fp32 copy of the matrix beside the weights
+        metric = RowMetric((weight.shape[0], weight.shape[1]), lambda rows: wanda_metric(weight[rows], stats))
         mask = select_mask(metric, sparsity, group or "row", nm, self.count)
-        weight[mask] = 0
+        weight.masked_fill_(mask, 0)
         return mask

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from ecoflap_exp.errors import UserError
+from ecoflap_exp.pruning import masks
 from ecoflap_exp.pruning.magnitude import MagnitudePruner
-from ecoflap_exp.pruning.masks import NM, parse_nm, planned_prune_count, smallest
+from ecoflap_exp.pruning.masks import NM, parse_nm, planned_prune_count, select_mask, smallest
 from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner
 from ecoflap_exp.pruning.wanda import WandaPruner
 
@@ -107,9 +108,11 @@ def test_nm_parse():
     assert NM(2, 4).sparsity == 0.5
 
 
+@pytest.mark.parametrize("chunk", [masks.CHUNK, 8, 24])  # whole; a row a step; 3 rows (the last step 2)
 @pytest.mark.parametrize("group", ["row", "matrix"])
 @pytest.mark.parametrize("count", [0, 1, 7, 30, 64])
-def test_selection_with_many_ties_equals_a_stable_sort(group, count):
+def test_selection_with_many_ties_equals_a_stable_sort(group, count, chunk, monkeypatch):
+    monkeypatch.setattr(masks, "CHUNK", chunk)
     metric = torch.randint(0, 4, (8, 8), generator=torch.Generator().manual_seed(count)).float()
     expected = torch.zeros(64, dtype=torch.bool)
     if group == "matrix":
@@ -124,3 +127,47 @@ def test_selection_with_many_ties_equals_a_stable_sort(group, count):
         for r in sorted(range(8), key=lambda r: (nxt[r], r))[:extra]:
             expected[r, order[r, per_row]] = True
     assert torch.equal(smallest(metric, count, group), expected.reshape(8, 8))
+
+
+@pytest.mark.parametrize("chunk", [masks.CHUNK, 70, 150])
+@pytest.mark.parametrize("nm", [None, NM(2, 4)])
+def test_reference_rows_and_nm_read_in_chunks_equal_locuslab_sort(chunk, nm, monkeypatch):
+    """count=reference per row and N:M, taken a few rows at a time, against locuslab/wanda's
+    prune_wanda: a stable sort of each row (or of each group of M) and its int(cols x p) / M-N first."""
+    monkeypatch.setattr(masks, "CHUNK", chunk)
+    metric = torch.randint(0, 6, (10, 72), generator=torch.Generator().manual_seed(1)).float()
+    expected = torch.zeros_like(metric, dtype=torch.bool)
+    if nm is None:
+        expected.scatter_(1, torch.sort(metric, dim=-1, stable=True)[1][:, : int(72 * 0.5)], True)
+    else:
+        for ii in range(0, 72, nm.m):
+            tmp = metric[:, ii : ii + nm.m]
+            expected.scatter_(1, ii + torch.topk(tmp, nm.m - nm.n, dim=1, largest=False)[1], True)
+    mask = select_mask(metric, 0.5, "row", nm, "reference")
+    if nm is None:
+        assert torch.equal(mask, expected)
+    else:  # topk breaks ties by its own order: the same count per group and the same kept values
+        assert torch.equal(mask.reshape(10, -1, 4).sum(-1), expected.reshape(10, -1, 4).sum(-1))
+        assert torch.equal(metric.masked_fill(mask, -1).sort(1)[0], metric.masked_fill(expected, -1).sort(1)[0])
+
+
+@pytest.mark.parametrize("pruner", [WandaPruner("row"), MagnitudePruner("row")])
+@pytest.mark.parametrize("count", ["exact", "reference"])
+def test_row_pruners_never_hold_the_whole_metric(pruner, count, monkeypatch):
+    """With row groups the metric is computed a chunk of rows at a time (never a second fp32 copy of
+    the matrix): every call of the pruner's formula covers at most CHUNK weights, and the mask is
+    the one the whole metric gives."""
+    W, X = random_layer(rows=40, cols=64)
+    pruner.count = count
+    _, whole = run_pruner(pruner, W, X, 0.37)
+    monkeypatch.setattr(masks, "CHUNK", 3 * 64)
+    sizes = []
+    original = masks.RowMetric.__init__
+
+    def spying(self, shape, rows):
+        original(self, shape, lambda at: sizes.append(len(rows(at))) or rows(at))
+
+    monkeypatch.setattr(masks.RowMetric, "__init__", spying)
+    _, chunked = run_pruner(pruner, W, X, 0.37)
+    assert torch.equal(chunked, whole)
+    assert max(sizes) <= 3 and sum(sizes) >= 40

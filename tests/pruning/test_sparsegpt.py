@@ -16,8 +16,9 @@ Ties are broken by position (a stable sort), which both sides follow.
 import pytest
 import torch
 
+from ecoflap_exp.errors import UserError
 from ecoflap_exp.pruning.masks import NM
-from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner
+from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner, inverse_cholesky, mirror_lower
 
 
 def layer(rows=24, cols=96, tokens=200, dead=(), ties=False, seed=0):
@@ -196,13 +197,14 @@ def test_sparsegpt_with_ecoflaps_damping_is_its_fork_bit_for_bit(hessian):
     stats.add(X, 4)
     if hessian == "with infinities":
         stats.H[7, 9] = stats.H[9, 7] = float("inf")
-    expected = ist_fasterprune(W, stats.H, 0.6, blocksize=32, inverse=ecoflap_inverse)
+    H = stats.H.clone()  # our pruning consumes the Hessian
+    expected = ist_fasterprune(W, H, 0.6, blocksize=32, inverse=ecoflap_inverse)
     pruned = W.clone()
     pruner.prepare(pruned, stats)
     pruner.prune(pruned, stats, 0.6, None, None)
     assert torch.equal(pruned, expected)
     if hessian == "positive definite":
-        ist = ist_fasterprune(W, stats.H, 0.6, blocksize=32)
+        ist = ist_fasterprune(W, H, 0.6, blocksize=32)
         assert not torch.equal(ist, expected)
 
 
@@ -211,3 +213,38 @@ def test_sparsegpt_reference_count_prunes_one_more_per_block():
     _, exact = ours(SparseGPTPruner(blocksize=32), W, X, 0.5)
     _, reference = ours(SparseGPTPruner(blocksize=32, count="reference"), W, X, 0.5)
     assert int(exact.sum()) == 24 * 96 // 2 and int(reference.sum()) == 24 * 96 // 2 + 3  # 3 blocks of 32 columns
+
+
+@pytest.mark.parametrize("cols", [96, 300])
+def test_inverse_in_place_reads_the_lower_triangle_as_the_reference(cols):
+    """The factor is computed in H's own memory (no second cols x cols matrix) and equals IST's
+    out-of-place factorisations bit for bit, even where H's triangles differ in the last bits (a
+    GPU's X^T X need not be exactly symmetric): LAPACK reads the lower triangle, as the reference's
+    torch.linalg.cholesky does."""
+    _, X = layer(cols=cols, tokens=400, dead=(3,))
+    H = X.t() @ X
+    H += torch.triu(H, 1) * 2**-20  # the upper triangle off by a few ulps
+    assert not torch.equal(H, H.t())
+    dead = torch.diag(H) == 0
+    reference = H.clone()
+    reference[dead, dead] = 1
+    expected = ist_inverse(reference, 0.01)
+    storage = H.data_ptr()
+    U = inverse_cholesky(H, 0.01)
+    assert U.data_ptr() == storage and U.is_contiguous()
+    assert torch.equal(U, expected)
+
+
+def test_mirror_lower_in_bands():
+    A = torch.randn(37, 37)
+    expected = A.tril() + A.tril(-1).t()
+    mirror_lower(A, chunk=37 * 5)  # bands of 5 rows, the last of 2
+    assert torch.equal(A, expected)
+
+
+def test_a_hessian_that_is_not_positive_definite_is_one_clear_error():
+    H = torch.zeros(4, 4)
+    H[0, 1] = H[1, 0] = 5.0  # indefinite even after 1% damping
+    H.diagonal().fill_(1.0)
+    with pytest.raises(UserError, match="not positive definite with pruner.percdamp=0.01.*pruner.percdamp=0.1"):
+        inverse_cholesky(H, 0.01)
