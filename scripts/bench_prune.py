@@ -35,8 +35,13 @@ tr(dW H dW^T) / tr(W H W^T) of every matrix on its calibration inputs (first 128
 
 Each pass runs in its own child process so that its peak RSS is its own; model construction is
 identical in every child, so the ratios to the plain forward's figures compare like with like.
-Only the pass itself is timed. With a GPU (`--device cuda`), peak GPU memory is reported instead
-(`--blocks 32 --dtype float16 --device cuda` for LLaMA-7B; `--blocks 39` for BLIP-2's full ViT).
+Only the pass itself is timed. With a GPU (`--device cuda`), peak GPU memory is reported instead;
+`--blocks 0` builds every block of the released model (LLaMA-7B's 32, BLIP-2's 39 ViT and 24 + 24 T5
+blocks, LLaVA-1.5's 24 ViT and 32 language blocks). `--offload` keeps the model on the CPU and brings
+each block to the GPU in turn (the run's `offload=true`), for pruning passes only; `--gpu-cap-gb`
+caps what torch may allocate on the GPU (`torch.cuda.set_per_process_memory_fraction`), so that a model
+larger than the cap shows the offload path on any card. `scripts/gpu_checks.sh` runs the full-size
+checks in one call on a lent GPU.
 
     python scripts/bench_prune.py [--model llama|blip2_t5|llava_15_7b|qwen2_vl_7b|qwen2_5_vl_7b|internvl3_8b|
                                            gemma3_4b|llava_onevision_7b] [--blocks 2] [--samples 16]
@@ -134,16 +139,17 @@ QUESTIONS = ["What is the man doing?", "How many dogs are there?", "What is on t
 
 
 def build(args: argparse.Namespace) -> tuple[ModelAdapter, list[Batch]]:
+    full = args.blocks == 0  # the released model's own layer counts
     if args.model == "llama":
         adapter = CausalLMAdapter(arch="llama_7b", init="random", tokenizer="bytes", dtype=args.dtype,
-                                  arch_overrides={"num_hidden_layers": args.blocks})
+                                  arch_overrides={} if full else {"num_hidden_layers": args.blocks})
         ids = torch.randint(3, 259, (args.samples, args.seqlen), generator=torch.Generator().manual_seed(0))
         samples = list(ids)
     elif args.model in CHAT_VLMS:
         adapter_class, side, layers = CHAT_VLMS[args.model]
         extra = {"max_pixels": side * side} if issubclass(adapter_class, Qwen2VLAdapter) else {}
         adapter = scored_leading(adapter_class)(arch=args.model, init="random", tokenizer="bytes", dtype=args.dtype,
-                                                arch_overrides=layers(args.blocks), **extra)
+                                                arch_overrides={} if full else layers(args.blocks), **extra)
         generator = torch.Generator().manual_seed(0)
         pixels = torch.randint(0, 256, (args.samples, side, side, 3), generator=generator, dtype=torch.uint8)
         samples = [(Image.fromarray(p.numpy()), (("human", QUESTIONS[i % 4]), ("gpt", CAPTIONS[i % 4])))
@@ -151,12 +157,13 @@ def build(args: argparse.Namespace) -> tuple[ModelAdapter, list[Batch]]:
     else:
         adapter = scored_leading(Blip2Adapter)(
             arch="blip2_flan_t5_xl", init="random", tokenizer="bytes", precision=args.dtype,
-            arch_overrides={"vision_config": {"num_hidden_layers": args.blocks},
-                            "text_config": {"num_layers": args.blocks, "num_decoder_layers": args.blocks}})
+            arch_overrides={} if full else {"vision_config": {"num_hidden_layers": args.blocks},
+                                            "text_config": {"num_layers": args.blocks,
+                                                            "num_decoder_layers": args.blocks}})
         generator = torch.Generator().manual_seed(0)
         pixels = torch.randint(0, 256, (args.samples, 224, 224, 3), generator=generator, dtype=torch.uint8)
         samples = [(Image.fromarray(p.numpy()), CAPTIONS[i % len(CAPTIONS)]) for i, p in enumerate(pixels)]
-    if args.device.startswith("cuda"):
+    if args.device.startswith("cuda") and not args.offload:
         adapter.to(args.device)
     return adapter, [adapter.collate(samples[i : i + args.batch]) for i in range(0, args.samples, args.batch)]
 
@@ -219,7 +226,7 @@ def prune(adapter: ModelAdapter, batches: list[Batch], name: str, args: argparse
     """One pass along the run's path: block scores (zeroth, first) or none, the plan, the engine."""
     if name in PRUNERS:
         plan = {block.name: 0.5 for block in adapter.blocks()}
-        SequentialEngine(adapter, PRUNERS[name](), plan, device=args.device).run(batches)
+        SequentialEngine(adapter, PRUNERS[name](), plan, device=args.device, offload=args.offload).run(batches)
         return {}
     if name in ("sparsegpt_reference_count", "ist_sparsegpt"):
         return sparsegpt_pass(adapter, batches, name, args)
@@ -237,6 +244,9 @@ def prune(adapter: ModelAdapter, batches: list[Batch], name: str, args: argparse
 
 def run_pass(name: str, args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
+    if device.type == "cuda" and args.gpu_cap_gb:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_cap_gb * 2**30 / total), device)
     adapter, batches = build(args)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -261,11 +271,13 @@ def run_pass(name: str, args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["llama", "blip2_t5", *CHAT_VLMS], default="llama")
-    parser.add_argument("--blocks", type=int, default=2, help="blocks per tower")
+    parser.add_argument("--blocks", type=int, default=2, help="blocks per tower (0: the released model's)")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--offload", action="store_true", help="the model stays on the CPU, each block visits --device")
+    parser.add_argument("--gpu-cap-gb", type=float, help="the most torch may allocate on the GPU, in GB")
     parser.add_argument("--seqlen", type=int, default=512, help="LLaMA tokens per sample")
     parser.add_argument("--zeroth-samples", type=int, default=32, help="zeroth-order samples (the paper's 32)")
     parser.add_argument("--zeroth-blocks", type=int, default=None, help="perturb only this many blocks per tower")
@@ -279,8 +291,14 @@ def main() -> None:
         return
     default = "forward,wanda,sparsegpt,magnitude" if args.model == "llama" else "forward,wanda,zeroth,first"
     passes = (args.passes or default).split(",")
-    forwarded = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
-                 if key not in ("out", "child", "passes") and value is not None]
+    if args.offload and set(passes) - set(PRUNERS):
+        parser.error(f"--offload times the one-shot pruners only ({', '.join(PRUNERS)}), not "
+                     f"{', '.join(sorted(set(passes) - set(PRUNERS)))}; e.g. --passes wanda")
+    if args.blocks < 0:
+        parser.error(f"--blocks {args.blocks}: a number of blocks per tower, or 0 for the released model's")
+    forwarded = [f"--{key.replace('_', '-')}" if value is True else f"--{key.replace('_', '-')}={value}"
+                 for key, value in vars(args).items()
+                 if key not in ("out", "child", "passes") and value is not None and value is not False]
     rows = []
     for name in passes:
         out = subprocess.run([sys.executable, __file__, *forwarded, "--child", name], capture_output=True, text=True,
