@@ -6,12 +6,13 @@ position: the plan is the contract the verification step checks. The `reference`
 the reference codes do (Wanda's per-row int(cols x p); "<= the value at index int(n x p)" over a
 whole matrix), so their masks can be reproduced bit for bit.
 
-Memory: a selection copies what it selects from and adds int64 indices (torch's kthvalue and sort,
-12 bytes a weight beside the metric's 4). Row groups and N:M choose each row from that row alone, so
-they take the metric a few rows at a time (`RowMetric`, `CHUNK` weights a step) and never hold it
-whole: the pass then adds the bool mask (1 byte a weight) and a few MB, where a whole 28672 x 8192
-matrix would need 3.8 GB of metric and selection temporaries. A whole-matrix comparison still
-reads the whole metric.
+Memory: torch's kthvalue and sort copy what they select from and add int64 indices (12 bytes a
+weight beside the metric's 4), 3.8 GB for a whole 28672 x 8192 matrix. So every selection takes the
+metric a chunk of rows at a time (`RowMetric`, `CHUNK` weights a step) and never holds it whole:
+row groups and N:M choose each row from that row alone; a whole-matrix comparison finds its
+threshold by radix selection (`kth_smallest`: two counting passes over 16-bit halves of the values'
+bits) and then marks the weights below it chunk by chunk. The pass adds the bool mask (1 byte a
+weight) and a few MB.
 """
 
 from __future__ import annotations
@@ -133,6 +134,41 @@ def smallest_per_row(metric: torch.Tensor, k: int) -> torch.Tensor:
     return mask.logical_or_(ties)
 
 
+def sortable_keys(values: torch.Tensor) -> torch.Tensor:
+    """int32 keys in the order of the float32 values: their IEEE bits, a negative value's magnitude bits
+    flipped (so -0.0 sorts just below +0.0, which compare equal, and a positive NaN above +inf)."""
+    bits = values.float().contiguous().view(torch.int32)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def kth_smallest(metric: RowMetric, k: int) -> torch.Tensor:
+    """The k-th smallest (1-based) value of the whole metric, the one torch.kthvalue gives. A metric larger
+    than a chunk is read a chunk of rows at a time, twice: radix selection counts the keys' upper 16 bits,
+    which fixes the k-th key's upper half, then the lower 16 bits of the keys with that upper half."""
+    rows, cols = metric.shape
+    if rows * cols <= CHUNK:
+        return metric.whole().reshape(-1).kthvalue(k).values
+    half = 1 << 16
+    counts = None
+    for chunk in metric.chunks():
+        upper = (sortable_keys(metric.rows(chunk)) >> 16).flatten() + half // 2
+        found = torch.bincount(upper, minlength=half)
+        counts = found if counts is None else counts + found
+    assert counts is not None
+    cumulative = counts.cumsum(0)
+    upper_half = int(torch.searchsorted(cumulative, k))
+    below = int(cumulative[upper_half] - counts[upper_half])
+    counts = None
+    for chunk in metric.chunks():
+        keys = sortable_keys(metric.rows(chunk)).flatten()
+        found = torch.bincount(keys[(keys >> 16) == upper_half - half // 2] & 0xFFFF, minlength=half)
+        counts = found if counts is None else counts + found
+    assert counts is not None
+    key = ((upper_half - half // 2) << 16) | int(torch.searchsorted(counts.cumsum(0), k - below))
+    bits = key if key >= 0 else key ^ 0x7FFFFFFF
+    return torch.tensor(bits, dtype=torch.int32, device=counts.device).view(torch.float32)
+
+
 def nm_mask(metric: torch.Tensor, nm: NM) -> torch.Tensor:
     """In each row, in every block of M consecutive columns, the M-N smallest (ties by position)."""
     rows, cols = metric.shape
@@ -157,7 +193,19 @@ def smallest(metric: torch.Tensor | RowMetric, count: int, group: Group = "row")
     if count == 0:
         return metric.empty_mask()
     if group == "matrix":
-        return smallest_per_row(metric.whole().reshape(1, -1), count).reshape(rows, cols)
+        threshold = kth_smallest(metric, count)
+        # the weights below the threshold, then as many of those equal to it as the count needs, by position
+        need = count - sum(int(torch.count_nonzero(metric.rows(chunk) < threshold)) for chunk in metric.chunks())
+        mask = metric.empty_mask()
+        for chunk in metric.chunks():
+            values = metric.rows(chunk)
+            mask[chunk] = values < threshold
+            if need:
+                ties = values == threshold
+                ties &= ties.reshape(-1).cumsum(0).reshape(ties.shape) <= need
+                need -= int(torch.count_nonzero(ties))
+                mask[chunk] |= ties
+        return mask
     if group != "row":
         raise UserError(f"comparison group {group!r} is unknown; use 'row' or 'matrix'")
     per_row, extra = divmod(count, rows)
@@ -179,12 +227,16 @@ def smallest(metric: torch.Tensor | RowMetric, count: int, group: Group = "row")
     return mask
 
 
-def at_or_below_quantile(metric: torch.Tensor, sparsity: float) -> torch.Tensor:
+def at_or_below_quantile(metric: torch.Tensor | RowMetric, sparsity: float) -> torch.Tensor:
     """The reference codes' whole-matrix rule: every weight whose metric is <= the value at index
     int(numel x sparsity) of the sorted metric (so at least one more than int(numel x sparsity))."""
-    flat = metric.reshape(-1)
-    threshold = flat.kthvalue(int(flat.numel() * sparsity) + 1).values
-    return metric <= threshold
+    if isinstance(metric, torch.Tensor):
+        metric = RowMetric.of(metric)
+    threshold = kth_smallest(metric, int(metric.shape[0] * metric.shape[1] * sparsity) + 1)
+    mask = metric.empty_mask()
+    for chunk in metric.chunks():
+        mask[chunk] = metric.rows(chunk) <= threshold
+    return mask
 
 
 def select_mask(metric: torch.Tensor | RowMetric, sparsity: float, group: Group = "row", nm: NM | None = None,
@@ -197,7 +249,7 @@ def select_mask(metric: torch.Tensor | RowMetric, sparsity: float, group: Group 
     if count == "exact" and nm is None:
         return smallest(metric, planned_prune_count(rows, cols, sparsity, None), group)
     if group == "matrix" and nm is None:
-        return at_or_below_quantile(metric.whole(), sparsity)
+        return at_or_below_quantile(metric, sparsity)
     mask = metric.empty_mask()
     if nm is None and not int(cols * sparsity):
         return mask

@@ -6,7 +6,7 @@ import torch
 from ecoflap_exp.errors import UserError
 from ecoflap_exp.pruning import masks
 from ecoflap_exp.pruning.magnitude import MagnitudePruner
-from ecoflap_exp.pruning.masks import NM, parse_nm, planned_prune_count, select_mask, smallest
+from ecoflap_exp.pruning.masks import NM, RowMetric, kth_smallest, parse_nm, planned_prune_count, select_mask, smallest
 from ecoflap_exp.pruning.sparsegpt import SparseGPTPruner
 from ecoflap_exp.pruning.wanda import WandaPruner
 
@@ -151,12 +151,13 @@ def test_reference_rows_and_nm_read_in_chunks_equal_locuslab_sort(chunk, nm, mon
         assert torch.equal(metric.masked_fill(mask, -1).sort(1)[0], metric.masked_fill(expected, -1).sort(1)[0])
 
 
-@pytest.mark.parametrize("pruner", [WandaPruner("row"), MagnitudePruner("row")])
+@pytest.mark.parametrize("pruner", [WandaPruner("row"), MagnitudePruner("row"), WandaPruner("matrix"),
+                                    MagnitudePruner("matrix")])
 @pytest.mark.parametrize("count", ["exact", "reference"])
-def test_row_pruners_never_hold_the_whole_metric(pruner, count, monkeypatch):
-    """With row groups the metric is computed a chunk of rows at a time (never a second fp32 copy of
-    the matrix): every call of the pruner's formula covers at most CHUNK weights, and the mask is
-    the one the whole metric gives."""
+def test_pruners_never_hold_the_whole_metric(pruner, count, monkeypatch):
+    """The metric is computed a chunk of rows at a time (never a second fp32 copy of the matrix), by
+    row or over the whole matrix: every call of the pruner's formula covers at most CHUNK weights,
+    and the mask is the one the whole metric gives."""
     W, X = random_layer(rows=40, cols=64)
     pruner.count = count
     _, whole = run_pruner(pruner, W, X, 0.37)
@@ -171,3 +172,22 @@ def test_row_pruners_never_hold_the_whole_metric(pruner, count, monkeypatch):
     _, chunked = run_pruner(pruner, W, X, 0.37)
     assert torch.equal(chunked, whole)
     assert max(sizes) <= 3 and sum(sizes) >= 40
+
+
+@pytest.mark.parametrize("chunk", [64, 1000])
+def test_kth_smallest_by_radix_selection_is_kthvalues(chunk, monkeypatch):
+    """Two counting passes over the keys' 16-bit halves give torch.kthvalue's value, across signs,
+    +-0, infinities, ties and magnitudes from 1e-30 to 1e30."""
+    monkeypatch.setattr(masks, "CHUNK", chunk)
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        rows, cols = (int(v) for v in torch.randint(1, 60, (2,), generator=g))
+        values = torch.randn(rows * cols, generator=g) * 10.0 ** int(torch.randint(-30, 30, (1,), generator=g))
+        if trial % 3 == 1:
+            values = torch.randint(-3, 4, (rows * cols,), generator=g).float()
+        if trial % 3 == 2:
+            values[torch.rand(rows * cols, generator=g) < 0.3] = -0.0
+            values[torch.rand(rows * cols, generator=g) < 0.1] = float("inf")
+        k = int(torch.randint(1, rows * cols + 1, (1,), generator=g))
+        metric = values.reshape(rows, cols)
+        assert kth_smallest(RowMetric.of(metric), k) == metric.flatten().kthvalue(k).values, (trial, rows, cols, k)
