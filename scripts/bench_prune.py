@@ -41,7 +41,7 @@ blocks, LLaVA-1.5's 24 ViT and 32 language blocks). `--offload` keeps the model 
 each block to the GPU in turn (the run's `offload=true`), for pruning passes only; `--gpu-cap-gb`
 caps what torch may allocate on the GPU (`torch.cuda.set_per_process_memory_fraction`), so that a model
 larger than the cap shows the offload path on any card. `scripts/gpu_checks.sh` runs the full-size
-checks in one call on a lent GPU.
+checks on a lent GPU (two calls of the device tool).
 
     python scripts/bench_prune.py [--model llama|blip2_t5|llava_15_7b|qwen2_vl_7b|qwen2_5_vl_7b|internvl3_8b|
                                            gemma3_4b|llava_onevision_7b] [--blocks 2] [--samples 16]
@@ -294,6 +294,8 @@ def main() -> None:
     if args.offload and set(passes) - set(PRUNERS):
         parser.error(f"--offload times the one-shot pruners only ({', '.join(PRUNERS)}), not "
                      f"{', '.join(sorted(set(passes) - set(PRUNERS)))}; e.g. --passes wanda")
+    if args.gpu_cap_gb is not None and not args.device.startswith("cuda"):
+        parser.error(f"--gpu-cap-gb {args.gpu_cap_gb} caps a GPU's memory; add --device cuda")
     if args.blocks < 0:
         parser.error(f"--blocks {args.blocks}: a number of blocks per tower, or 0 for the released model's")
     forwarded = [f"--{key.replace('_', '-')}" if value is True else f"--{key.replace('_', '-')}={value}"
@@ -307,8 +309,8 @@ def main() -> None:
         print(rows[-1], flush=True)
     base = next((r for r in rows if r["pass"] == "forward"), rows[0])
     memory = "peak GPU GB" if args.device.startswith("cuda") else "peak RSS GB"
-    print(f"{args.model} x {args.blocks} blocks per tower, {args.samples} samples in batches of {args.batch}, "
-          f"{args.dtype}, {args.device}")
+    print(f"{args.model} x {args.blocks or 'every'} blocks per tower, {args.samples} samples in batches of "
+          f"{args.batch}, {args.dtype}, {args.device}")
     print(f"{'pass':10} {'seconds':>9} {'CPU s':>9} {'x forward':>10} {memory:>12} {'x forward':>10}")
     for r in rows:
         r["time_x_forward"] = r["seconds"] / base["seconds"]

@@ -87,8 +87,8 @@ class RssByFunction:
         ours = [f for f in traceback.extract_stack(frame) if f"{os.sep}ecoflap_exp{os.sep}" in f.filename]
         if not ours:
             return "(outside ecoflap_exp)"
-        module = Path(ours[-1].filename).relative_to(Path(ours[-1].filename).parents[1]).with_suffix("")
-        return f"{'.'.join(module.parts)}.{ours[-1].name}"
+        parts = Path(ours[-1].filename).with_suffix("").parts
+        return f"{'.'.join(parts[parts.index('ecoflap_exp') + 1 :])}.{ours[-1].name}"  # e.g. pruning.masks.smallest
 
     def sample(self) -> None:
         while self.running:

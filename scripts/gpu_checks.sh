@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full-size checks that need a GPU, in one call (random init, the released models' shapes, fp16):
+# The full-size checks that need a GPU, in two device calls (random init, the released models' shapes, fp16):
 #   1. BLIP-2 FlanT5-XL, every block: a plain forward, Wanda, ECoFLaP zeroth-order scores + Wanda;
 #   2. LLaVA-1.5-7B, every block: a plain forward and Wanda;
 #   3. the offload path: LLaMA-7B (13.5 GB in fp16) pruned with Wanda with the model on the CPU and torch
@@ -13,8 +13,11 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     pydantic pydantic-core annotated-types typing-inspection hydra-core omegaconf antlr4-python3-runtime
-# then run `bash scripts/gpu_checks.sh` with `.whl` carried; the script installs them under /tmp/site.
-# Every step has its own timeout, sized to end the whole script inside one 10-minute call.
+# then run it with `.whl` carried (the script installs them under /tmp/site), in two calls, each inside the
+# device tool's 10-minute limit with room for the install:
+#   bash scripts/gpu_checks.sh blip2            # at most 300 s of benches
+#   bash scripts/gpu_checks.sh llava offload    # at most 150 + 150 s
+# (no argument: all three). Every step has its own timeout.
 set -u -o pipefail
 out=${OUT:-results/gpu_checks}
 mkdir -p "$out"
@@ -28,9 +31,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
     | tee -a "$out/gpu.txt"
 
-step() {  # step NAME SECONDS ARGS...: one bench, its log and JSON under $out
+wanted=${*:-blip2 llava offload}
+step() {  # step NAME SECONDS ARGS...: one bench, its log and JSON under $out, if NAME was asked for
     local name=$1 seconds=$2
     shift 2
+    [[ " $wanted " == *" $name "* ]] || return 0
     echo "== $name (at most ${seconds}s)"
     timeout "$seconds" python3 scripts/bench_prune.py --device cuda --dtype float16 --blocks 0 \
         --out "$out/$name.json" "$@" 2>&1 | tee "$out/$name.log" || echo "== $name: stopped (exit $?)"
@@ -38,7 +43,7 @@ step() {  # step NAME SECONDS ARGS...: one bench, its log and JSON under $out
 
 # zeroth-order: the paper's 32 perturbations, the first block of each tower perturbed (the memory peak does
 # not grow with more blocks; the time grows per matrix); 8 calibration samples in batches of 1
-step blip2_flan_t5_xl 300 --model blip2_t5 --dtype official --samples 8 --passes forward,wanda,zeroth --zeroth-samples 32 \
+step blip2 300 --model blip2_t5 --dtype official --samples 8 --passes forward,wanda,zeroth --zeroth-samples 32 \
     --zeroth-blocks 1
-step llava_15_7b 150 --model llava_15_7b --samples 8 --passes forward,wanda
-step llama_7b_offload 130 --model llama --samples 16 --seqlen 512 --passes wanda --offload --gpu-cap-gb 6
+step llava 150 --model llava_15_7b --samples 8 --passes forward,wanda
+step offload 150 --model llama --samples 8 --seqlen 512 --passes wanda --offload --gpu-cap-gb 6

@@ -136,9 +136,12 @@ def smallest_per_row(metric: torch.Tensor, k: int) -> torch.Tensor:
 
 def sortable_keys(values: torch.Tensor) -> torch.Tensor:
     """int32 keys in the order of the float32 values: their IEEE bits, a negative value's magnitude bits
-    flipped (so -0.0 sorts just below +0.0, which compare equal, and a positive NaN above +inf)."""
-    bits = values.float().contiguous().view(torch.int32)
-    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    flipped (so -0.0 sorts just below +0.0, which compare equal); every NaN, whatever its sign bit (the
+    CPU's 0 x inf sets it), the largest key, as torch.kthvalue puts NaN last."""
+    values = values.float().contiguous()
+    bits = values.view(torch.int32)
+    keys = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return keys.masked_fill_(values.isnan(), 0x7FFFFFFF)
 
 
 def kth_smallest(metric: RowMetric, k: int) -> torch.Tensor:

@@ -55,7 +55,8 @@ class Hessian(InputStats):
         """The upper Cholesky factor of H^-1 (`damping` picks the reference), computed once for all
         the matrices that share these inputs (q, k and v; gate and up), where the reference inverts
         the same Hessian for each. The factor is computed in H's own memory, so H is gone after:
-        a 11008-column Hessian is 0.5 GB in fp32, and the inversion never holds a second one."""
+        a 11008-column Hessian is 0.5 GB in fp32, and on the CPU the inversion never holds a second
+        one (on CUDA, torch's cholesky_inverse copies its input: two there)."""
         key = (percdamp, damping)
         if self.inverted is None:
             self.dead_columns()
@@ -148,7 +149,8 @@ def ecoflap_inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
     H[dead, dead] = 1
     clip_infinities(H)
     L = cholesky_damped_on_failure(H, percdamp * torch.mean(torch.diag(H)), upper=False)
-    Hinv = torch.cholesky_inverse(L, out=H)
+    torch.cholesky_inverse(L, out=L)  # L is column-major, so in place (out=H, row-major, would copy)
+    Hinv = H.copy_(L)
     del L
     clip_infinities(Hinv)
     return cholesky_damped_on_failure(Hinv, percdamp * torch.mean(torch.diag(Hinv).abs()), upper=True)
