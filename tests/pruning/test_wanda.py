@@ -3,14 +3,21 @@
 import pytest
 import torch
 
+from ecoflap_exp.pruning import masks
 from ecoflap_exp.pruning.magnitude import MagnitudePruner
 from ecoflap_exp.pruning.wanda import WandaPruner
 from tests.pruning.test_sparsegpt import layer, ours
 
 
+@pytest.mark.parametrize("chunk", [masks.CHUNK, 3 * 70])  # the whole matrix at once; 3 rows a step (radix)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
-def test_wanda_reference_count_is_the_reference_mask(sparsity):
+def test_wanda_reference_count_is_the_reference_mask(sparsity, dtype, chunk, monkeypatch):
+    """locuslab/wanda's masks (|W| x ||X|| in fp32 from the weights in the model's dtype), whether the
+    metric is read whole or a few rows at a time."""
+    monkeypatch.setattr(masks, "CHUNK", chunk)
     W, X = layer(rows=10, cols=70, ties=True)  # 70 x 0.3 = 21: int() and round() agree; 700 x 0.3 too
+    W = W.to(dtype)  # the tie values k/8 are exact in bf16
     metric = W.abs() * X.pow(2).sum(0).sqrt()
     _, row = ours(WandaPruner(count="reference"), W, X, sparsity, group="row")
     expected = torch.zeros_like(row)
