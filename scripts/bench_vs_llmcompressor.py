@@ -28,6 +28,7 @@ standard library at the top: ecoflap_exp is not installed there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -364,16 +365,13 @@ def child(args: argparse.Namespace) -> None:
     loaded = rss_gb()
     sampler = RssByFunction(loaded) if args.breakdown else None
     start, cpu_start = time.perf_counter(), time.process_time()
-    if sampler:
-        sampler.__enter__()
     statistics = None
-    if args.child == FORWARD:
-        plain_forward(model, ids)
-    else:
-        statistics = (prune_ours if args.child == "ours" else prune_llmcompressor)(model, ids, args.pruner,
-                                                                                   args.sparsity)
-    if sampler:
-        sampler.__exit__()
+    with sampler or contextlib.nullcontext():
+        if args.child == FORWARD:
+            plain_forward(model, ids)
+        else:
+            statistics = (prune_ours if args.child == "ours" else prune_llmcompressor)(model, ids, args.pruner,
+                                                                                       args.sparsity)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     peak = peak_rss_gb()
     measured = {"cpu_s": cpu, "wall_s": wall, "rss_loaded_gb": loaded, "peak_rss_gb": peak,

@@ -24,7 +24,7 @@ class MagnitudePruner(LocalPruner):
 
     def prune(self, weight: torch.Tensor, stats: InputStats | None, sparsity: float, nm: NM | None,
               group: Group | None) -> torch.Tensor:
-        metric = RowMetric((weight.shape[0], weight.shape[1]), lambda rows: weight[rows].abs().float())
+        metric = RowMetric.over(weight, lambda rows: rows.abs().float())
         mask = select_mask(metric, sparsity, group or self.group, nm, self.count)
         weight.masked_fill_(mask, 0)
         return mask

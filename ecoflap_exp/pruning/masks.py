@@ -31,7 +31,7 @@ from ecoflap_exp.models.seam import Group
 #: how many weights a mask removes: exactly the asked share, or as the reference code counts them
 Counting = Literal["exact", "reference"]
 
-#: weights of a metric selected from at a time in row groups and N:M (about 16 MB of temporaries)
+#: weights of a metric selected from at a time (about 16 MB of temporaries)
 CHUNK = 1 << 20
 
 
@@ -44,9 +44,16 @@ class RowMetric:
     rows: Callable[[slice | torch.Tensor], torch.Tensor]
 
     @classmethod
-    def of(cls, metric: torch.Tensor) -> RowMetric:
-        """An already computed metric."""
+    def of(cls, metric: torch.Tensor | RowMetric) -> RowMetric:
+        """An already computed metric (a RowMetric stays as it is)."""
+        if isinstance(metric, RowMetric):
+            return metric
         return cls((metric.shape[0], metric.shape[1]), metric.__getitem__)
+
+    @classmethod
+    def over(cls, weight: torch.Tensor, formula: Callable[[torch.Tensor], torch.Tensor]) -> RowMetric:
+        """`formula` applied to the rows of `weight` asked for."""
+        return cls((weight.shape[0], weight.shape[1]), lambda rows: formula(weight[rows]))
 
     def whole(self) -> torch.Tensor:
         return self.rows(slice(None))
@@ -152,21 +159,17 @@ def kth_smallest(metric: RowMetric, k: int) -> torch.Tensor:
     if rows * cols <= CHUNK:
         return metric.whole().reshape(-1).kthvalue(k).values
     half = 1 << 16
-    counts = None
-    for chunk in metric.chunks():
-        upper = (sortable_keys(metric.rows(chunk)) >> 16).flatten() + half // 2
-        found = torch.bincount(upper, minlength=half)
-        counts = found if counts is None else counts + found
-    assert counts is not None
+
+    def histogram(digits: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Counts of the 16-bit `digits` of every key, over the chunks."""
+        chunks = (digits(sortable_keys(metric.rows(chunk)).flatten()) for chunk in metric.chunks())
+        return sum(torch.bincount(d, minlength=half) for d in chunks)  # type: ignore[return-value]
+
+    counts = histogram(lambda keys: (keys >> 16) + half // 2)
     cumulative = counts.cumsum(0)
     upper_half = int(torch.searchsorted(cumulative, k))
     below = int(cumulative[upper_half] - counts[upper_half])
-    counts = None
-    for chunk in metric.chunks():
-        keys = sortable_keys(metric.rows(chunk)).flatten()
-        found = torch.bincount(keys[(keys >> 16) == upper_half - half // 2] & 0xFFFF, minlength=half)
-        counts = found if counts is None else counts + found
-    assert counts is not None
+    counts = histogram(lambda keys: keys[(keys >> 16) == upper_half - half // 2] & 0xFFFF)
     key = ((upper_half - half // 2) << 16) | int(torch.searchsorted(counts.cumsum(0), k - below))
     bits = key if key >= 0 else key ^ 0x7FFFFFFF
     return torch.tensor(bits, dtype=torch.int32, device=counts.device).view(torch.float32)
@@ -188,8 +191,7 @@ def smallest(metric: torch.Tensor | RowMetric, count: int, group: Group = "row")
     - group="row": every row loses count // rows of its smallest; the count % rows remaining
       prunes go to the rows whose next-smallest weight is smallest, so the total is exact.
     """
-    if isinstance(metric, torch.Tensor):
-        metric = RowMetric.of(metric)
+    metric = RowMetric.of(metric)
     rows, cols = metric.shape
     if not 0 <= count <= rows * cols:
         raise ValueError(f"cannot prune {count} of {rows * cols} weights")
@@ -233,8 +235,7 @@ def smallest(metric: torch.Tensor | RowMetric, count: int, group: Group = "row")
 def at_or_below_quantile(metric: torch.Tensor | RowMetric, sparsity: float) -> torch.Tensor:
     """The reference codes' whole-matrix rule: every weight whose metric is <= the value at index
     int(numel x sparsity) of the sorted metric (so at least one more than int(numel x sparsity))."""
-    if isinstance(metric, torch.Tensor):
-        metric = RowMetric.of(metric)
+    metric = RowMetric.of(metric)
     threshold = kth_smallest(metric, int(metric.shape[0] * metric.shape[1] * sparsity) + 1)
     mask = metric.empty_mask()
     for chunk in metric.chunks():
@@ -246,8 +247,7 @@ def select_mask(metric: torch.Tensor | RowMetric, sparsity: float, group: Group 
                 count: Counting = "exact") -> torch.Tensor:
     """Prune the weights with the smallest `metric` at `sparsity` (N:M: its pattern, sparsity
     ignored), counted by the `count` rule. Row groups and N:M read the metric a chunk of rows at a time."""
-    if isinstance(metric, torch.Tensor):
-        metric = RowMetric.of(metric)
+    metric = RowMetric.of(metric)
     rows, cols = metric.shape
     if count == "exact" and nm is None:
         return smallest(metric, planned_prune_count(rows, cols, sparsity, None), group)

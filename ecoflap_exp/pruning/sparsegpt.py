@@ -29,7 +29,15 @@ from ecoflap_exp.input_stats import InputStats
 from ecoflap_exp.models.seam import Group
 from ecoflap_exp.options import Count, PositiveFloat
 from ecoflap_exp.pruning.base import LocalPruner
-from ecoflap_exp.pruning.masks import NM, Counting, at_or_below_quantile, nm_mask, planned_prune_count, smallest
+from ecoflap_exp.pruning.masks import (
+    CHUNK,
+    NM,
+    Counting,
+    at_or_below_quantile,
+    nm_mask,
+    planned_prune_count,
+    smallest,
+)
 
 
 class Hessian(InputStats):
@@ -97,7 +105,7 @@ def inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
     return H.triu_()
 
 
-def mirror_lower(A: torch.Tensor, chunk: int = 1 << 20) -> None:
+def mirror_lower(A: torch.Tensor, chunk: int = CHUNK) -> None:
     """Set A's strict upper triangle to the transpose of its strict lower one, in place, a band of
     rows at a time (no temporary beyond `chunk` elements)."""
     n = A.shape[0]

@@ -33,7 +33,7 @@ class WandaPruner(LocalPruner):
         assert stats is not None
         # the metric a few rows at a time where the group allows (masks.RowMetric): never a second
         # fp32 copy of the matrix beside the weights
-        metric = RowMetric((weight.shape[0], weight.shape[1]), lambda rows: wanda_metric(weight[rows], stats))
+        metric = RowMetric.over(weight, lambda rows: wanda_metric(rows, stats))
         mask = select_mask(metric, sparsity, group or "row", nm, self.count)
         weight.masked_fill_(mask, 0)
         return mask
